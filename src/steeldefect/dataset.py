@@ -1,0 +1,150 @@
+"""Prepare (one checked row per image) and split (seeded, stratified train / val / test)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from steeldefect.errors import UserError
+from steeldefect.severstal import read_labels, read_masks, rle_decode
+
+IMAGE_COLUMNS = ["ImageId", "path", "label", "classes", "n_masks", "height", "width", "md5"]
+
+
+def resolve_source(source: str, data_dir: Path = Path("data")) -> Path:
+    """`synthetic` is data/synthetic; other relative paths are taken from data/ too; absolute stay."""
+    return data_dir / source
+
+
+def _check_image(path: Path) -> tuple[int, int, str]:
+    """(height, width, md5) of a JPEG that decodes; raises OSError/ValueError if it does not."""
+    data = path.read_bytes()
+    with Image.open(path) as im:
+        im.load()
+        width, height = im.size
+    return height, width, hashlib.md5(data).hexdigest()
+
+
+def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Read and check a Severstal-layout folder.
+
+    Returns (images, masks, data metrics): one row per image (IMAGE_COLUMNS), one row per non-empty mask
+    (ImageId, ClassId, EncodedPixels, area), and counts for the data metrics file. Every problem found in
+    the images is collected and reported together in one UserError.
+    """
+    masks_csv, labels_csv, image_dir = source / "train.csv", source / "defect_and_no_defect.csv", source / "train_images"
+    for p in (masks_csv, image_dir):
+        if not p.exists():
+            raise UserError(f"{p}: not found. data.source must be a folder holding train_images/ and train.csv "
+                            "(and optionally defect_and_no_defect.csv), or 'synthetic'.")
+    masks = read_masks(masks_csv)
+    if labels_csv.exists():
+        labels = read_labels(labels_csv)
+        derived_clean = 0
+        stray = sorted(set(masks.ImageId) - set(labels.ImageId))
+        if stray:
+            raise UserError(f"{masks_csv}: ImageId {stray[0]} has a mask but is not in {labels_csv} "
+                            f"({len(stray)} such images); add it to the labels file or remove its masks.")
+        clean_with_mask = sorted(set(masks.ImageId) & set(labels.ImageId[labels.label == 0]))
+        if clean_with_mask:
+            raise UserError(f"{labels_csv}: ImageId {clean_with_mask[0]} is labelled 0 (clean) but has a mask in "
+                            f"{masks_csv} ({len(clean_with_mask)} such images); fix the label or the mask.")
+    else:
+        on_disk = sorted(p.name for p in image_dir.glob("*.jpg"))
+        listed = set(masks.attrs["images"])
+        derived_clean = sum(1 for name in on_disk if name not in listed)
+        ids = sorted(listed | set(on_disk))
+        defective = set(masks.ImageId)
+        labels = pd.DataFrame({"ImageId": ids, "label": [int(i in defective) for i in ids]})
+
+    by_image = masks.groupby("ImageId").ClassId.apply(lambda s: " ".join(map(str, sorted(s))))
+    rows, problems = [], []
+    for image_id, label in zip(labels.ImageId, labels.label, strict=True):
+        path = image_dir / image_id
+        try:
+            height, width, md5 = _check_image(path)
+        except FileNotFoundError:
+            problems.append(f"{image_id}: file not found")
+            continue
+        except (OSError, ValueError) as e:
+            problems.append(f"{image_id}: does not decode as an image ({e})")
+            continue
+        classes = by_image.get(image_id, "")
+        rows.append((image_id, str(path), int(label), classes, len(classes.split()), height, width, md5))
+    if problems:
+        listing = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise UserError(f"{image_dir}: {len(problems)} listed image(s) are missing or unreadable: {listing}. "
+                        "Restore the files or remove them from the CSV files.")
+    images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+
+    size = images.set_index("ImageId")[["height", "width"]]
+    areas = []
+    for rec in masks.itertuples(index=False):
+        h, w = size.loc[rec.ImageId]
+        where = f"{masks_csv} row {rec.row} (ImageId {rec.ImageId}, ClassId {rec.ClassId})"
+        areas.append(int(rle_decode(rec.EncodedPixels, int(h), int(w), where).sum()))
+    masks = masks.assign(area=areas)[["ImageId", "ClassId", "EncodedPixels", "area"]]
+    return images, masks, data_metrics(images, masks, derived_clean)
+
+
+def data_metrics(images: pd.DataFrame, masks: pd.DataFrame, derived_clean: int) -> dict:
+    per_class = masks.groupby("ClassId").ImageId.nunique()
+    return {
+        "images": len(images),
+        "defective": int(images.label.sum()),
+        "clean": int((images.label == 0).sum()),
+        "masks": len(masks),
+        "images_per_class": {str(k): int(v) for k, v in per_class.items()},
+        "images_with_2plus_classes": int((images.n_masks >= 2).sum()),
+        "defective_without_mask": int(((images.label == 1) & (images.n_masks == 0)).sum()),
+        "clean_derived_from_missing_csv_rows": derived_clean,
+    }
+
+
+def split(images: pd.DataFrame, test_size: float, val_size: float, seed: int) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Seeded split stratified by label and, where each stratum is big enough, by defect-class combination.
+
+    Returns ({"train", "val", "test"} -> rows of `images`, report). Strata with fewer than 3 images are
+    folded into their label's stratum (named in the report)."""
+    combo = images.label.astype(str) + ":" + images.classes.fillna("")
+    counts = combo.value_counts()
+    rare = sorted(counts[counts < 3].index)
+    strata = combo.where(~combo.isin(rare), images.label.astype(str))
+    report = {"stratified_by": "label and defect classes", "folded_strata": rare}
+    try:
+        rest, test = train_test_split(images, test_size=test_size, stratify=strata, random_state=seed)
+        train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=strata[rest.index],
+                                      random_state=seed)
+    except ValueError:
+        report = {"stratified_by": "label only (defect-class strata too small)", "folded_strata": []}
+        try:
+            rest, test = train_test_split(images, test_size=test_size, stratify=images.label, random_state=seed)
+            train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=rest.label,
+                                          random_state=seed)
+        except ValueError as e:
+            raise UserError(f"split: cannot stratify {len(images)} images ({int(images.label.sum())} defective) "
+                            f"into test {test_size} / val {val_size}: {e}. Use more images or other sizes.") from e
+    parts = {"train": train, "val": val, "test": test}
+    report["sizes"] = {k: len(v) for k, v in parts.items()}
+    report["defective"] = {k: int(v.label.sum()) for k, v in parts.items()}
+    return {k: v.sort_values("ImageId").reset_index(drop=True) for k, v in parts.items()}, report
+
+
+def load_masks(masks: pd.DataFrame, image_id: str, height: int, width: int) -> dict[int, np.ndarray]:
+    """{ClassId: bool mask} for one image from the prepared masks table."""
+    rows = masks[masks.ImageId == image_id]
+    return {int(r.ClassId): rle_decode(r.EncodedPixels, height, width) for r in rows.itertuples(index=False)}
+
+
+def pick_samples(images: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Up to n images for a figure: round-robin over defect-class combinations, then clean ones."""
+    shuffled = images.sample(frac=1, random_state=seed)
+    groups = [g for _, g in shuffled[shuffled.label == 1].groupby("classes", sort=True)]
+    picked = [g.iloc[i] for i in range(n) for g in groups if i < len(g)][: max(n - n // 3, 1)]
+    clean = shuffled[shuffled.label == 0].head(n - len(picked))
+    return pd.concat([pd.DataFrame(picked), clean]).head(n)

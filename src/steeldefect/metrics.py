@@ -1,0 +1,73 @@
+"""Classification metrics (scikit-learn) and the data behind the evaluation plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+
+def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
+    """Metrics at `threshold` (predicted defective when prob >= threshold); positive class = defect."""
+    pred = (prob >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    both = len(set(y)) == 2
+    return {
+        "images": len(y),
+        "threshold": float(threshold),
+        "accuracy": skm.accuracy_score(y, pred),
+        "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+        "precision": skm.precision_score(y, pred, zero_division=0),
+        "recall": skm.recall_score(y, pred, zero_division=0),
+        "specificity": skm.recall_score(y, pred, pos_label=0, zero_division=0),
+        "f1": skm.f1_score(y, pred, zero_division=0),
+        "roc_auc": skm.roc_auc_score(y, prob) if both else None,
+        "average_precision": skm.average_precision_score(y, prob) if both else None,
+        "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+        "fp_rate": fp / max(fp + tn, 1),
+        "fn_rate": fn / max(fn + tp, 1),
+    }
+
+
+def recall_per_class(df: pd.DataFrame, pred: np.ndarray) -> dict[str, float | None]:
+    """Among images with a class-k defect (from the masks), the share predicted defective."""
+    classes = df.classes.fillna("").astype(str).str.split()
+    out = {}
+    for k in sorted({c for cs in classes for c in cs}, key=int):
+        has = classes.apply(lambda cs, k=k: k in cs).to_numpy()
+        out[k] = float(pred[has].mean()) if has.any() else None
+    return out
+
+
+def choose_threshold(y: np.ndarray, prob: np.ndarray, target_recall: float) -> tuple[float, float, bool]:
+    """The highest threshold (fewest false positives) whose defect recall on (y, prob) reaches the target.
+    Returns (threshold, recall reached, target reached); when unreachable, the threshold of best recall."""
+    candidates = np.unique(prob)[::-1]  # high to low: recall grows, false positives grow
+    for t in candidates:
+        recall = float(((prob >= t) & (y == 1)).sum() / max((y == 1).sum(), 1))
+        if recall >= target_recall:
+            return float(t), recall, True
+    t = float(candidates[-1]) if len(candidates) else 0.5
+    return t, float(((prob >= t) & (y == 1)).sum() / max((y == 1).sum(), 1)), False
+
+
+def roc_points(y: np.ndarray, prob: np.ndarray) -> list[dict]:
+    """ROC curve points; scikit-learn's first threshold is inf, which Vega cannot read, so it becomes 1."""
+    fpr, tpr, thr = skm.roc_curve(y, prob)
+    return [{"fpr": float(a), "tpr": float(b), "threshold": float(min(c, 1.0))} for a, b, c in zip(fpr, tpr, thr)]
+
+
+def pr_points(y: np.ndarray, prob: np.ndarray) -> list[dict]:
+    precision, recall, thr = skm.precision_recall_curve(y, prob)
+    thr = np.append(thr, 1.0)
+    return [{"recall": float(r), "precision": float(p), "threshold": float(t)} for p, r, t in zip(precision, recall, thr)]
+
+
+def threshold_sweep(y: np.ndarray, prob: np.ndarray, chosen: float, steps: int = 101) -> pd.DataFrame:
+    """False positives and false negatives against threshold; `chosen` marks the threshold in use."""
+    grid = np.unique(np.append(np.linspace(0, 1, steps), chosen))
+    fp = [int(((prob >= t) & (y == 0)).sum()) for t in grid]
+    fn = [int(((prob < t) & (y == 1)).sum()) for t in grid]
+    top = max(max(fp), max(fn), 1)
+    return pd.DataFrame({"threshold": grid, "false_positives": fp, "false_negatives": fn,
+                         "chosen_threshold": [top if t == chosen else 0 for t in grid]})

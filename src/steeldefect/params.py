@@ -1,0 +1,186 @@
+"""Typed params: `params.yaml` is parsed and validated here, and only here.
+
+Unknown keys, wrong types and out-of-range values stop a stage before any work, with one message naming the
+key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from steeldefect.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataParams:
+    # "synthetic" (the built-in data made by the synthesize stage) or a folder holding train_images/ and
+    # train.csv; a relative path is taken from the data/ folder (as DVC reads the prepare stage's deps).
+    source: str = "synthetic"
+
+
+@dataclass(frozen=True)
+class SynthesizeParams:
+    n_images: int = 400
+    defect_fraction: float = 0.53
+    class_weights: tuple[float, float, float, float] = (0.12, 0.03, 0.73, 0.12)
+    two_class_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    sample_images: int = 10  # images in the figure of samples with their masks
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    test_size: float = 0.15
+    val_size: float = 0.15
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    pooling: Literal["avgmax", "flatten"] = "avgmax"  # global avg+max, or the notebook's AvgPool(4) + Flatten
+    pool_size: int = 4
+    dense_units: int = 256
+    dropout: float = 0.3
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 30
+    batch_size: int = 16
+    image_size: tuple[int, int] = (128, 800)  # height, width fed to the network
+    learning_rate: float = 0.001
+    weights: str | None = None  # None (random init), "imagenet" (download), or a local .h5 path
+    freeze_backbone: bool = True
+    backbone_layer: str | None = "conv3_block4_out"  # cut ResNet50 after this layer; None = whole network
+    head: HeadParams = field(default_factory=HeadParams)
+    patience: int = 8  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    # a number, or "auto": the highest threshold reaching target_recall for defects on the validation split
+    threshold: float | Literal["auto"] = 0.5
+    target_recall: float = 0.99
+    gallery_size: int = 16
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    data: DataParams = field(default_factory=DataParams)
+    synthesize: SynthesizeParams = field(default_factory=SynthesizeParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def _bad(key: str, value: object, allowed: str) -> UserError:
+    return UserError(f"params.yaml: {key} = {value!r} is not allowed; expected {allowed}.")
+
+
+def _convert(key: str, value: object, hint: object) -> object:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for inner in (a for a in args if a is not type(None)):
+            try:
+                return _convert(key, value, inner)
+            except UserError as e:
+                errors.append(str(e).split("expected ", 1)[-1].rstrip("."))
+        raise _bad(key, value, " or ".join(errors + (["null"] if type(None) in args else [])))
+    if origin is Literal:
+        if value not in args:
+            raise _bad(key, value, "one of " + ", ".join(map(repr, args)))
+        return value
+    if origin is tuple:
+        if isinstance(value, int) and not isinstance(value, bool) and len(set(args)) == 1:
+            value = [value] * len(args)  # e.g. image_size: 256 means 256x256
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise _bad(key, value, f"a list of {len(args)} {args[0].__name__}s")
+        return tuple(_convert(f"{key}[{i}]", v, args[i]) for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise _bad(key, value, f"a value of type {hint.__name__}")
+    return value
+
+
+def _build(cls: type, raw: object, prefix: str = "") -> object:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _bad(prefix or "params", raw, "a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise UserError(f"params.yaml: unknown key {key!r}; known keys here: {', '.join(sorted(names))}.")
+    return cls(**{k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in raw.items()})
+
+
+def _check(p: Params) -> None:
+    def need(ok: bool, key: str, value: object, allowed: str) -> None:
+        if not ok:
+            raise _bad(key, value, allowed)
+
+    s, t = p.synthesize, p.train
+    need(s.n_images >= 10, "synthesize.n_images", s.n_images, "an integer >= 10")
+    need(0 < s.defect_fraction < 1, "synthesize.defect_fraction", s.defect_fraction, "a fraction in (0, 1)")
+    need(min(s.class_weights) >= 0 and sum(s.class_weights) > 0, "synthesize.class_weights", s.class_weights,
+         "four non-negative weights, not all zero")
+    need(0 <= s.two_class_fraction <= 1, "synthesize.two_class_fraction", s.two_class_fraction,
+         "a fraction in [0, 1]")
+    need(p.prepare.sample_images >= 1, "prepare.sample_images", p.prepare.sample_images, "an integer >= 1")
+    for key in ("test_size", "val_size"):
+        v = getattr(p.split, key)
+        need(0 < v < 1, f"split.{key}", v, "a fraction in (0, 1)")
+    need(p.split.test_size + p.split.val_size < 1, "split.test_size + split.val_size",
+         p.split.test_size + p.split.val_size, "a sum below 1, leaving images to train on")
+    need(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    need(min(t.image_size) >= 32, "train.image_size", list(t.image_size), "[height, width], each >= 32")
+    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a number > 0")
+    need(t.patience >= 1, "train.patience", t.patience, "an integer >= 1")
+    need(t.head.pool_size >= 1, "train.head.pool_size", t.head.pool_size, "an integer >= 1")
+    need(t.head.dense_units >= 1, "train.head.dense_units", t.head.dense_units, "an integer >= 1")
+    need(0 <= t.head.dropout < 1, "train.head.dropout", t.head.dropout, "a fraction in [0, 1)")
+    if t.weights not in (None, "imagenet"):
+        need(Path(t.weights).is_file(), "train.weights", t.weights,
+             "null, 'imagenet', or the path of an existing local .h5 weights file")
+    e = p.evaluate
+    need(e.threshold == "auto" or 0 <= e.threshold <= 1, "evaluate.threshold", e.threshold,
+         "a number in [0, 1] or 'auto'")
+    need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
+    need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
+
+
+def parse_params(raw: object) -> Params:
+    """Typed, validated params from the parsed YAML mapping (missing keys take the defaults above)."""
+    params = _build(Params, raw)
+    _check(params)
+    return params
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the params file ({e.strerror}).") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from e
+    return parse_params(raw)

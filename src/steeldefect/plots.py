@@ -1,0 +1,52 @@
+"""Figures: image galleries with defect masks overlaid (PNG)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from steeldefect.atomic import path_for  # noqa: E402
+
+CLASS_COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 0.9, 0.2), 3: (0.2, 0.5, 1.0), 4: (1.0, 0.8, 0.0), 5: (0.9, 0.3, 0.9)}
+
+
+@dataclass
+class Tile:
+    path: str
+    title: str
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def overlay(image: np.ndarray, masks: dict[int, np.ndarray], alpha: float = 0.45) -> np.ndarray:
+    """RGB float image with each class's mask tinted in its colour."""
+    out = image.astype(float) / 255
+    for cls, mask in masks.items():
+        colour = np.array(CLASS_COLOURS.get(cls, (1.0, 1.0, 1.0)))
+        out[mask] = (1 - alpha) * out[mask] + alpha * colour
+    return out
+
+
+def gallery(tiles: list[Tile], out: Path, title: str, empty: str = "nothing to show") -> None:
+    """A PNG with one image per row (Severstal images are wide), masks overlaid; says so when empty."""
+    rows = max(len(tiles), 1)
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 1.0 + 1.9 * rows), squeeze=False)
+    fig.suptitle(title)
+    if not tiles:
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=14)
+        axes[0, 0].axis("off")
+    for ax, tile in zip(axes[:, 0], tiles):
+        with Image.open(tile.path) as im:
+            ax.imshow(overlay(np.asarray(im.convert("RGB")), tile.masks), aspect="auto")
+        ax.set_title(tile.title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    with path_for(out) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)

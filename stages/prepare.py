@@ -1,0 +1,27 @@
+"""Stage prepare: one checked row per image, data metrics, and a figure of samples with their masks."""
+
+from pathlib import Path
+
+from steeldefect import atomic
+from steeldefect.dataset import load_masks, pick_samples, prepare, resolve_source
+from steeldefect.errors import run
+from steeldefect.params import load_params
+from steeldefect.plots import Tile, gallery
+
+
+def main() -> None:
+    p = load_params()
+    source = resolve_source(p.data.source)
+    images, masks, metrics = prepare(source)
+    with atomic.atomic_dir(Path("data/prepared")) as tmp:
+        images.to_csv(tmp / "images.csv", index=False)
+        masks.to_csv(tmp / "masks.csv", index=False)
+    atomic.write_json(Path("metrics/data.json"), metrics)
+    tiles = [Tile(r.path, f"{r.ImageId}: " + (f"classes {r.classes}" if r.label else "clean"),
+                  load_masks(masks, r.ImageId, r.height, r.width))
+             for r in pick_samples(images, p.prepare.sample_images, p.seed).itertuples()]
+    gallery(tiles, Path("plots/samples.png"), f"Samples from {source} (mask colour = defect class)")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,19 @@
+"""Stage train: fit ResNet50 + head on the train split, keep the best val_loss weights."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from steeldefect.errors import run
+from steeldefect.params import load_params
+from steeldefect.training import train
+
+
+def main() -> None:
+    p = load_params()
+    train_df, val_df = (pd.read_csv(f"data/split/{name}.csv", keep_default_na=False) for name in ("train", "val"))
+    train(p.train, p.seed, train_df, val_df, Path("models/trained.weights.h5"), Path("metrics/train"))
+
+
+if __name__ == "__main__":
+    run(main)
