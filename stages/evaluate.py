@@ -13,12 +13,23 @@ def main() -> None:
     p = load_params()
     read = lambda path: pd.read_csv(path, keep_default_na=False, dtype={"classes": str})  # noqa: E731
     val = read("data/predictions/val.csv")
-    test = read("data/split/test.csv").merge(read("data/predictions/test.csv")[["ImageId", "probability"]],
-                                             on="ImageId", validate="one_to_one")
-    m = evaluate(p.evaluate, p.seed, val, test, read("data/prepared/masks.csv"), Path("metrics/evaluate.json"),
-                 Path("plots"), Path("data/evaluation"))
-    print(f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
-          f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}")
+    test = read("data/split/test.csv").merge(
+        read("data/predictions/test.csv")[["ImageId", "probability"]], on="ImageId", validate="one_to_one"
+    )
+    m = evaluate(
+        p.evaluate,
+        p.seed,
+        val,
+        test,
+        read("data/prepared/masks.csv"),
+        Path("metrics/evaluate.json"),
+        Path("plots"),
+        Path("data/evaluation"),
+    )
+    print(
+        f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
+        f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}"
+    )
 
 
 if __name__ == "__main__":

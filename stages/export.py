@@ -13,8 +13,7 @@ def main() -> None:
     p = load_params()
     test = pd.read_csv("data/split/test.csv", keep_default_na=False)
     train = pd.read_csv("data/split/train.csv", keep_default_na=False)
-    diff = export(p.train, Path("models/trained.weights.h5"), Path("models"), list(test.path[:4]),
-                  model_meta(p, train))
+    diff = export(p.train, Path("models/trained.weights.h5"), Path("models"), list(test.path[:4]), model_meta(p, train))
     print(f"exported models/model.json + models/model.weights.h5; reload check: max difference {diff:.2g}")
 
 

@@ -17,9 +17,14 @@ def main() -> None:
         images.to_csv(tmp / "images.csv", index=False)
         masks.to_csv(tmp / "masks.csv", index=False)
     atomic.write_json(Path("metrics/data.json"), metrics)
-    tiles = [Tile(r.path, f"{r.ImageId}: " + (f"classes {r.classes}" if r.label else "clean"),
-                  load_masks(masks, r.ImageId, r.height, r.width))
-             for r in pick_samples(images, p.prepare.sample_images, p.seed).itertuples()]
+    tiles = [
+        Tile(
+            r.path,
+            f"{r.ImageId}: " + (f"classes {r.classes}" if r.label else "clean"),
+            load_masks(masks, r.ImageId, r.height, r.width),
+        )
+        for r in pick_samples(images, p.prepare.sample_images, p.seed).itertuples()
+    ]
     gallery(tiles, Path("plots/samples.png"), f"Samples from {source} (mask colour = defect class)")
 
 

@@ -37,23 +37,33 @@ def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     (ImageId, ClassId, EncodedPixels, area), and counts for the data metrics file. Every problem found in
     the images is collected and reported together in one UserError.
     """
-    masks_csv, labels_csv, image_dir = source / "train.csv", source / "defect_and_no_defect.csv", source / "train_images"
+    masks_csv, labels_csv, image_dir = (
+        source / "train.csv",
+        source / "defect_and_no_defect.csv",
+        source / "train_images",
+    )
     for p in (masks_csv, image_dir):
         if not p.exists():
-            raise UserError(f"{p}: not found. data.source must be a folder holding train_images/ and train.csv "
-                            "(and optionally defect_and_no_defect.csv), or 'synthetic'.")
+            raise UserError(
+                f"{p}: not found. data.source must be a folder holding train_images/ and train.csv "
+                "(and optionally defect_and_no_defect.csv), or 'synthetic'."
+            )
     masks = read_masks(masks_csv)
     if labels_csv.exists():
         labels = read_labels(labels_csv)
         derived_clean = 0
         stray = sorted(set(masks.ImageId) - set(labels.ImageId))
         if stray:
-            raise UserError(f"{masks_csv}: ImageId {stray[0]} has a mask but is not in {labels_csv} "
-                            f"({len(stray)} such images); add it to the labels file or remove its masks.")
+            raise UserError(
+                f"{masks_csv}: ImageId {stray[0]} has a mask but is not in {labels_csv} "
+                f"({len(stray)} such images); add it to the labels file or remove its masks."
+            )
         clean_with_mask = sorted(set(masks.ImageId) & set(labels.ImageId[labels.label == 0]))
         if clean_with_mask:
-            raise UserError(f"{labels_csv}: ImageId {clean_with_mask[0]} is labelled 0 (clean) but has a mask in "
-                            f"{masks_csv} ({len(clean_with_mask)} such images); fix the label or the mask.")
+            raise UserError(
+                f"{labels_csv}: ImageId {clean_with_mask[0]} is labelled 0 (clean) but has a mask in "
+                f"{masks_csv} ({len(clean_with_mask)} such images); fix the label or the mask."
+            )
     else:
         on_disk = sorted(p.name for p in image_dir.glob("*.jpg"))
         listed = set(masks.attrs["images"])
@@ -78,8 +88,10 @@ def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         rows.append((image_id, str(path), int(label), classes, len(classes.split()), height, width, md5))
     if problems:
         listing = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise UserError(f"{image_dir}: {len(problems)} listed image(s) are missing or unreadable: {listing}. "
-                        "Restore the files or remove them from the CSV files.")
+        raise UserError(
+            f"{image_dir}: {len(problems)} listed image(s) are missing or unreadable: {listing}. "
+            "Restore the files or remove them from the CSV files."
+        )
     images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
 
     size = images.set_index("ImageId")[["height", "width"]]
@@ -118,17 +130,21 @@ def split(images: pd.DataFrame, test_size: float, val_size: float, seed: int) ->
     report = {"stratified_by": "label and defect classes", "folded_strata": rare}
     try:
         rest, test = train_test_split(images, test_size=test_size, stratify=strata, random_state=seed)
-        train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=strata[rest.index],
-                                      random_state=seed)
+        train, val = train_test_split(
+            rest, test_size=val_size / (1 - test_size), stratify=strata[rest.index], random_state=seed
+        )
     except ValueError:
         report = {"stratified_by": "label only (defect-class strata too small)", "folded_strata": []}
         try:
             rest, test = train_test_split(images, test_size=test_size, stratify=images.label, random_state=seed)
-            train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=rest.label,
-                                          random_state=seed)
+            train, val = train_test_split(
+                rest, test_size=val_size / (1 - test_size), stratify=rest.label, random_state=seed
+            )
         except ValueError as e:
-            raise UserError(f"split: cannot stratify {len(images)} images ({int(images.label.sum())} defective) "
-                            f"into test {test_size} / val {val_size}: {e}. Use more images or other sizes.") from e
+            raise UserError(
+                f"split: cannot stratify {len(images)} images ({int(images.label.sum())} defective) "
+                f"into test {test_size} / val {val_size}: {e}. Use more images or other sizes."
+            ) from e
     parts = {"train": train, "val": val, "test": test}
     report["sizes"] = {k: len(v) for k, v in parts.items()}
     report["defective"] = {k: int(v.label.sum()) for k, v in parts.items()}

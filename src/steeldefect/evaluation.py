@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from steeldefect import atomic
 from steeldefect.dataset import load_masks
-from steeldefect.metrics import binary_metrics, choose_threshold, pr_points, recall_per_class, roc_points, threshold_sweep
+from steeldefect.metrics import (
+    binary_metrics,
+    choose_threshold,
+    pr_points,
+    recall_per_class,
+    roc_points,
+    threshold_sweep,
+)
 from steeldefect.params import EvaluateParams
 from steeldefect.plots import Tile, gallery
 
@@ -19,8 +25,13 @@ def pick_threshold(p: EvaluateParams, val: pd.DataFrame) -> dict:
     if p.threshold != "auto":
         return {"threshold": float(p.threshold), "policy": "fixed"}
     t, recall, reached = choose_threshold(val.label.to_numpy(), val.probability.to_numpy(), p.target_recall)
-    return {"threshold": t, "policy": "auto", "target_recall": p.target_recall, "val_recall": recall,
-            "target_reached": reached}
+    return {
+        "threshold": t,
+        "policy": "auto",
+        "target_recall": p.target_recall,
+        "val_recall": recall,
+        "target_reached": reached,
+    }
 
 
 def _label(v: int) -> str:
@@ -28,19 +39,35 @@ def _label(v: int) -> str:
 
 
 def _tiles(df: pd.DataFrame, masks: pd.DataFrame, with_masks: bool) -> list[Tile]:
-    return [Tile(r.path, f"{r.ImageId}  true: {_label(r.label)} / pred: {_label(r.predicted)}  (p = {r.probability:.3f})",
-                 load_masks(masks, r.ImageId, r.height, r.width) if with_masks else {})
-            for r in df.itertuples()]
+    return [
+        Tile(
+            r.path,
+            f"{r.ImageId}  true: {_label(r.label)} / pred: {_label(r.predicted)}  (p = {r.probability:.3f})",
+            load_masks(masks, r.ImageId, r.height, r.width) if with_masks else {},
+        )
+        for r in df.itertuples()
+    ]
 
 
-def evaluate(p: EvaluateParams, seed: int, val: pd.DataFrame, test: pd.DataFrame, masks: pd.DataFrame,
-             metrics_path: Path, plots_dir: Path, results_dir: Path) -> dict:
+def evaluate(
+    p: EvaluateParams,
+    seed: int,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    masks: pd.DataFrame,
+    metrics_path: Path,
+    plots_dir: Path,
+    results_dir: Path,
+) -> dict:
     """`val` holds ImageId, label, probability; `test` also holds path, classes, height, width."""
     choice = pick_threshold(p, val)
     y, prob = test.label.to_numpy(), test.probability.to_numpy()
     test = test.assign(predicted=(prob >= choice["threshold"]).astype(int))
-    metrics = {**binary_metrics(y, prob, choice["threshold"]), "threshold_choice": choice,
-               "recall_per_class": recall_per_class(test, test.predicted.to_numpy())}
+    metrics = {
+        **binary_metrics(y, prob, choice["threshold"]),
+        "threshold_choice": choice,
+        "recall_per_class": recall_per_class(test, test.predicted.to_numpy()),
+    }
 
     fp = test[(test.predicted == 1) & (test.label == 0)].sort_values("probability", ascending=False)
     fn = test[(test.predicted == 0) & (test.label == 1)].sort_values("probability")
@@ -50,22 +77,35 @@ def evaluate(p: EvaluateParams, seed: int, val: pd.DataFrame, test: pd.DataFrame
         fp[columns].to_csv(tmp / "false_positives.csv", index=False)
         fn[columns].to_csv(tmp / "false_negatives.csv", index=False)
 
-    atomic.write_text(plots_dir / "confusion.csv", pd.DataFrame(
-        {"actual": test.label.map(_label), "predicted": test.predicted.map(_label)}).to_csv(index=False))
+    atomic.write_text(
+        plots_dir / "confusion.csv",
+        pd.DataFrame({"actual": test.label.map(_label), "predicted": test.predicted.map(_label)}).to_csv(index=False),
+    )
     if len(set(y)) == 2:
         atomic.write_json(plots_dir / "roc.json", {"roc": roc_points(y, prob)})
         atomic.write_json(plots_dir / "precision_recall.json", {"precision_recall": pr_points(y, prob)})
-    atomic.write_text(plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False))
+    atomic.write_text(
+        plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False)
+    )
 
     n, t = p.gallery_size, choice["threshold"]
     sample = test.sample(n=min(n, len(test)), random_state=seed).sort_values("ImageId")
-    gallery(_tiles(sample, masks, with_masks=False), plots_dir / "gallery_random.png",
-            f"Random test images (threshold {t:.3g})")
-    gallery(_tiles(fn.head(n), masks, with_masks=True), plots_dir / "gallery_false_negatives.png",
-            f"Missed defects: {len(fn)} false negatives (showing {min(n, len(fn))}, true mask overlaid)",
-            empty="No false negatives: every defective test image was flagged.")
-    gallery(_tiles(fp.head(n), masks, with_masks=False), plots_dir / "gallery_false_positives.png",
-            f"False alarms: {len(fp)} false positives (showing {min(n, len(fp))})",
-            empty="No false positives: no clean test image was flagged.")
+    gallery(
+        _tiles(sample, masks, with_masks=False),
+        plots_dir / "gallery_random.png",
+        f"Random test images (threshold {t:.3g})",
+    )
+    gallery(
+        _tiles(fn.head(n), masks, with_masks=True),
+        plots_dir / "gallery_false_negatives.png",
+        f"Missed defects: {len(fn)} false negatives (showing {min(n, len(fn))}, true mask overlaid)",
+        empty="No false negatives: every defective test image was flagged.",
+    )
+    gallery(
+        _tiles(fp.head(n), masks, with_masks=False),
+        plots_dir / "gallery_false_positives.png",
+        f"False alarms: {len(fp)} false positives (showing {min(n, len(fp))})",
+        empty="No false positives: no clean test image was flagged.",
+    )
     atomic.write_json(metrics_path, metrics)
     return metrics

@@ -30,15 +30,19 @@ def load_model(model_dir: Path) -> keras.Model:
     except OSError as e:
         raise UserError(f"{json_path}: cannot read the model ({e.strerror}); run the export stage first.") from e
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad or unsafe config
-        raise UserError(f"{json_path}: refused to load this model description ({type(e).__name__}: {e}). Only "
-                        "models exported by steeldefect (standard Keras layers, no Lambda) can be loaded.") from e
+        raise UserError(
+            f"{json_path}: refused to load this model description ({type(e).__name__}: {e}). Only "
+            "models exported by steeldefect (standard Keras layers, no Lambda) can be loaded."
+        ) from e
     try:
         model.load_weights(weights_path)
     except FileNotFoundError as e:
         raise UserError(f"{weights_path}: not found; run the export stage first.") from e
     except Exception as e:  # noqa: BLE001 - shape/layer-count mismatches surface as ValueError and others
-        raise UserError(f"{weights_path}: these weights do not match the architecture in {json_path} "
-                        f"({type(e).__name__}: {e}). Export the model again so both files belong together.") from e
+        raise UserError(
+            f"{weights_path}: these weights do not match the architecture in {json_path} "
+            f"({type(e).__name__}: {e}). Export the model again so both files belong together."
+        ) from e
     return model
 
 
@@ -58,8 +62,10 @@ def export(p: TrainParams, trained_weights: Path, out_dir: Path, check_paths: li
         expected = model.predict(images, verbose=0)
         diff = float(np.max(np.abs(expected - load_model(tmp).predict(images, verbose=0))))
         if diff > 1e-6:
-            raise UserError(f"{out_dir}: the reloaded model predicts differently from the trained one (max "
-                            f"difference {diff:.3g} on {len(check_paths)} images); nothing was exported.")
+            raise UserError(
+                f"{out_dir}: the reloaded model predicts differently from the trained one (max "
+                f"difference {diff:.3g} on {len(check_paths)} images); nothing was exported."
+            )
         for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META):
             os.replace(tmp / name, out_dir / name)
     return diff
@@ -79,7 +85,7 @@ def model_meta(p: Params, train_df: pd.DataFrame) -> dict:
     return {
         "image_size": list(p.train.image_size),
         "preprocessing": "decode as RGB, bilinear antialiased resize to image_size, "
-                         "keras.applications.resnet50.preprocess_input (caffe: BGR, ImageNet mean removed)",
+        "keras.applications.resnet50.preprocess_input (caffe: BGR, ImageNet mean removed)",
         "output": "probability that the image shows a defect (label 1)",
         "backbone": {"architecture": "ResNet50", "cut_after": p.train.backbone_layer, "weights": p.train.weights},
         "training_images_md5": hashlib.md5("".join(sorted(train_df.md5)).encode()).hexdigest(),

@@ -23,7 +23,10 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
         "f1": skm.f1_score(y, pred, zero_division=0),
         "roc_auc": skm.roc_auc_score(y, prob) if both else None,
         "average_precision": skm.average_precision_score(y, prob) if both else None,
-        "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+        "tp": tp,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
         "fp_rate": fp / max(fp + tn, 1),
         "fn_rate": fn / max(fn + tp, 1),
     }
@@ -60,7 +63,9 @@ def roc_points(y: np.ndarray, prob: np.ndarray) -> list[dict]:
 def pr_points(y: np.ndarray, prob: np.ndarray) -> list[dict]:
     precision, recall, thr = skm.precision_recall_curve(y, prob)
     thr = np.append(thr, 1.0)
-    return [{"recall": float(r), "precision": float(p), "threshold": float(t)} for p, r, t in zip(precision, recall, thr)]
+    return [
+        {"recall": float(r), "precision": float(p), "threshold": float(t)} for p, r, t in zip(precision, recall, thr)
+    ]
 
 
 def threshold_sweep(y: np.ndarray, prob: np.ndarray, chosen: float, steps: int = 101) -> pd.DataFrame:
@@ -69,5 +74,11 @@ def threshold_sweep(y: np.ndarray, prob: np.ndarray, chosen: float, steps: int =
     fp = [int(((prob >= t) & (y == 0)).sum()) for t in grid]
     fn = [int(((prob < t) & (y == 1)).sum()) for t in grid]
     top = max(max(fp), max(fn), 1)
-    return pd.DataFrame({"threshold": grid, "false_positives": fp, "false_negatives": fn,
-                         "chosen_threshold": [top if t == chosen else 0 for t in grid]})
+    return pd.DataFrame(
+        {
+            "threshold": grid,
+            "false_positives": fp,
+            "false_negatives": fn,
+            "chosen_threshold": [top if t == chosen else 0 for t in grid],
+        }
+    )

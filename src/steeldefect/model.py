@@ -18,16 +18,21 @@ def build_backbone(image_size: tuple[int, int], weights: str | None, layer: str 
             raise UserError(
                 "train.weights = 'imagenet': Keras could not download the ImageNet weights "
                 f"({e}). Download resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 on a machine with "
-                "internet access and set train.weights to its local path.") from e
-        raise UserError(f"train.weights = {weights!r}: not a ResNet50 (include_top=False) weights file "
-                        f"that Keras can load ({type(e).__name__}: {e}).") from e
+                "internet access and set train.weights to its local path."
+            ) from e
+        raise UserError(
+            f"train.weights = {weights!r}: not a ResNet50 (include_top=False) weights file "
+            f"that Keras can load ({type(e).__name__}: {e})."
+        ) from e
     if layer is None:
         return keras.Model(resnet.input, resnet.output, name="backbone")
     try:
         output = resnet.get_layer(layer).output
     except ValueError as e:
-        raise UserError(f"train.backbone_layer = {layer!r} is not a ResNet50 layer; use e.g. "
-                        "'conv2_block3_out', 'conv3_block4_out', 'conv4_block6_out' or null.") from e
+        raise UserError(
+            f"train.backbone_layer = {layer!r} is not a ResNet50 layer; use e.g. "
+            "'conv2_block3_out', 'conv3_block4_out', 'conv4_block6_out' or null."
+        ) from e
     return keras.Model(resnet.input, output, name="backbone")
 
 
@@ -39,8 +44,9 @@ def build_head(feature_shape: tuple[int, ...], p: HeadParams) -> keras.Model:
         x = keras.layers.AveragePooling2D(p.pool_size, padding="same")(inputs)
         x = keras.layers.Flatten()(x)
     else:
-        x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(inputs),
-                                        keras.layers.GlobalMaxPooling2D()(inputs)])
+        x = keras.layers.Concatenate()(
+            [keras.layers.GlobalAveragePooling2D()(inputs), keras.layers.GlobalMaxPooling2D()(inputs)]
+        )
     x = keras.layers.Dense(p.dense_units, activation="relu")(x)
     x = keras.layers.Dropout(p.dropout)(x)
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x), name="head")
@@ -59,5 +65,8 @@ def build_model(p: TrainParams, weights: str | None) -> tuple[keras.Model, keras
 
 
 def compile_for_training(model: keras.Model, learning_rate: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
-                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )

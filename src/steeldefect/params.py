@@ -141,16 +141,23 @@ def _check(p: Params) -> None:
     s, t = p.synthesize, p.train
     need(s.n_images >= 10, "synthesize.n_images", s.n_images, "an integer >= 10")
     need(0 < s.defect_fraction < 1, "synthesize.defect_fraction", s.defect_fraction, "a fraction in (0, 1)")
-    need(min(s.class_weights) >= 0 and sum(s.class_weights) > 0, "synthesize.class_weights", s.class_weights,
-         "four non-negative weights, not all zero")
-    need(0 <= s.two_class_fraction <= 1, "synthesize.two_class_fraction", s.two_class_fraction,
-         "a fraction in [0, 1]")
+    need(
+        min(s.class_weights) >= 0 and sum(s.class_weights) > 0,
+        "synthesize.class_weights",
+        s.class_weights,
+        "four non-negative weights, not all zero",
+    )
+    need(0 <= s.two_class_fraction <= 1, "synthesize.two_class_fraction", s.two_class_fraction, "a fraction in [0, 1]")
     need(p.prepare.sample_images >= 1, "prepare.sample_images", p.prepare.sample_images, "an integer >= 1")
     for key in ("test_size", "val_size"):
         v = getattr(p.split, key)
         need(0 < v < 1, f"split.{key}", v, "a fraction in (0, 1)")
-    need(p.split.test_size + p.split.val_size < 1, "split.test_size + split.val_size",
-         p.split.test_size + p.split.val_size, "a sum below 1, leaving images to train on")
+    need(
+        p.split.test_size + p.split.val_size < 1,
+        "split.test_size + split.val_size",
+        p.split.test_size + p.split.val_size,
+        "a sum below 1, leaving images to train on",
+    )
     need(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     need(min(t.image_size) >= 32, "train.image_size", list(t.image_size), "[height, width], each >= 32")
@@ -160,11 +167,19 @@ def _check(p: Params) -> None:
     need(t.head.dense_units >= 1, "train.head.dense_units", t.head.dense_units, "an integer >= 1")
     need(0 <= t.head.dropout < 1, "train.head.dropout", t.head.dropout, "a fraction in [0, 1)")
     if t.weights not in (None, "imagenet"):
-        need(Path(t.weights).is_file(), "train.weights", t.weights,
-             "null, 'imagenet', or the path of an existing local .h5 weights file")
+        need(
+            Path(t.weights).is_file(),
+            "train.weights",
+            t.weights,
+            "null, 'imagenet', or the path of an existing local .h5 weights file",
+        )
     e = p.evaluate
-    need(e.threshold == "auto" or 0 <= e.threshold <= 1, "evaluate.threshold", e.threshold,
-         "a number in [0, 1] or 'auto'")
+    need(
+        e.threshold == "auto" or 0 <= e.threshold <= 1,
+        "evaluate.threshold",
+        e.threshold,
+        "a number in [0, 1] or 'auto'",
+    )
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
 

@@ -16,8 +16,13 @@ def decode_and_preprocess(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tens
     return keras.applications.resnet50.preprocess_input(image)
 
 
-def image_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size: int,
-                  labels: Sequence[int] | None = None, shuffle_seed: int | None = None) -> tf.data.Dataset:
+def image_dataset(
+    paths: Sequence[str],
+    image_size: Sequence[int],
+    batch_size: int,
+    labels: Sequence[int] | None = None,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
     """Batches of preprocessed images (and labels when given), in order unless `shuffle_seed` is set.
     The last partial batch is kept."""
     ds = tf.data.Dataset.from_tensor_slices(list(paths))

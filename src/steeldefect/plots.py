@@ -46,7 +46,7 @@ def gallery(tiles: list[Tile], out: Path, title: str, empty: str = "nothing to s
             ax.imshow(overlay(np.asarray(im.convert("RGB")), tile.masks), aspect="auto")
         ax.set_title(tile.title, fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     with path_for(out) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)

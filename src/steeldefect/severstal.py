@@ -52,8 +52,7 @@ def rle_decode(rle: str, height: int, width: int, where: str = "") -> np.ndarray
     tokens = text.split()
     if len(tokens) % 2:
         raise UserError(
-            f'{p}RLE has an odd number of tokens ({len(tokens)}); expected "start length" pairs '
-            "separated by spaces."
+            f'{p}RLE has an odd number of tokens ({len(tokens)}); expected "start length" pairs separated by spaces.'
         )
     if not _RLE_RE.fullmatch(text):
         # Error path only: find the first offending token for the message.
@@ -68,9 +67,7 @@ def rle_decode(rle: str, height: int, width: int, where: str = "") -> np.ndarray
     except OverflowError:
         too_large = True
     if too_large:
-        raise UserError(
-            f"{p}RLE holds a number too large to be a pixel index; the image has only {n} pixels."
-        )
+        raise UserError(f"{p}RLE holds a number too large to be a pixel index; the image has only {n} pixels.")
     starts, lengths = values[0::2], values[1::2]
     ends = starts + lengths  # 1-based, exclusive
 
@@ -87,8 +84,7 @@ def rle_decode(rle: str, height: int, width: int, where: str = "") -> np.ndarray
     if bad.any():
         i = _first(bad)
         raise UserError(
-            f"{p}RLE run {i + 1} starts at {starts[i]}; starts are 1-based pixel indices and must be "
-            "at least 1."
+            f"{p}RLE run {i + 1} starts at {starts[i]}; starts are 1-based pixel indices and must be at least 1."
         )
     bad = starts[1:] <= starts[:-1]
     if bad.any():
@@ -261,9 +257,7 @@ def read_labels(csv_path: Path) -> pd.DataFrame:
     raw = _read_csv(path)
     header = tuple(c for c in raw.columns if c != "row")
     if header not in _LABEL_HEADERS:
-        raise UserError(
-            f"{path}: unknown header {','.join(header)!r}; expected 'ImageID,label' (or 'ImageId,label')."
-        )
+        raise UserError(f"{path}: unknown header {','.join(header)!r}; expected 'ImageID,label' (or 'ImageId,label').")
     id_col = header[0]
     seen: dict[str, tuple[int, int]] = {}  # ImageId -> (label, row)
     for image_id, label_text, row in zip(raw[id_col], raw["label"], raw["row"], strict=True):

@@ -18,7 +18,6 @@ from steeldefect.atomic import atomic_dir
 from steeldefect.params import SynthesizeParams
 from steeldefect.severstal import rle_encode
 
-
 HEIGHT, WIDTH, JPEG_QUALITY = 256, 1600, 90
 
 
@@ -29,12 +28,13 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     gradient = np.linspace(0, rng.uniform(-15, 15), w)[None, :]
     img = base + grain + gradient + rng.normal(0, 5, (h, w))
     for _ in range(rng.integers(2, 6)):  # faint blotches: distractors, not defects
-        _add(img, _ellipse(rng, h, w, rng.uniform(20, 80), rng.uniform(10, 40)), rng.uniform(-7, 7), soft=True)
+        _add(img, _ellipse(rng, h, w, rng.uniform(20, 80), rng.uniform(10, 40)), rng.uniform(-8, 8), soft=True)
     return img
 
 
-def _ellipse(rng: np.random.Generator, h: int, w: int, rx: float, ry: float,
-             cy: float | None = None, cx: float | None = None) -> np.ndarray:
+def _ellipse(
+    rng: np.random.Generator, h: int, w: int, rx: float, ry: float, cy: float | None = None, cx: float | None = None
+) -> np.ndarray:
     """A filled, randomly rotated ellipse (computed in its bounding box only)."""
     cy = rng.uniform(0, h) if cy is None else cy
     cx = rng.uniform(0, w) if cx is None else cx
@@ -66,9 +66,9 @@ def _pits(rng, h, w):  # class 1: a cluster of small dark pits
     cy, cx = rng.uniform(30, h - 30), rng.uniform(40, w - 40)
     mask = np.zeros((h, w), bool)
     for _ in range(rng.integers(6, 18)):
-        r = rng.uniform(2.5, 6)
+        r = rng.uniform(2, 5)
         mask |= _ellipse(rng, h, w, r, r * rng.uniform(0.6, 1), cy + rng.normal(0, 18), cx + rng.normal(0, 30))
-    return mask, -rng.uniform(45, 75)
+    return mask, -rng.uniform(25, 50)
 
 
 def _crack(rng, h, w):  # class 2: a thin jagged dark crack, roughly across the strip
@@ -82,16 +82,16 @@ def _crack(rng, h, w):  # class 2: a thin jagged dark crack, roughly across the 
         for dx in (0, 1):
             yi, xi = np.clip(ys.astype(int) + dy, 0, h - 1), np.clip(xs.astype(int) + dx, 0, w - 1)
             mask[yi, xi] = True
-    return mask, -rng.uniform(55, 85)
+    return mask, -rng.uniform(35, 65)
 
 
 def _scratch(rng, h, w):  # class 3: a long, nearly horizontal scratch or streak, light or dark
-    length, thick = rng.uniform(200, 900), rng.uniform(2, 7)
+    length, thick = rng.uniform(150, 900), rng.uniform(2, 5)
     y0, x0 = rng.uniform(10, h - 10), rng.uniform(0, w - length)
     yy, xx = np.mgrid[0:h, 0:w]
     centre = y0 + (xx - x0) * rng.uniform(-0.04, 0.04) + 3 * np.sin((xx - x0) / rng.uniform(40, 120))
     mask = (np.abs(yy - centre) <= thick / 2) & (xx >= x0) & (xx <= x0 + length)
-    return mask, rng.choice([-1, 1]) * rng.uniform(40, 65)
+    return mask, rng.choice([-1, 1]) * rng.uniform(30, 50)
 
 
 def _patch(rng, h, w):  # class 4: a large dark patch with a ragged outline
@@ -100,7 +100,7 @@ def _patch(rng, h, w):  # class 4: a large dark patch with a ragged outline
     mask = _ellipse(rng, h, w, rx, ry, cy, cx)
     for _ in range(3):
         mask |= _ellipse(rng, h, w, rx / 2, ry / 2, cy + rng.normal(0, ry / 2), cx + rng.normal(0, rx / 2))
-    return mask, -rng.uniform(40, 60)
+    return mask, -rng.uniform(22, 40)
 
 
 DEFECTS = {1: _pits, 2: _crack, 3: _scratch, 4: _patch}

@@ -37,8 +37,9 @@ def _features(backbone: keras.Model, df: pd.DataFrame, p: TrainParams) -> np.nda
     return backbone.predict(image_dataset(df.path, p.image_size, p.batch_size), verbose=0)
 
 
-def train(p: TrainParams, seed: int, train_df: pd.DataFrame, val_df: pd.DataFrame, weights_out: Path,
-          live_dir: Path) -> None:
+def train(
+    p: TrainParams, seed: int, train_df: pd.DataFrame, val_df: pd.DataFrame, weights_out: Path, live_dir: Path
+) -> None:
     """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`."""
     set_seed(seed)
     model, backbone, head = build_model(p, p.weights)
@@ -47,10 +48,14 @@ def train(p: TrainParams, seed: int, train_df: pd.DataFrame, val_df: pd.DataFram
     if p.freeze_backbone:
         fitted = head
         x_train, x_val = _features(backbone, train_df, p), _features(backbone, val_df, p)
-        log.info("frozen backbone: features of %d images computed once in %.1f s, training the head on them",
-                 len(x_train) + len(x_val), time.perf_counter() - start)
-        train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-                    .shuffle(len(x_train), seed=seed).batch(p.batch_size))
+        log.info(
+            "frozen backbone: features of %d images computed once in %.1f s, training the head on them",
+            len(x_train) + len(x_val),
+            time.perf_counter() - start,
+        )
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(len(x_train), seed=seed).batch(p.batch_size)
+        )
         val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(p.batch_size)
     else:
         fitted = model
