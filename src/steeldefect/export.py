@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -35,7 +36,9 @@ def load_model(model_dir: Path) -> keras.Model:
             "models exported by steeldefect (standard Keras layers, no Lambda) can be loaded."
         ) from e
     try:
-        model.load_weights(weights_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Keras only warns when it skips layers it cannot match
+            model.load_weights(weights_path)
     except FileNotFoundError as e:
         raise UserError(f"{weights_path}: not found; run the export stage first.") from e
     except Exception as e:  # noqa: BLE001 - shape/layer-count mismatches surface as ValueError and others
