@@ -1,4 +1,5 @@
-"""Stage export: models/model.json + models/model.weights.h5 (+ model_meta.json), checked by reloading."""
+"""Stage export: models/model.json + models/model.weights.h5 (+ model_meta.json) and the serving SavedModel
+models/saved_model/, all checked by reloading."""
 
 from pathlib import Path
 
@@ -13,8 +14,16 @@ def main() -> None:
     p = load_params()
     test = pd.read_csv("data/split/test.csv", keep_default_na=False)
     train = pd.read_csv("data/split/train.csv", keep_default_na=False)
-    diff = export(p.train, Path("models/trained.weights.h5"), Path("models"), list(test.path[:4]), model_meta(p, train))
-    print(f"exported models/model.json + models/model.weights.h5; reload check: max difference {diff:.2g}")
+    diff = export(
+        p.train,
+        Path("models/trained.weights.h5"),
+        Path("models"),
+        list(test.path[:4]),
+        model_meta(p, train),
+        saved_model=p.export.saved_model,
+    )
+    saved = "models/saved_model (SavedModel)" if p.export.saved_model else "no SavedModel (export.saved_model: false)"
+    print(f"exported models/model.json + models/model.weights.h5 and {saved}; reload check: max difference {diff:.2g}")
 
 
 if __name__ == "__main__":

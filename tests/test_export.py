@@ -1,19 +1,23 @@
-"""Export round trip and safe loading of model.json + weights."""
+"""Export round trip, safe loading of model.json + weights, the metadata and the serving SavedModel."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
+from steeldefect.cli import predict
 from steeldefect.errors import UserError
-from steeldefect.export import MODEL_JSON, MODEL_WEIGHTS, export, load_model
+from steeldefect.export import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, export, load_model, model_meta
 from steeldefect.inference import predict_paths
 from steeldefect.model import build_model
-from steeldefect.params import HeadParams, TrainParams
+from steeldefect.params import ExportParams, HeadParams, Params, TrainParams, parse_params
 
 TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
 
@@ -35,7 +39,8 @@ def exported(tmp_path_factory):
 
 def test_export_round_trip(exported):
     root, model, paths = exported
-    assert {p.name for p in (root / "models").iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, "model_meta.json"}
+    # exactly the outputs: no temporary folder left behind
+    assert {p.name for p in (root / "models").iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL}
     reloaded = load_model(root / "models")
     np.testing.assert_array_equal(predict_paths(reloaded, paths, 2), predict_paths(model, paths, 2))
 
@@ -43,6 +48,71 @@ def test_export_round_trip(exported):
 def test_predict_keeps_last_partial_batch(exported):
     root, _, paths = exported
     assert len(predict_paths(load_model(root / "models"), paths, batch_size=2)) == 5
+
+
+def test_predict_paths_names_unreadable_images(exported):
+    root, _, paths = exported
+    with pytest.raises(UserError, match=r"1 of 3 images cannot be predicted: .*nowhere\.jpg: file not found"):
+        predict_paths(load_model(root / "models"), [paths[0], str(root / "nowhere.jpg"), paths[1]], 2)
+
+
+SERVE = """
+import json, sys
+sys.modules["steeldefect"] = None  # prove the SavedModel needs neither this package
+sys.modules["keras"] = None  # nor Keras
+import tensorflow as tf
+
+loaded = tf.saved_model.load(sys.argv[1])
+serve = loaded.signatures["serving_default"]
+images = tf.constant([open(path, "rb").read() for path in sys.argv[2:]])
+print(json.dumps({
+    "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in serve.structured_input_signature[1].items()},
+    "probability": serve(images)["probability"].numpy().tolist(),
+}))
+"""
+
+
+def test_saved_model_serves_jpeg_bytes_like_the_command(exported, tmp_path):
+    root, _, paths = exported
+    assert predict(paths, root / "models", tmp_path / "out.csv", progress=False) == 0
+    expected = pd.read_csv(tmp_path / "out.csv").probability.to_numpy()
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE, str(root / "models" / SAVED_MODEL), *paths],
+        capture_output=True,
+        text=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert served["inputs"] == {"image_bytes": ["string", [None]]}
+    np.testing.assert_allclose(served["probability"], expected, rtol=0, atol=1e-5)
+
+
+def test_saved_model_can_be_disabled(exported, tmp_path):
+    root, _, paths = exported
+    export(TINY, root / "trained.weights.h5", tmp_path, paths[:2], {"image_size": [64, 96]}, saved_model=False)
+    assert [p.name for p in (tmp_path / SAVED_MODEL).iterdir()] == ["README.txt"]
+    assert "export.saved_model is false" in (tmp_path / SAVED_MODEL / "README.txt").read_text()
+    assert {p.name for p in tmp_path.iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL}
+
+
+def test_model_meta_says_what_inference_needs():
+    train = pd.DataFrame({"md5": ["b", "a"]})
+    meta = model_meta(Params(), train)
+    assert meta["image_size"] == [128, 800]
+    assert meta["class_meaning"] == {"0": "clean", "1": "defect"}
+    assert meta["batch_size"] == Params().train.batch_size
+    assert meta["saved_model"]["signature"] == "serving_default"
+    assert "threshold" not in meta  # evaluate.threshold is not a dependency of the export stage
+    assert json.loads(json.dumps(meta)) == meta
+    assert model_meta(Params(export=ExportParams(saved_model=False)), train)["saved_model"] is None
+
+
+def test_export_params():
+    assert Params().export.saved_model is True
+    assert parse_params({"export": {"saved_model": False}}).export.saved_model is False
+    with pytest.raises(UserError, match="export.saved_model"):
+        parse_params({"export": {"saved_model": "yes"}})
 
 
 def test_lambda_layer_is_refused(exported, tmp_path):

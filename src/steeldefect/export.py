@@ -1,4 +1,4 @@
-"""Export the trained model as JSON + weights (+ metadata), and load it back safely."""
+"""Export the trained model as JSON + weights (+ metadata) and as a serving SavedModel, and load it back safely."""
 
 from __future__ import annotations
 
@@ -15,12 +15,20 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from steeldefect import atomic
 from steeldefect.errors import UserError
 from steeldefect.model import build_model
 from steeldefect.params import Params, TrainParams
-from steeldefect.pipeline import image_dataset
+from steeldefect.pipeline import decode_and_preprocess, image_dataset
 
 MODEL_JSON, MODEL_WEIGHTS, MODEL_META = "model.json", "model.weights.h5", "model_meta.json"
+SAVED_MODEL = "saved_model"  # folder: TensorFlow SavedModel, signature serving_default (image_bytes -> probability)
+THRESHOLD = "threshold.json"  # written beside the model by the evaluate stage; read by the command if present
+CLASS_MEANING = {"0": "clean", "1": "defect"}
+SAVED_MODEL_DISABLED = (
+    "export.saved_model is false in params.yaml, so no TensorFlow SavedModel was exported.\n"
+    "Set it to true and run `dvc repro export` to get one here.\n"
+)
 
 
 def load_model(model_dir: Path) -> keras.Model:
@@ -49,14 +57,46 @@ def load_model(model_dir: Path) -> keras.Model:
     return model
 
 
-def export(p: TrainParams, trained_weights: Path, out_dir: Path, check_paths: list[str], meta: dict) -> float:
-    """Write model.json, model.weights.h5 (no optimizer state) and model_meta.json into `out_dir`. They are
-    written to a temporary folder first, reloaded from there, and moved into place only if the reloaded
-    model's predictions on `check_paths` equal the trained model's. Returns the largest difference seen."""
+def save_serving_model(model: keras.Model, image_size: tuple[int, int], path: Path) -> None:
+    """A TensorFlow SavedModel at `path` whose `serving_default` signature maps `image_bytes` (tf.string, shape
+    [None]: encoded JPEG, or PNG / GIF / BMP) to `probability` (float32, shape [None]), with the preprocessing
+    of `pipeline.decode_and_preprocess` inside the graph: servable by TF Serving or any TF runtime."""
+    size = tuple(int(s) for s in image_size)
+
+    def serve(image_bytes):
+        images = tf.map_fn(
+            lambda data: decode_and_preprocess(data, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec((*size, 3), tf.float32),
+        )
+        return {"probability": tf.reshape(model(images, training=False), [-1])}
+
+    module = tf.Module(name="steeldefect")
+    module.model = model
+    module.serve = tf.function(serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def export(
+    p: TrainParams,
+    trained_weights: Path,
+    out_dir: Path,
+    check_paths: list[str],
+    meta: dict,
+    saved_model: bool = True,
+) -> float:
+    """Write model.json, model.weights.h5 (no optimizer state), model_meta.json and the saved_model/ folder
+    (a serving SavedModel, or only a README.txt when `saved_model` is false) into `out_dir`. Everything is
+    written to temporary paths first, reloaded from there, and moved into place only if the reloaded models'
+    predictions on `check_paths` equal the trained model's (the SavedModel to 1e-5: its graph differs).
+    Returns the largest difference seen."""
     model, _, _ = build_model(p, weights=None)
     model.load_weights(trained_weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp:
+    with (
+        tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp,
+        atomic.atomic_dir(out_dir / SAVED_MODEL) as tmp_saved,
+    ):
         tmp = Path(tmp)
         (tmp / MODEL_JSON).write_text(model.to_json())
         model.save_weights(tmp / MODEL_WEIGHTS)
@@ -69,6 +109,19 @@ def export(p: TrainParams, trained_weights: Path, out_dir: Path, check_paths: li
                 f"{out_dir}: the reloaded model predicts differently from the trained one (max "
                 f"difference {diff:.3g} on {len(check_paths)} images); nothing was exported."
             )
+        if saved_model:
+            save_serving_model(model, p.image_size, tmp_saved)
+            serve = tf.saved_model.load(str(tmp_saved)).signatures["serving_default"]
+            served = serve(tf.constant([Path(path).read_bytes() for path in check_paths]))["probability"].numpy()
+            saved_diff = float(np.max(np.abs(expected.reshape(-1) - served)))
+            if saved_diff > 1e-5:
+                raise UserError(
+                    f"{out_dir / SAVED_MODEL}: the SavedModel predicts differently from the trained model (max "
+                    f"difference {saved_diff:.3g} on {len(check_paths)} images); nothing was exported."
+                )
+            diff = max(diff, saved_diff)
+        else:
+            (tmp_saved / "README.txt").write_text(SAVED_MODEL_DISABLED)
         for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META):
             os.replace(tmp / name, out_dir / name)
     return diff
@@ -83,13 +136,27 @@ def read_meta(model_dir: Path) -> dict:
 
 
 def model_meta(p: Params, train_df: pd.DataFrame) -> dict:
-    """What the inference command needs besides the model: input size, preprocessing, output meaning,
-    a fingerprint of the training images and the library versions."""
+    """What the inference command (and anyone serving the model) needs besides the model: input size,
+    preprocessing, output and class meaning, the batch size the predict stage uses (the command's default, so
+    its probabilities match the stage's), the SavedModel's interface, a fingerprint of the training images and
+    the library versions. The threshold is not here: the evaluate stage writes it to threshold.json."""
     return {
         "image_size": list(p.train.image_size),
         "preprocessing": "decode as RGB, bilinear antialiased resize to image_size, "
         "keras.applications.resnet50.preprocess_input (caffe: BGR, ImageNet mean removed)",
         "output": "probability that the image shows a defect (label 1)",
+        "class_meaning": CLASS_MEANING,
+        "decision": f"predicted = 1 (defect) when probability >= threshold; the threshold is in {THRESHOLD} beside "
+        "this file when the evaluate stage wrote it",
+        "batch_size": p.train.batch_size,
+        "saved_model": {
+            "path": SAVED_MODEL,
+            "signature": "serving_default",
+            "inputs": {"image_bytes": "tf.string [None]: encoded JPEG (or PNG) images"},
+            "outputs": {"probability": "float32 [None]: defect probability, preprocessing included"},
+        }
+        if p.export.saved_model
+        else None,
         "backbone": {"architecture": "ResNet50", "cut_after": p.train.backbone_layer, "weights": p.train.weights},
         "training_images_md5": hashlib.md5("".join(sorted(train_df.md5)).encode()).hexdigest(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},

@@ -1,0 +1,218 @@
+"""The `steeldefect` command.
+
+    steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
+
+predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, and the image
+size from model_meta.json), through the same tf.data preprocessing and prediction code as the predict stage, and
+writes one CSV row per image: path, probability, predicted (0 clean / 1 defect), error. An unreadable image gets
+its error text instead of a probability and does not stop the run. Exit code: 0 when every image was predicted,
+1 when some could not be read, 2 for a usage error (bad arguments, no model, no images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from steeldefect.errors import UserError, run
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a folder is expanded to
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BATCH_SIZE = 16  # when model_meta.json does not record the predict stage's batch size
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steeldefect", description="Steel-defect classifier commands.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    predict = commands.add_parser(
+        "predict",
+        help="defect probability of images with the exported model",
+        description="Predict the defect probability of images (files, or folders of .jpg/.jpeg/.png files) with "
+        "the exported model and write one CSV row per image: path, probability, predicted (1 = defect), error. "
+        "Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors.",
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
+    predict.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("models"),
+        help="folder holding model.json, model.weights.h5 and model_meta.json (default: models)",
+    )
+    predict.add_argument(
+        "--output", type=Path, default=Path("predictions.csv"), help="CSV to write (default: predictions.csv)"
+    )
+    predict.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help="predicted = 1 when probability >= threshold (default: the evaluate stage's choice in "
+        f"MODEL_DIR/threshold.json if present, else {DEFAULT_THRESHOLD})",
+    )
+    predict.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per batch (default: the predict stage's, recorded in model_meta.json)",
+    )
+    predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    return parser
+
+
+def expand_images(inputs: Sequence[str | Path]) -> list[str]:
+    """Files as given (existing or not: a missing one gets an error row), folders expanded to their .jpg,
+    .jpeg and .png files (any case, not recursive), sorted by name."""
+    paths = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                print(f"warning: {item}: no {'/'.join(IMAGE_SUFFIXES)} files in this folder", file=sys.stderr)
+            paths.extend(str(p) for p in found)
+        else:
+            paths.append(str(item))
+    return paths
+
+
+def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, str]:
+    """(threshold, where it comes from): `threshold` if given, else the evaluate stage's choice in
+    MODEL_DIR/threshold.json if that file exists, else 0.5."""
+    from steeldefect.export import THRESHOLD
+
+    if threshold is not None:
+        return threshold, "--threshold"
+    path = Path(model_dir) / THRESHOLD
+    if not path.is_file():
+        return DEFAULT_THRESHOLD, f"default (no --threshold and no {path})"
+    try:
+        data = json.loads(path.read_text())
+        value = data["threshold"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(f"threshold {value!r} is not a number in [0, 1]")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path}: cannot read the threshold chosen by the evaluate stage ({type(e).__name__}: {e}); "
+            "rerun `dvc repro evaluate`, delete the file, or give --threshold."
+        ) from e
+    policy = data.get("policy")
+    return float(value), f"{path}" + (f" (policy: {policy})" if policy else "")
+
+
+def load_for_inference(model_dir: Path):
+    """(model, image size, metadata) from the exported files only; UserError when they are missing or
+    inconsistent."""
+    from steeldefect.export import MODEL_JSON, load_model, read_meta
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(
+            f"--model-dir {model_dir}: no such folder; give the folder holding {MODEL_JSON}, model.weights.h5 "
+            "and model_meta.json (the export stage writes them to models/)."
+        )
+    meta = read_meta(model_dir)
+    size = meta.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise UserError(
+            f"{model_dir / 'model_meta.json'}: image_size = {size!r} is not [height, width]; export the model again."
+        )
+    model = load_model(model_dir)
+    expected = tuple(model.input_shape[1:3])
+    if None not in expected and expected != tuple(size):
+        raise UserError(
+            f"{model_dir}: model_meta.json says image_size {size} but {MODEL_JSON} takes {list(expected)}; "
+            "the files do not belong together: export the model again."
+        )
+    return model, tuple(size), meta
+
+
+def predict(
+    inputs: Sequence[str | Path],
+    model_dir: Path = Path("models"),
+    output: Path = Path("predictions.csv"),
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> int:
+    """The `predict` command: writes `output` and returns the exit code (0 all predicted, 1 some unreadable)."""
+    import numpy as np
+    import pandas as pd
+    from tqdm import tqdm
+
+    from steeldefect import atomic
+    from steeldefect.inference import predict_files
+
+    paths = expand_images(inputs)
+    if not paths:
+        raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
+    value, source = resolve_threshold(threshold, model_dir)
+    model, image_size, meta = load_for_inference(model_dir)
+    batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
+    print(f"threshold {value:g} from {source}")
+    print(
+        f"predicting {len(paths)} images with the model in {model_dir} "
+        f"(image size {image_size[0]}x{image_size[1]}, batch size {batch_size})"
+    )
+    with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
+        result = predict_files(model, paths, batch_size, image_size, progress=bar.update)
+
+    ok = np.array([not e for e in result.errors], dtype=bool)
+    predicted = pd.array([int(p >= value) if good else pd.NA for p, good in zip(result.probability, ok)], "Int64")
+    table = pd.DataFrame(
+        {"path": result.paths, "probability": result.probability, "predicted": predicted, "error": result.errors}
+    )
+    atomic.write_text(Path(output), table.to_csv(index=False))
+
+    failed = result.failed
+    n_defect = int((predicted[ok] == 1).sum())
+    print(
+        f"wrote {output}: {len(paths)} images, {n_defect} predicted defect, {int(ok.sum()) - n_defect} clean"
+        + (f", {len(failed)} unreadable" if failed else "")
+    )
+    for i in failed[:10]:
+        print(f"  unreadable: {result.paths[i]}: {result.errors[i]}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"  ... and {len(failed) - 10} more (see the error column of {output})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    code = 0
+
+    def command() -> None:
+        nonlocal code
+        code = predict(
+            args.images, args.model_dir, args.output, args.threshold, args.batch_size, progress=not args.no_progress
+        )
+
+    run(command)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
