@@ -23,6 +23,7 @@ def main() -> None:
         test,
         read("data/prepared/masks.csv"),
         Path("metrics/evaluate.json"),
+        Path("models/threshold.json"),
         Path("plots"),
         Path("data/evaluation"),
     )

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from steeldefect import atomic
-from steeldefect.dataset import load_masks, pick_samples, prepare, resolve_source
+from steeldefect.dataset import exploration_tables, load_masks, pick_samples, prepare, resolve_source
 from steeldefect.errors import run
 from steeldefect.params import load_params
 from steeldefect.plots import Tile, gallery
@@ -12,10 +12,13 @@ from steeldefect.plots import Tile, gallery
 def main() -> None:
     p = load_params()
     source = resolve_source(p.data.source)
-    images, masks, metrics = prepare(source)
+    images, masks, excluded, metrics = prepare(source, p.prepare.on_bad_image)
     with atomic.atomic_dir(Path("data/prepared")) as tmp:
         images.to_csv(tmp / "images.csv", index=False)
         masks.to_csv(tmp / "masks.csv", index=False)
+        excluded.to_csv(tmp / "excluded.csv", index=False)
+    for name, table in exploration_tables(images, masks).items():
+        atomic.write_text(Path(f"plots/data/{name}.csv"), table.to_csv(index=False))
     atomic.write_json(Path("metrics/data.json"), metrics)
     tiles = [
         Tile(

@@ -30,12 +30,13 @@ def _check_image(path: Path) -> tuple[int, int, str]:
     return height, width, hashlib.md5(data).hexdigest()
 
 
-def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def prepare(source: Path, on_bad_image: str = "fail") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Read and check a Severstal-layout folder.
 
-    Returns (images, masks, data metrics): one row per image (IMAGE_COLUMNS), one row per non-empty mask
-    (ImageId, ClassId, EncodedPixels, area), and counts for the data metrics file. Every problem found in
-    the images is collected and reported together in one UserError.
+    Returns (images, masks, excluded, data metrics): one row per image (IMAGE_COLUMNS), one row per non-empty
+    mask (ImageId, ClassId, EncodedPixels, area), the images left out (ImageId, problem) and the data
+    metrics. Every missing or undecodable image is found before reporting: with on_bad_image "fail" they are
+    all listed in one UserError, with "skip" they are left out (with their masks) and listed in `excluded`.
     """
     masks_csv, labels_csv, image_dir = (
         source / "train.csv",
@@ -51,7 +52,7 @@ def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     masks = read_masks(masks_csv)
     if labels_csv.exists():
         labels = read_labels(labels_csv)
-        derived_clean = 0
+        derived = set()
         stray = sorted(set(masks.ImageId) - set(labels.ImageId))
         if stray:
             raise UserError(
@@ -67,7 +68,7 @@ def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     else:
         on_disk = sorted(p.name for p in image_dir.glob("*.jpg"))
         listed = set(masks.attrs["images"])
-        derived_clean = sum(1 for name in on_disk if name not in listed)
+        derived = set(on_disk) - listed  # clean because train.csv does not mention them
         ids = sorted(listed | set(on_disk))
         defective = set(masks.ImageId)
         labels = pd.DataFrame({"ImageId": ids, "label": [int(i in defective) for i in ids]})
@@ -79,20 +80,24 @@ def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         try:
             height, width, md5 = _check_image(path)
         except FileNotFoundError:
-            problems.append(f"{image_id}: file not found")
+            problems.append((image_id, "file not found"))
             continue
         except (OSError, ValueError) as e:
-            problems.append(f"{image_id}: does not decode as an image ({e})")
+            problems.append((image_id, f"does not decode as an image ({e})"))
             continue
         classes = by_image.get(image_id, "")
         rows.append((image_id, str(path), int(label), classes, len(classes.split()), height, width, md5))
-    if problems:
-        listing = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+    excluded = pd.DataFrame(problems, columns=["ImageId", "problem"])
+    if problems and on_bad_image == "fail":
+        listing = "; ".join(f"{i}: {why}" for i, why in problems[:20])
+        more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UserError(
-            f"{image_dir}: {len(problems)} listed image(s) are missing or unreadable: {listing}. "
-            "Restore the files or remove them from the CSV files."
+            f"{image_dir}: {len(problems)} listed image(s) are missing or unreadable: {listing}{more}. "
+            "Restore the files, remove them from the CSV files, or set prepare.on_bad_image: skip."
         )
     images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    derived_clean = int(images.ImageId.isin(derived).sum())
+    masks = masks[~masks.ImageId.isin(excluded.ImageId)]
 
     size = images.set_index("ImageId")[["height", "width"]]
     areas = []
@@ -101,20 +106,53 @@ def prepare(source: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         where = f"{masks_csv} row {rec.row} (ImageId {rec.ImageId}, ClassId {rec.ClassId})"
         areas.append(int(rle_decode(rec.EncodedPixels, int(h), int(w), where).sum()))
     masks = masks.assign(area=areas)[["ImageId", "ClassId", "EncodedPixels", "area"]]
-    return images, masks, data_metrics(images, masks, derived_clean)
+    return images, masks, excluded, data_metrics(images, masks, excluded, derived_clean)
 
 
-def data_metrics(images: pd.DataFrame, masks: pd.DataFrame, derived_clean: int) -> dict:
-    per_class = masks.groupby("ClassId").ImageId.nunique()
+def data_metrics(images: pd.DataFrame, masks: pd.DataFrame, excluded: pd.DataFrame, derived_clean: int) -> dict:
+    """What the notebook printed about the data, as numbers DVC can diff."""
+    tables = exploration_tables(images, masks)
+    sizes = tables["image_sizes"].sort_values("images", ascending=False)
     return {
         "images": len(images),
         "defective": int(images.label.sum()),
         "clean": int((images.label == 0).sum()),
         "masks": len(masks),
-        "images_per_class": {str(k): int(v) for k, v in per_class.items()},
+        "images_per_class": {str(k): int(v) for k, v in masks.groupby("ClassId").ImageId.nunique().items()},
+        "images_by_number_of_masks": dict(
+            zip(tables["masks_per_image"].masks.astype(str), tables["masks_per_image"].images.astype(int).tolist())
+        ),
         "images_with_2plus_classes": int((images.n_masks >= 2).sum()),
+        "defect_area_share_mean_per_class": dict(
+            zip(tables["defect_area"]["class"], tables["defect_area"].mean_area_share.tolist())
+        ),
+        "image_sizes": {
+            "distinct": len(sizes),
+            "most_common": f"{sizes.width.iloc[0]}x{sizes.height.iloc[0]}" if len(sizes) else None,
+            "height_min": int(images.height.min()) if len(images) else None,
+            "height_max": int(images.height.max()) if len(images) else None,
+            "width_min": int(images.width.min()) if len(images) else None,
+            "width_max": int(images.width.max()) if len(images) else None,
+        },
         "defective_without_mask": int(((images.label == 1) & (images.n_masks == 0)).sum()),
         "clean_derived_from_missing_csv_rows": derived_clean,
+        "excluded_bad_images": len(excluded),
+    }
+
+
+def exploration_tables(images: pd.DataFrame, masks: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Plot data for the data exploration: masks per image, defect area per class, image sizes."""
+    pixels = images.set_index("ImageId").loc[masks.ImageId, ["height", "width"]].prod(axis=1).to_numpy()
+    area = masks.assign(area_share=masks.area / pixels).groupby("ClassId")
+    return {
+        "masks_per_image": images.n_masks.value_counts().sort_index().rename_axis("masks").reset_index(name="images"),
+        "defect_area": pd.DataFrame(
+            {
+                "class": [f"class {k}" for k in area.groups],
+                "mean_area_share": area.area_share.mean().round(5).to_numpy(),
+            }
+        ),
+        "image_sizes": images.groupby(["width", "height"]).size().reset_index(name="images"),
     }
 
 

@@ -56,6 +56,7 @@ def evaluate(
     test: pd.DataFrame,
     masks: pd.DataFrame,
     metrics_path: Path,
+    threshold_path: Path,
     plots_dir: Path,
     results_dir: Path,
 ) -> dict:
@@ -107,5 +108,6 @@ def evaluate(
         f"False alarms: {len(fp)} false positives (showing {min(n, len(fp))})",
         empty="No false positives: no clean test image was flagged.",
     )
+    atomic.write_json(threshold_path, choice)
     atomic.write_json(metrics_path, metrics)
     return metrics
