@@ -19,17 +19,17 @@ TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=
 @pytest.mark.parametrize("layer", ["conv2_block3_out", None])
 def test_model_builds_and_predicts_probabilities(pooling, layer):
     p = dataclasses.replace(TINY, backbone_layer=layer, head=HeadParams(pooling=pooling, dense_units=8))
-    model, backbone, head = build_model(p, weights=None)
+    model, features, classifier = build_model(p, weights=None)
     assert model.input_shape == (None, 64, 96, 3) and model.output_shape == (None, 1)
     prob = model.predict(np.random.default_rng(0).normal(0, 50, (3, 64, 96, 3)), verbose=0)
     assert prob.shape == (3, 1) and np.all((prob >= 0) & (prob <= 1))
-    assert not backbone.trainable and not backbone.trainable_weights
-    assert head.trainable_weights
+    assert not features.trainable_weights  # frozen backbone, parameter-free pooling
+    assert classifier.trainable_weights and len(model.trainable_weights) == len(classifier.trainable_weights)
 
 
 def test_unfrozen_backbone_is_trainable():
-    _, backbone, _ = build_model(dataclasses.replace(TINY, freeze_backbone=False), weights=None)
-    assert backbone.trainable_weights
+    _, features, _ = build_model(dataclasses.replace(TINY, freeze_backbone=False), weights=None)
+    assert features.trainable_weights
 
 
 def test_local_weights_file_is_loaded(tmp_path):
@@ -56,7 +56,7 @@ def test_unknown_backbone_layer_is_a_clear_error():
 
 def test_head_on_cached_features_equals_whole_model():
     """Training the head on cached backbone features is the same function as the exported whole model."""
-    model, backbone, head = build_model(TINY, weights=None)
+    model, features, classifier = build_model(TINY, weights=None)
     x = np.random.default_rng(1).normal(0, 50, (4, 64, 96, 3)).astype("float32")
-    via_features = head.predict(backbone.predict(x, verbose=0), verbose=0)
+    via_features = classifier.predict(features.predict(x, verbose=0), verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), via_features, rtol=1e-5, atol=1e-6)

@@ -36,37 +36,49 @@ def build_backbone(image_size: tuple[int, int], weights: str | None, layer: str 
     return keras.Model(resnet.input, output, name="backbone")
 
 
-def build_head(feature_shape: tuple[int, ...], p: HeadParams) -> keras.Model:
-    """Pooling -> Dense(relu) -> Dropout -> Dense(1, sigmoid). `flatten` is the notebook's AvgPool(4) +
-    Flatten (tied to one input size); `avgmax` concatenates global average and max pooling (any size)."""
-    inputs = keras.Input(feature_shape)
+def pool(features: keras.KerasTensor, p: HeadParams) -> keras.KerasTensor:
+    """The head's parameter-free first part. `flatten` is the notebook's AvgPool(4) + Flatten (tied to one
+    input size); `avgmax` concatenates global average and max pooling (any input size, small)."""
     if p.pooling == "flatten":
-        x = keras.layers.AveragePooling2D(p.pool_size, padding="same")(inputs)
-        x = keras.layers.Flatten()(x)
-    else:
-        x = keras.layers.Concatenate()(
-            [keras.layers.GlobalAveragePooling2D()(inputs), keras.layers.GlobalMaxPooling2D()(inputs)]
-        )
-    x = keras.layers.Dense(p.dense_units, activation="relu")(x)
+        return keras.layers.Flatten()(keras.layers.AveragePooling2D(p.pool_size, padding="same")(features))
+    return keras.layers.Concatenate()(
+        [keras.layers.GlobalAveragePooling2D()(features), keras.layers.GlobalMaxPooling2D()(features)]
+    )
+
+
+def build_classifier(n_features: int, p: HeadParams) -> keras.Model:
+    """The head's trainable part: Dense(relu) -> Dropout -> Dense(1, sigmoid)."""
+    inputs = keras.Input((n_features,))
+    x = keras.layers.Dense(p.dense_units, activation="relu")(inputs)
     x = keras.layers.Dropout(p.dropout)(x)
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x), name="head")
+    # float32 even under a mixed precision policy, so the probabilities (and the loss) stay float32
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x), name="classifier")
 
 
 def build_model(p: TrainParams, weights: str | None) -> tuple[keras.Model, keras.Model, keras.Model]:
-    """(whole model, backbone, head); the backbone starts from `weights` (train passes p.weights, export
-    None before loading the trained weights). With p.freeze_backbone the backbone is frozen (BatchNorm in
-    inference mode)."""
+    """(whole model, feature extractor, classifier), sharing layers: model = classifier(features(image)).
+    The features are the backbone's output after the head's pooling; the backbone starts from `weights`
+    (train passes p.weights, export None before loading the trained weights). With p.freeze_backbone the
+    backbone is frozen (BatchNorm in inference mode), so the features of an image never change."""
     backbone = build_backbone(p.image_size, weights, p.backbone_layer)
     backbone.trainable = not p.freeze_backbone
-    head = build_head(tuple(backbone.output.shape[1:]), p.head)
     inputs = keras.Input((*p.image_size, 3), name="image")
-    model = keras.Model(inputs, head(backbone(inputs)), name="steeldefect")
-    return model, backbone, head
+    pooled = pool(backbone(inputs), p.head)
+    classifier = build_classifier(pooled.shape[-1], p.head)
+    features = keras.Model(inputs, pooled, name="features")
+    return keras.Model(inputs, classifier(pooled), name="steeldefect"), features, classifier
 
 
-def compile_for_training(model: keras.Model, learning_rate: float) -> None:
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "nadam": keras.optimizers.Nadam,
+    "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+}
+
+
+def compile_for_training(model: keras.Model, learning_rate: float, optimizer: str = "adam") -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=OPTIMIZERS[optimizer](learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy", keras.metrics.AUC(name="auc")],
     )

@@ -36,6 +36,9 @@ class SynthesizeParams:
 @dataclass(frozen=True)
 class PrepareParams:
     sample_images: int = 10  # images in the figure of samples with their masks
+    # missing or undecodable images: "fail" lists them all in one error; "skip" leaves them out and lists them
+    # in data/prepared/excluded.csv (and counts them in metrics/data.json)
+    on_bad_image: Literal["fail", "skip"] = "fail"
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,42 @@ class HeadParams:
 
 
 @dataclass(frozen=True)
+class FineTuneParams:
+    epochs: int = 0  # after the head converges: epochs with the last `stages` ResNet stages unfrozen (0 = off)
+    stages: int = 1
+    learning_rate: float = 0.0001
+
+
+@dataclass(frozen=True)
 class TrainParams:
     epochs: int = 30
     batch_size: int = 16
     image_size: tuple[int, int] = (128, 800)  # height, width fed to the network
     learning_rate: float = 0.001
+    optimizer: Literal["adam", "nadam", "sgd"] = "adam"  # the notebook used nadam
     weights: str | None = None  # None (random init), "imagenet" (download), or a local .h5 path
     freeze_backbone: bool = True
     backbone_layer: str | None = "conv3_block4_out"  # cut ResNet50 after this layer; None = whole network
     head: HeadParams = field(default_factory=HeadParams)
     patience: int = 8  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
+    augment: bool = False  # random flips, brightness and contrast in the graph; turns the feature cache off
+    # frozen backbone: features computed once per image, kept in this folder keyed by everything they depend
+    # on (images, image size, weights, cut, pooling, seed), so later runs with other head params reuse them
+    feature_cache: str | None = ".cache/features"
+    fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
+    # "default" (one device), "mirrored" (all GPUs of this machine, else its CPU devices) or "multi_worker"
+    # (several machines, configured by the TF_CONFIG environment variable); batch_size is the global batch
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    # decoded, resized images kept on disk (tf.data cache) so epochs after the first never decode a JPEG:
+    # False / None = off, True = ".cache/images", or a folder; keyed by the image list and image size
+    image_cache: bool | str | None = False
+    # None (float32), "mixed_float16" (GPUs) or "mixed_bfloat16" (TPUs, recent CPUs / GPUs); the output stays float32
+    mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    saved_model: bool = True  # also write models/saved_model: a TensorFlow SavedModel serving encoded JPEG bytes
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,7 @@ class Params:
     prepare: PrepareParams = field(default_factory=PrepareParams)
     split: SplitParams = field(default_factory=SplitParams)
     train: TrainParams = field(default_factory=TrainParams)
+    export: ExportParams = field(default_factory=ExportParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
@@ -114,6 +144,11 @@ def _convert(key: str, value: object, hint: object) -> object:
         return tuple(_convert(f"{key}[{i}]", v, args[i]) for i, v in enumerate(value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise _bad(key, value, f"a value of type {hint.__name__}")
     return value
@@ -126,7 +161,7 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
         raise _bad(prefix or "params", raw, "a mapping of keys to values")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(map(str, set(raw) - names))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise UserError(f"params.yaml: unknown key {key!r}; known keys here: {', '.join(sorted(names))}.")
@@ -163,6 +198,15 @@ def _check(p: Params) -> None:
     need(min(t.image_size) >= 32, "train.image_size", list(t.image_size), "[height, width], each >= 32")
     need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a number > 0")
     need(t.patience >= 1, "train.patience", t.patience, "an integer >= 1")
+    need(t.fine_tune.epochs >= 0, "train.fine_tune.epochs", t.fine_tune.epochs, "an integer >= 0")
+    need(1 <= t.fine_tune.stages <= 4, "train.fine_tune.stages", t.fine_tune.stages, "an integer from 1 to 4")
+    need(t.fine_tune.learning_rate > 0, "train.fine_tune.learning_rate", t.fine_tune.learning_rate, "a number > 0")
+    need(
+        not isinstance(t.image_cache, str) or t.image_cache.strip() != "",
+        "train.image_cache",
+        t.image_cache,
+        "false, true (the folder .cache/images) or a non-empty folder path",
+    )
     need(t.head.pool_size >= 1, "train.head.pool_size", t.head.pool_size, "an integer >= 1")
     need(t.head.dense_units >= 1, "train.head.dense_units", t.head.dense_units, "an integer >= 1")
     need(0 <= t.head.dropout < 1, "train.head.dropout", t.head.dropout, "a fraction in [0, 1)")
@@ -196,6 +240,8 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise UserError(f"{path}: cannot read the params file ({e.strerror}).") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e}); save the params file as UTF-8.") from e
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML: {e}") from e
     return parse_params(raw)

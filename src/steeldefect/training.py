@@ -1,13 +1,24 @@
 """Training: seeded, logged with dvclive, best-val_loss weights kept.
 
-With a frozen backbone (and no augmentation) the backbone's output never changes, so it is computed once
-per image and the head is trained on those cached features for every epoch; the saved weights are still the
-whole ResNet50 + head.
+With a frozen backbone and no augmentation the features of an image (backbone output after the head's
+pooling) never change, so they are computed once, kept in a file keyed by everything they depend on, and the
+classifier is trained on them for every epoch. An optional fine-tuning phase then unfreezes the last ResNet
+stages and trains the whole model on the images with a lower learning rate. The saved weights are always
+those of the whole model (backbone + head).
+
+`train.strategy` spreads the batches over several devices (`mirrored`) or machines (`multi_worker`, configured
+by TF_CONFIG; every worker runs the same `train` call, and only the chief writes the weights, the dvclive logs
+and the caches to their real paths). `train.image_cache` keeps decoded, resized images on disk between epochs
+and runs; `train.mixed_precision` computes in float16 / bfloat16 with float32 weights and output.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,59 +31,289 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from steeldefect.atomic import path_for
+from steeldefect.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
 from steeldefect.model import build_model, compile_for_training
 from steeldefect.params import TrainParams
 from steeldefect.pipeline import image_dataset
 
 log = logging.getLogger(__name__)
+PREPROCESSING_VERSION = "decode-rgb/bilinear-antialias/resnet50-caffe/v1"
+IMAGE_CACHE_VERSION = "decode-rgb/bilinear-antialias/float32/v1"  # what the image cache holds (before preprocessing)
+DEFAULT_IMAGE_CACHE = ".cache/images"
 
 
 def set_seed(seed: int) -> None:
-    """One seed drives Python, NumPy and TensorFlow; ops are made deterministic."""
+    """One seed drives Python, NumPy and TensorFlow; ops are made deterministic. Neither call starts
+    TensorFlow's runtime, so this may run before or after `make_strategy` (MultiWorkerMirroredStrategy
+    only needs to come before the first TensorFlow op)."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
 
-def _features(backbone: keras.Model, df: pd.DataFrame, p: TrainParams) -> np.ndarray:
-    return backbone.predict(image_dataset(df.path, p.image_size, p.batch_size), verbose=0)
+# --- caches -----------------------------------------------------------------------------------------------
+
+
+def feature_key(p: TrainParams, seed: int, df: pd.DataFrame) -> str:
+    """Everything the frozen features depend on: the images (their md5), the preprocessing and input size,
+    the backbone (weights file content, cut, seed of a random init), the pooling and the mixed precision."""
+    weights = p.weights
+    if weights not in (None, "imagenet"):
+        weights = hashlib.md5(Path(weights).read_bytes()).hexdigest()
+    key = {
+        "images": list(df.md5),
+        "image_size": list(p.image_size),
+        "preprocessing": PREPROCESSING_VERSION,
+        "weights": weights,
+        "seed": seed,
+        "cut": p.backbone_layer,
+        "pooling": p.head.pooling,
+        "pool_size": p.head.pool_size,
+        "versions": [tf.__version__, keras.__version__],
+    }
+    if p.mixed_precision:  # only when set, so float32 keys (and caches) stay as they were
+        key["mixed_precision"] = p.mixed_precision
+    return hashlib.md5(json.dumps(key).encode()).hexdigest()
+
+
+def image_cache_key(df: pd.DataFrame, image_size: tuple[int, int]) -> str:
+    """What the cached decoded images depend on: the images in order (their md5), the size, the decoding."""
+    key = {
+        "images": list(df.md5),
+        "image_size": list(image_size),
+        "decoding": IMAGE_CACHE_VERSION,
+        "tensorflow": tf.__version__,
+    }
+    return hashlib.md5(json.dumps(key).encode()).hexdigest()
+
+
+def image_cache_folder(p: TrainParams) -> Path | None:
+    if p.image_cache is None or p.image_cache is False:
+        return None
+    return Path(DEFAULT_IMAGE_CACHE if p.image_cache is True else p.image_cache)
+
+
+class ImageCache:
+    """Decoded, resized images of one image list in `folder/<key>/images.{index,data-*}` (tf.data's cache
+    format). A list not cached yet is written by its first full pass into a private `.<key>.*` folder, moved
+    into place by `close()` only when complete: an interrupted run or a concurrent one (same key) never leaves
+    or reads a partial cache, nor trips over tf.data's lock file."""
+
+    def __init__(self, folder: Path | None, image_size: tuple[int, int]):
+        self.folder, self.image_size = folder, image_size
+        self.pending: dict[str, Path] = {}
+
+    def prefix(self, df: pd.DataFrame) -> str | None:
+        """The tf.data cache prefix for the images of `df` (None when the cache is off)."""
+        if self.folder is None:
+            return None
+        key = image_cache_key(df, self.image_size)
+        final = self.folder / key
+        if (final / "images.index").is_file():
+            log.info("decoded images of %d images read from %s", len(df), final)
+            return str(final / "images")
+        if key not in self.pending:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.pending[key] = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
+            size = len(df) * self.image_size[0] * self.image_size[1] * 3 * 4
+            log.info("decoded images of %d images (%.0f MB) will be cached in %s", len(df), size / 2**20, final)
+        return str(self.pending[key] / "images")
+
+    def close(self) -> None:
+        """Move the complete caches into place; drop incomplete ones."""
+        for key, tmp in self.pending.items():
+            if (tmp / "images.index").is_file() and not (self.folder / key).exists():
+                try:
+                    os.replace(tmp, self.folder / key)
+                except OSError:  # another run moved the same cache into place first
+                    pass
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.pending.clear()
+
+
+def cached_features(
+    features: keras.Model,
+    df: pd.DataFrame,
+    p: TrainParams,
+    seed: int,
+    strategy: tf.distribute.Strategy | None = None,
+    images: ImageCache | None = None,
+    write: bool = True,
+) -> np.ndarray:
+    """The feature extractor's output (float32) for every image in df, from the cache when present. Under
+    multi_worker the cache is read only when every worker has it (otherwise all compute the features
+    together: predict is a collective op), and only the writer (`write`: the chief) stores it."""
+    strategy = strategy or tf.distribute.get_strategy()
+    path = Path(p.feature_cache) / f"{feature_key(p, seed, df)}.npy" if p.feature_cache else None
+    if everyone(strategy, path is not None and path.is_file()):
+        log.info("features of %d images read from %s", len(df), path)
+        return np.load(path, allow_pickle=False)
+    start = time.perf_counter()
+    ds = image_dataset(df.path, p.image_size, p.batch_size, cache=images.prefix(df) if images else None)
+    x = np.asarray(features.predict(distributed(ds, strategy), verbose=0), dtype=np.float32)
+    log.info("features of %d images computed in %.1f s", len(df), time.perf_counter() - start)
+    if path is not None and write:
+        with path_for(path) as tmp:
+            np.save(tmp, x, allow_pickle=False)
+    return x
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def _callbacks(best: Path, p: TrainParams, live: Live, best_so_far: float | None = None) -> list:
+    return [
+        keras.callbacks.ModelCheckpoint(
+            str(best),
+            monitor="val_loss",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, p.patience // 2)),
+        DVCLiveCallback(live=live),
+    ]
+
+
+def unfreeze_last_stages(model: keras.Model, n: int) -> list[str]:
+    """Make the last `n` ResNet stages present in the model trainable (BatchNorm stays frozen, in
+    inference mode, as usual for fine-tuning on small batches). Returns the stage names."""
+    backbone = model.get_layer("backbone")
+    stages = sorted({layer.name.split("_")[0] for layer in backbone.layers if layer.name.startswith("conv")})
+    chosen = stages[-n:]
+    backbone.trainable = True
+    for layer in backbone.layers:
+        layer.trainable = layer.name.split("_")[0] in chosen and not isinstance(layer, keras.layers.BatchNormalization)
+    return chosen
 
 
 def train(
     p: TrainParams, seed: int, train_df: pd.DataFrame, val_df: pd.DataFrame, weights_out: Path, live_dir: Path
 ) -> None:
-    """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`."""
+    """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`.
+
+    Under `train.strategy` multi_worker every worker calls this with the same arguments; the chief writes
+    `weights_out`, `live_dir` and the caches, the other workers write theirs to a temporary folder (they
+    still take part in every collective op: fit, predict, and the final save)."""
+    strategy = make_strategy(p.strategy)  # first: MultiWorkerMirroredStrategy needs a TensorFlow not yet started
     set_seed(seed)
-    model, backbone, head = build_model(p, p.weights)
+    chief = is_chief(strategy)
+    if strategy.num_replicas_in_sync > p.batch_size:
+        log.warning(
+            "train.batch_size = %d is the global batch: below the %d replicas, some get no images",
+            p.batch_size,
+            strategy.num_replicas_in_sync,
+        )
+    previous_policy = keras.mixed_precision.global_policy()
+    with tempfile.TemporaryDirectory(prefix="steeldefect-train.") as scratch:
+        scratch = Path(scratch)
+        if not chief:
+            weights_out, live_dir = scratch / "worker" / Path(weights_out).name, scratch / "worker_live"
+        cache_folder = worker_cache = image_cache_folder(p)
+        if cache_folder is not None and not chief:  # beside the real caches (same disk), removed at the end
+            cache_folder.mkdir(parents=True, exist_ok=True)
+            cache_folder = worker_cache = Path(tempfile.mkdtemp(prefix=".worker.", dir=cache_folder))
+        images = ImageCache(cache_folder, p.image_size)
+        try:
+            if p.mixed_precision:
+                keras.mixed_precision.set_global_policy(p.mixed_precision)
+                log.info("mixed precision %s: float32 weights and output", p.mixed_precision)
+            _train(p, seed, train_df, val_df, Path(weights_out), Path(live_dir), strategy, images, scratch)
+        finally:
+            images.close()
+            if not chief and worker_cache is not None:
+                shutil.rmtree(worker_cache, ignore_errors=True)
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(
+    p: TrainParams,
+    seed: int,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    weights_out: Path,
+    live_dir: Path,
+    strategy: tf.distribute.Strategy,
+    images: ImageCache,
+    scratch: Path,
+) -> None:
+    chief = is_chief(strategy)
+    with strategy.scope():
+        model, features, classifier = build_model(p, p.weights)
     y_train, y_val = train_df.label.to_numpy("float32"), val_df.label.to_numpy("float32")
     start = time.perf_counter()
-    if p.freeze_backbone:
-        fitted = head
-        x_train, x_val = _features(backbone, train_df, p), _features(backbone, val_df, p)
-        log.info(
-            "frozen backbone: features of %d images computed once in %.1f s, training the head on them",
-            len(x_train) + len(x_val),
-            time.perf_counter() - start,
+    use_cache = p.freeze_backbone and not p.augment
+    if p.freeze_backbone and p.augment:
+        log.info("augmentation is on, so the feature cache is off: augmented images change the features every epoch")
+
+    def image_datasets(augment: bool) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        train_ds = image_dataset(
+            train_df.path,
+            p.image_size,
+            p.batch_size,
+            y_train,
+            shuffle_seed=seed,
+            augment_seed=seed if augment else None,
+            cache=images.prefix(train_df),
         )
+        val_ds = image_dataset(val_df.path, p.image_size, p.batch_size, y_val, cache=images.prefix(val_df))
+        return distributed(train_ds, strategy), distributed(val_ds, strategy)
+
+    if use_cache:
+        fitted = classifier
         train_ds = (
-            tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(len(x_train), seed=seed).batch(p.batch_size)
+            tf.data.Dataset.from_tensor_slices(
+                (cached_features(features, train_df, p, seed, strategy, images, write=chief), y_train)
+            )
+            .shuffle(len(train_df), seed=seed)
+            .batch(p.batch_size)
         )
-        val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(p.batch_size)
+        val_ds = tf.data.Dataset.from_tensor_slices(
+            (cached_features(features, val_df, p, seed, strategy, images, write=chief), y_val)
+        ).batch(p.batch_size)
+        train_ds, val_ds = distributed(train_ds, strategy), distributed(val_ds, strategy)
     else:
         fitted = model
-        train_ds = image_dataset(train_df.path, p.image_size, p.batch_size, y_train, shuffle_seed=seed)
-        val_ds = image_dataset(val_df.path, p.image_size, p.batch_size, y_val)
-    compile_for_training(fitted, p.learning_rate)
+        train_ds, val_ds = image_datasets(p.augment)
+    with strategy.scope():
+        compile_for_training(fitted, p.learning_rate, p.optimizer)
 
-    with tempfile.TemporaryDirectory() as tmp, Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-        best = Path(tmp) / "best.weights.h5"
-        callbacks = [
-            keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, p.patience // 2)),
-            DVCLiveCallback(live=live),
-        ]
-        fitted.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=2)
+    # every worker keeps its own checkpoints (they are equal: the variables are kept in sync)
+    with (
+        keras_multi_worker_fixes(strategy, [fitted, model]),
+        Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live,
+    ):
+        best, best_tuned = scratch / "best.weights.h5", scratch / "best_tuned.weights.h5"
+        callbacks = _callbacks(best, p, live)
+        history = fitted.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=2)
         fitted.load_weights(best)
-    log.info("trained in %.1f s", time.perf_counter() - start)
+        log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, len(history.epoch))
+
+        if p.fine_tune.epochs:
+            model.save_weights(best)  # the whole model at the head's best
+            stages = unfreeze_last_stages(model, p.fine_tune.stages)
+            log.info(
+                "fine-tuning %s for up to %d epochs at learning rate %g",
+                stages,
+                p.fine_tune.epochs,
+                p.fine_tune.learning_rate,
+            )
+            with strategy.scope():
+                compile_for_training(model, p.fine_tune.learning_rate, p.optimizer)
+            if use_cache:
+                train_ds, val_ds = image_datasets(augment=False)
+            done = len(history.epoch)
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=done,
+                epochs=done + p.fine_tune.epochs,
+                callbacks=_callbacks(best_tuned, p, live, best_so_far=callbacks[0].best),
+                verbose=2,
+            )
+            improved = best_tuned.exists()
+            log.info("fine-tuning %s the validation loss", "improved" if improved else "did not improve")
+            model.load_weights(best_tuned if improved else best)
     with path_for(weights_out) as tmp_weights:
         model.save_weights(tmp_weights)
+    log.info("weights written to %s", weights_out)

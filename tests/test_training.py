@@ -1,0 +1,147 @@
+"""Training on tiny data: feature cache, image cache, fine-tuning, augmentation, mixed precision, dvclive
+curves, saved weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from steeldefect.dataset import prepare
+from steeldefect.export import MODEL_JSON, MODEL_WEIGHTS, export, load_model
+from steeldefect.model import build_model
+from steeldefect.params import FineTuneParams, HeadParams, SynthesizeParams, TrainParams
+from steeldefect.pipeline import image_dataset
+from steeldefect.synthetic import write_dataset
+from steeldefect.training import feature_key, image_cache_key, train, unfreeze_last_stages
+
+TINY = TrainParams(
+    epochs=2,
+    batch_size=4,
+    image_size=(64, 400),
+    backbone_layer="conv2_block3_out",
+    head=HeadParams(dense_units=8),
+    patience=5,
+)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> pd.DataFrame:
+    root = tmp_path_factory.mktemp("tiny")
+    write_dataset(SynthesizeParams(n_images=16), seed=1, out_dir=root / "data")
+    return prepare(root / "data")[0]
+
+
+def run_train(p: TrainParams, images: pd.DataFrame, tmp_path) -> tuple[np.ndarray, pd.DataFrame]:
+    p = dataclasses.replace(p, feature_cache=str(tmp_path / "cache"))
+    train(p, 0, images[:12], images[12:], tmp_path / "w.weights.h5", tmp_path / "live")
+    model, _, _ = build_model(p, weights=None)
+    model.load_weights(tmp_path / "w.weights.h5")
+    curve = pd.read_csv(tmp_path / "live/plots/metrics/eval/loss.tsv", sep="\t")
+    return model.get_layer("classifier").get_weights()[0], curve
+
+
+def test_feature_cache_is_written_then_reused(images, tmp_path):
+    first, curve = run_train(TINY, images, tmp_path)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 and len(curve) == 2
+    second, _ = run_train(TINY, images, tmp_path)  # reads the cached features: same result
+    np.testing.assert_array_equal(first, second)
+
+
+def test_feature_key_depends_on_what_changes_features(images):
+    key = feature_key(TINY, 0, images)
+    assert key == feature_key(dataclasses.replace(TINY, learning_rate=0.1, epochs=9), 0, images)
+    assert key != feature_key(dataclasses.replace(TINY, image_size=(64, 200)), 0, images)
+    assert key != feature_key(dataclasses.replace(TINY, backbone_layer=None), 0, images)
+    assert key != feature_key(TINY, 1, images)
+    assert key != feature_key(TINY, 0, images[1:])
+
+
+def test_fine_tuning_continues_the_curves(images, tmp_path):
+    p = dataclasses.replace(TINY, fine_tune=FineTuneParams(epochs=2, stages=1), augment=True)
+    _, curve = run_train(p, images, tmp_path)
+    assert list(curve.step) == [0, 1, 2, 3]  # one dvclive run across both phases
+
+
+def test_unfreeze_last_stages_leaves_batchnorm_frozen():
+    model, _, _ = build_model(dataclasses.replace(TINY, backbone_layer="conv3_block4_out"), weights=None)
+    assert unfreeze_last_stages(model, 1) == ["conv3"]
+    backbone = model.get_layer("backbone")
+    trainable = [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
+    assert trainable and all(name.startswith("conv3_") and not name.endswith("_bn") for name in trainable)
+    assert backbone.trainable_weights and not backbone.get_layer("conv2_block1_1_conv").trainable
+
+
+def test_image_cache_gives_the_uncached_batches_and_is_read_without_decoding(images, tmp_path):
+    """Cached decoded images, then shuffle and augmentation: every epoch equals the uncached pipeline's (so
+    augmentation still changes every epoch), and once the cache is complete the JPEGs are never read."""
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    paths = [str(shutil.copy(path, copies)) for path in images.path[:6]]
+    kwargs = dict(image_size=(32, 200), batch_size=4, labels=list(images.label[:6]), shuffle_seed=3, augment_seed=3)
+    prefix = str(tmp_path / "images")
+
+    def epochs(ds):
+        return [np.concatenate([x for x, _ in ds.as_numpy_iterator()]) for _ in range(2)]
+
+    uncached, cached = epochs(image_dataset(paths, **kwargs)), epochs(image_dataset(paths, **kwargs, cache=prefix))
+    assert (tmp_path / "images.index").is_file()
+    for a, b in zip(uncached, cached):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(cached[0], cached[1])  # another order and augmentation in the second epoch
+    shutil.rmtree(copies)  # only the cache is left
+    for a, b in zip(uncached, epochs(image_dataset(paths, **kwargs, cache=prefix))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_image_cache_is_written_then_read_with_the_uncached_result(images, tmp_path, caplog):
+    p = dataclasses.replace(TINY, augment=True)  # trains on the images (the feature cache is off)
+    uncached, _ = run_train(p, images, tmp_path / "uncached")
+    cached = dataclasses.replace(p, image_cache=str(tmp_path / "images"))
+    first, _ = run_train(cached, images, tmp_path / "first")
+    folders = sorted(path.name for path in (tmp_path / "images").iterdir())
+    assert folders == sorted(image_cache_key(df, p.image_size) for df in (images[:12], images[12:]))
+    assert all((tmp_path / "images" / name / "images.index").is_file() for name in folders)  # complete
+    with caplog.at_level(logging.INFO, logger="steeldefect.training"):
+        second, _ = run_train(cached, images, tmp_path / "second")
+    assert caplog.text.count("decoded images of") == 2 and caplog.text.count(" read from ") == 2
+    np.testing.assert_array_equal(first, uncached)
+    np.testing.assert_array_equal(second, uncached)
+
+
+def test_image_cache_key_depends_on_the_images_and_size(images):
+    key = image_cache_key(images, (64, 400))
+    assert key != image_cache_key(images, (64, 200))
+    assert key != image_cache_key(images[1:], (64, 400))
+    assert key != image_cache_key(images[::-1], (64, 400))  # the cache holds the images in order
+
+
+def test_mixed_bfloat16_trains_and_the_weights_export_and_load(images, tmp_path):
+    p = dataclasses.replace(TINY, mixed_precision="mixed_bfloat16")
+    run_train(p, images, tmp_path)  # also loads the weights into a model built in float32
+    assert keras.mixed_precision.global_policy().name == "float32"  # train() put the policy back
+    assert feature_key(p, 0, images) != feature_key(TINY, 0, images)
+    check = list(images.path[12:])
+    assert export(p, tmp_path / "w.weights.h5", tmp_path / "model", check, {}, saved_model=False) <= 1e-6
+    reference = load_model(tmp_path / "model").predict(image_dataset(check, p.image_size, 4), verbose=0)
+    assert reference.dtype == np.float32 and np.all((reference >= 0) & (reference <= 1))
+
+    # a model description that carries the mixed policy (built under it) loads too, and still outputs float32
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model, _, _ = build_model(p, weights=None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.load_weights(tmp_path / "w.weights.h5")
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / MODEL_JSON).write_text(model.to_json())
+    model.save_weights(tmp_path / "mixed" / MODEL_WEIGHTS)
+    assert "mixed_bfloat16" in (tmp_path / "mixed" / MODEL_JSON).read_text()
+    mixed = load_model(tmp_path / "mixed").predict(image_dataset(check, p.image_size, 4), verbose=0)
+    assert mixed.dtype == np.float32
+    np.testing.assert_allclose(mixed, reference, atol=0.05)  # bfloat16 computation: close, not equal
