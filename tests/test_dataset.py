@@ -156,6 +156,18 @@ def test_prepare_real_magnetic_tile():
     assert (masks.area > 0).all()
 
 
+@pytest.mark.parametrize("name", ["severstal-sample", "magnetic-tile"])
+def test_split_real_folders(name):
+    images = prepare(_shared(name))[0]
+    parts, report = split(images, 0.15, 0.15, SEED)
+    ids = [set(df.ImageId) for df in parts.values()]
+    assert sum(len(i) for i in ids) == len(images) and set.union(*ids) == set(images.ImageId)
+    share = images.label.mean()
+    for df in parts.values():
+        assert abs(df.label.mean() - share) < 0.1
+    assert report["sizes"] == {k: len(v) for k, v in parts.items()}
+
+
 # --- prepare on bad data: one UserError, naming what to fix ------------------------------------------------
 
 

@@ -196,9 +196,11 @@ def load_masks(masks: pd.DataFrame, image_id: str, height: int, width: int) -> d
 
 
 def pick_samples(images: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """Up to n images for a figure: round-robin over defect-class combinations, then clean ones."""
+    """Up to n images for a figure: defective ones round-robin over defect-class combinations (about two
+    thirds, fewer if there are not enough), then clean ones."""
     shuffled = images.sample(frac=1, random_state=seed)
+    clean = shuffled[shuffled.label == 0]
     groups = [g for _, g in shuffled[shuffled.label == 1].groupby("classes", sort=True)]
-    picked = [g.iloc[i] for i in range(n) for g in groups if i < len(g)][: max(n - n // 3, 1)]
-    clean = shuffled[shuffled.label == 0].head(n - len(picked))
+    picked = [g.iloc[i] for i in range(n) for g in groups if i < len(g)][: n - min(n // 3, len(clean))]
+    clean = clean.head(n - len(picked))
     return pd.concat([pd.DataFrame(picked), clean]).head(n)
