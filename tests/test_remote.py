@@ -20,6 +20,8 @@ def assert_restored(repo: Path) -> None:
 
 def test_push_then_pull_restores_everything(pipeline, tmp_path):
     remote = tmp_path / "remote"
+    run(["git", "add", "-A"], pipeline)  # the usual flow: commit what `dvc repro` left, then push its data
+    run(["git", "commit", "-qm", "results", "--allow-empty"], pipeline)
     run(["dvc", "remote", "add", "--local", "store", str(remote)], pipeline)
     run(["dvc", "push", "-r", "store"], pipeline)
 
