@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
