@@ -98,13 +98,18 @@ def test_good_images_only_exit_code_0(project, tmp_path, capsys):
     assert "5 images" in capsys.readouterr().out
 
 
+def copy_models(source: Path, target: Path) -> Path:
+    """A copy of the exported files (not the SavedModel folder) that a test may change."""
+    target.mkdir()
+    for f in source.iterdir():
+        if f.is_file():
+            (target / f.name).write_bytes(f.read_bytes())
+    return target
+
+
 def test_threshold_from_evaluate_file_and_override(project, tmp_path, capsys):
     root, good = project
-    models = tmp_path / "models"
-    models.mkdir()
-    for f in (root / "models").iterdir():
-        if f.is_file():
-            (models / f.name).write_bytes(f.read_bytes())
+    models = copy_models(root / "models", tmp_path / "models")
     out = tmp_path / "predictions.csv"
     args = ["predict", *good, "--model-dir", str(models), "--output", str(out), "--no-progress"]
     prob = predict_paths(load_model(models), good, batch_size=2)
@@ -148,11 +153,7 @@ def test_usage_errors_exit_2(project, tmp_path, capsys, args, message):
 
 def test_bad_threshold_file_and_no_images_exit_2(project, tmp_path, capsys):
     root, good = project
-    models = tmp_path / "models"
-    models.mkdir()
-    for f in (root / "models").iterdir():
-        if f.is_file():
-            (models / f.name).write_bytes(f.read_bytes())
+    models = copy_models(root / "models", tmp_path / "models")
     (models / "threshold.json").write_text('{"threshold": "high"}')
     with pytest.raises(SystemExit) as e:
         main(["predict", good[0], "--model-dir", str(models), "--output", str(tmp_path / "p.csv"), "--no-progress"])
