@@ -203,3 +203,30 @@ def test_threshold_sweep_counts_agree_with_binary_metrics():
     for r in rows.itertuples():
         m = binary_metrics(Y, PROB, r.threshold)
         assert (r.false_positives, r.false_negatives) == (m["fp"], m["fn"]), r.threshold
+
+
+def test_dice_and_iou_match_hand_computed_values():
+    from steeldefect.metrics import dice_iou
+
+    predicted = np.zeros((4, 4), bool)
+    predicted[0, 0:3] = True  # 3 cells
+    true = np.zeros((4, 4), bool)
+    true[0, 1:3] = True
+    true[1, 1] = True  # 3 cells, 2 shared
+    dice, iou = dice_iou(predicted, true)
+    assert dice == pytest.approx(2 * 2 / 6)
+    assert iou == pytest.approx(2 / 4)
+    assert dice_iou(np.zeros((2, 2)), np.zeros((2, 2))) == (1.0, 1.0)
+    assert dice_iou(true, ~true) == (0.0, 0.0)
+
+
+def test_pointing_hit_is_the_maximum_inside_the_mask():
+    from steeldefect.metrics import pointing_hit
+
+    true = np.zeros((3, 3), bool)
+    true[2, 2] = True
+    heat = np.zeros((3, 3))
+    heat[2, 2] = 0.9
+    assert pointing_hit(heat, true)
+    heat[0, 0] = 0.95
+    assert not pointing_hit(heat, true)

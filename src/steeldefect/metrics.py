@@ -82,3 +82,18 @@ def threshold_sweep(y: np.ndarray, prob: np.ndarray, chosen: float, steps: int =
             "chosen_threshold": [top if t == chosen else 0 for t in grid],
         }
     )
+
+
+def dice_iou(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """(Dice, IoU) of two boolean masks of one shape. Both empty counts as a perfect match (1.0, 1.0)."""
+    predicted, true = np.asarray(predicted, bool), np.asarray(true, bool)
+    overlap, total = np.logical_and(predicted, true).sum(), predicted.sum() + true.sum()
+    if total == 0:
+        return 1.0, 1.0
+    return float(2 * overlap / total), float(overlap / (total - overlap))
+
+
+def pointing_hit(defect_map: np.ndarray, true: np.ndarray) -> bool:
+    """Whether the defect map's maximum (the first one, in row-major order) falls inside the true mask; both
+    arrays on the same grid."""
+    return bool(np.asarray(true, bool).flat[int(np.argmax(defect_map))])
