@@ -122,7 +122,8 @@ def test_decode_error_without_where():
 @needs_data
 @pytest.mark.parametrize("folder", [SAMPLE, TILES], ids=["severstal-sample", "magnetic-tile"])
 def test_real_rle_round_trip(folder):
-    df = read_masks(folder / "train.csv")
+    parsed = read_masks(folder / "train.csv")
+    df = parsed.masks
     assert len(df) > 0
     sizes: dict[str, tuple[int, int]] = {}
     for image_id, cls, rle, row in df[["ImageId", "ClassId", "EncodedPixels", "row"]].itertuples(index=False):
@@ -138,12 +139,13 @@ def test_real_rle_round_trip(folder):
 
 @needs_data
 def test_read_masks_severstal_sample():
-    df = read_masks(SAMPLE / "train.csv")
-    assert df.attrs["format"] == "2019"
+    parsed = read_masks(SAMPLE / "train.csv")
+    df = parsed.masks
+    assert parsed.format == "2019"
     assert list(df.columns) == ["ImageId", "ClassId", "EncodedPixels", "row"]
     assert len(df) == 12
     assert df["ImageId"].nunique() == 11
-    images = df.attrs["images"]
+    images = parsed.images
     assert len(images) == 25 and images == sorted(images)
     assert set(df["ClassId"]) <= {1, 2, 3, 4}
     assert df["row"].is_monotonic_increasing and df["row"].min() >= 2
@@ -154,14 +156,15 @@ def test_read_masks_severstal_sample():
 
 @needs_data
 def test_read_masks_magnetic_tile():
-    df = read_masks(TILES / "train.csv")
-    assert df.attrs["format"] == "long"
+    parsed = read_masks(TILES / "train.csv")
+    df = parsed.masks
+    assert parsed.format == "long"
     assert set(df["ClassId"]) <= {1, 2, 3, 4, 5}
     assert list(df["row"]) == list(range(2, len(df) + 2))
     labels = read_labels(TILES / "defect_and_no_defect.csv")
     defective = set(labels.loc[labels["label"] == 1, "ImageId"])
-    assert set(df.attrs["images"]) <= defective
-    assert len(defective - set(df.attrs["images"])) == 4
+    assert set(parsed.images) <= defective
+    assert len(defective - set(parsed.images)) == 4
 
 
 @needs_data
@@ -184,9 +187,10 @@ def test_read_masks_2019_format(tmp_path):
         "NA_1,\nNA_2,\nNA_3,\nNA_4,5 1\n"
         "clean.jpg_1,\nclean.jpg_2,\nclean.jpg_3,\nclean.jpg_4,\n",
     )
-    df = read_masks(p)
-    assert df.attrs["format"] == "2019"
-    assert df.attrs["images"] == ["NA", "a.jpg", "clean.jpg"]
+    parsed = read_masks(p)
+    df = parsed.masks
+    assert parsed.format == "2019"
+    assert parsed.images == ["NA", "a.jpg", "clean.jpg"]
     assert df.to_dict("records") == [
         {"ImageId": "a.jpg", "ClassId": 2, "EncodedPixels": "1 3", "row": 3},
         {"ImageId": "NA", "ClassId": 4, "EncodedPixels": "5 1", "row": 9},
@@ -195,9 +199,10 @@ def test_read_masks_2019_format(tmp_path):
 
 def test_read_masks_long_format_with_blank_line(tmp_path):
     p = _write(tmp_path, "ImageId,ClassId,EncodedPixels\nb.jpg,2,1 1\n\nA_b.jpg,10,3 2\nc.jpg,1,\n")
-    df = read_masks(p)
-    assert df.attrs["format"] == "long"
-    assert df.attrs["images"] == ["A_b.jpg", "b.jpg", "c.jpg"]
+    parsed = read_masks(p)
+    df = parsed.masks
+    assert parsed.format == "long"
+    assert parsed.images == ["A_b.jpg", "b.jpg", "c.jpg"]
     assert df[["ImageId", "ClassId", "row"]].values.tolist() == [["b.jpg", 2, 2], ["A_b.jpg", 10, 4]]
 
 
@@ -253,7 +258,7 @@ def test_read_masks_duplicate_mask(tmp_path):
 
 def test_read_masks_duplicate_key_with_empty_mask_is_allowed(tmp_path):
     p = _write(tmp_path, "ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg_1,1 1\n")
-    assert len(read_masks(p)) == 1
+    assert len(read_masks(p).masks) == 1
 
 
 def test_read_masks_missing_and_empty_file(tmp_path):
