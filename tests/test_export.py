@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from steeldefect.cli import predict
@@ -44,21 +43,6 @@ def test_export_round_trip(exported):
     assert {p.name for p in (root / "models").iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL}
     reloaded = load_model(root / "models")
     np.testing.assert_array_equal(predict_paths(reloaded, paths, 2), predict_paths(model, paths, 2))
-
-
-def test_exporting_the_same_weights_again_gives_the_same_bytes(exported, tmp_path):
-    """A rerun of export with equal weights changes nothing DVC tracks (TensorFlow's random fingerprint uuid is
-    replaced by one derived from the content)."""
-    root, _, paths = exported
-    export(TINY, root / "trained.weights.h5", tmp_path / "models", paths[:2], {"image_size": [64, 96]})
-
-    def files(folder):
-        return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
-
-    first, again = files(root / "models"), files(tmp_path / "models")
-    assert "saved_model/fingerprint.pb" in first
-    assert [name for name in first if first[name] != again.get(name)] == []
-    assert tf.saved_model.experimental.read_fingerprint(str(root / "models" / SAVED_MODEL)).uuid
 
 
 def test_predict_keeps_last_partial_batch(exported):
