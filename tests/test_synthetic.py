@@ -139,9 +139,9 @@ def _contrast(img: np.ndarray, masks: dict[int, np.ndarray], cls: int) -> float:
 
 
 def test_each_defect_class_changes_the_pixels_inside_its_mask():
-    cfg = SynthesizeParams(faint_fraction=0, edge_fraction=0, mark_fraction=0)
+    cfg = SynthesizeParams(faint_fraction=0, edge_fraction=0, mark_fraction=0, class_weights=(1, 1, 1, 1))
     checked = set()
-    for i in range(N_STATS):
+    for i in range(40):
         img, masks = make_image(cfg, SEED, i)
         for cls in set(masks) - checked:
             assert _contrast(img, masks, cls) > 10, (i, cls)
@@ -171,11 +171,11 @@ def _border_distance(mask: np.ndarray) -> int:
 def test_edge_defects_touch_a_border_and_others_mostly_do_not():
     edge, inside = ([], [])
     for fraction, out in ((1.0, edge), (0.0, inside)):
-        cfg = SynthesizeParams(edge_fraction=fraction, defect_fraction=0.99, mark_fraction=0)
-        for i in range(40):
+        cfg = SynthesizeParams(edge_fraction=fraction, defect_fraction=0.99, mark_fraction=0, class_weights=(1,) * 4)
+        for i in range(24):
             out += [_border_distance(m) for m in make_image(cfg, SEED, i)[1].values()]
     assert max(edge) <= 16, edge
-    assert np.mean(np.array(inside) <= 16) < 0.3, inside
+    assert np.median(inside) > 30, inside  # cracks across the strip and big patches may reach a border too
 
 
 def test_harmless_marks_change_the_image_but_not_the_masks():

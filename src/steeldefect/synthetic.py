@@ -94,12 +94,12 @@ def _place(rng: np.random.Generator, h: int, w: int, my: float, mx: float, edge:
 
 def _pits(rng, h, w, edge, faint):  # class 1: a cluster of small dark pits; faint: a few tiny ones
     cy, cx = _place(rng, h, w, 30, 40, edge)
-    n, size = (rng.integers(1, 4), (1.2, 2.5)) if faint else (rng.integers(6, 18), (2, 5))
+    n, size, spread = (rng.integers(1, 4), (1.2, 2.5), 0.3) if faint else (rng.integers(6, 18), (2, 5), 1)
     mask = np.zeros((h, w), bool)
     while not mask.any():  # a pit pushed past the border leaves nothing: draw again
         for _ in range(n):
-            r = rng.uniform(*size)
-            mask |= _ellipse(rng, h, w, r, r * rng.uniform(0.6, 1), cy + rng.normal(0, 18), cx + rng.normal(0, 30))
+            r, dy, dx = rng.uniform(*size), rng.normal(0, 18 * spread), rng.normal(0, 30 * spread)
+            mask |= _ellipse(rng, h, w, r, r * rng.uniform(0.6, 1), cy + dy, cx + dx)
     return mask, -rng.uniform(25, 50)
 
 
@@ -107,12 +107,9 @@ def _crack(rng, h, w, edge, faint):  # class 2: a thin jagged dark crack, roughl
     n = int(rng.integers(60, 180))
     y0, x0 = (rng.uniform(0, h - n / 2), rng.uniform(20, w - 20)) if not edge else _place(rng, h, w, 0, 40, True)
     angle = rng.uniform(-0.6, 0.6)
-    ys = y0 + np.arange(n) * np.cos(angle) * (1 if y0 < h / 2 else -1)  # into the image
-    xs = x0 + np.cumsum(np.sin(angle) + rng.normal(0, 0.7, n))
+    ys = y0 + np.arange(n) * np.cos(angle) * (1 if y0 < h / 2 else -1)  # from the start into the image
+    xs = x0 + np.cumsum(np.sin(angle) + rng.normal(0, 0.7, n)) * (1 if x0 < w / 2 else -1)
     keep = (ys >= 0) & (ys < h - 1) & (xs >= 0) & (xs < w - 1)
-    if keep.sum() < 10:  # (almost) all outside: start inside instead
-        ys, xs = ys - ys[0] + h / 2, xs - xs[0] + w / 2
-        keep = (ys >= 0) & (ys < h - 1) & (xs >= 0) & (xs < w - 1)
     mask = np.zeros((h, w), bool)
     for dy in (0, 1):
         for dx in (0, 1):
