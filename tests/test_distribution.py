@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
 from steeldefect.dataset import prepare
-from steeldefect.distribute import make_strategy
+from steeldefect.distribute import check_keras_version, keras_multi_worker_fixes, make_strategy
 from steeldefect.errors import UserError
 from steeldefect.model import build_model
 from steeldefect.params import SynthesizeParams, parse_params
@@ -245,3 +247,17 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch, tf_config):
     monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(UserError, match="TF_CONFIG = .* is not a valid multi-worker configuration"):
         make_strategy("multi_worker")
+
+
+def test_keras_version_guard(monkeypatch):
+    """The multi-worker workarounds patch private Keras 3.15 code: any other Keras version is refused."""
+    check_keras_version(keras.__version__)  # the pinned Keras (requirements.txt) is the one they were written for
+    check_keras_version("3.15.9")
+    for version in ("3.16.0", "3.14.2", "4.0.0", "nightly"):
+        with pytest.raises(UserError, match=rf"this is Keras {re.escape(version)}; install keras==3\.15\.\*"):
+            check_keras_version(version)
+    # the guard runs before anything is patched, on the version Keras reports at run time
+    monkeypatch.setattr(keras, "__version__", "3.16.0")
+    strategy = object.__new__(tf.distribute.MultiWorkerMirroredStrategy)  # an instance, never started
+    with pytest.raises(UserError, match="this is Keras 3.16.0"), keras_multi_worker_fixes(strategy, []):
+        pass

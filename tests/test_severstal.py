@@ -14,11 +14,7 @@ from PIL import Image
 from steeldefect.errors import UserError
 from steeldefect.severstal import check_image_id, read_labels, read_masks, rle_decode, rle_encode
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SAMPLE = SHARED / "severstal-sample"
-TILES = SHARED / "magnetic-tile"
-
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent")
+from helpers import shared
 
 
 def _write(tmp_path: Path, text: str, name: str = "train.csv") -> Path:
@@ -119,11 +115,10 @@ def test_decode_error_without_where():
 # --- real data ----------------------------------------------------------------------------------------
 
 
-@needs_data
-@pytest.mark.parametrize("folder", [SAMPLE, TILES], ids=["severstal-sample", "magnetic-tile"])
-def test_real_rle_round_trip(folder):
-    parsed = read_masks(folder / "train.csv")
-    df = parsed.masks
+@pytest.mark.parametrize("name", ["severstal-sample", "magnetic-tile"])
+def test_real_rle_round_trip(name):
+    folder = shared(name)
+    df = read_masks(folder / "train.csv").masks
     assert len(df) > 0
     sizes: dict[str, tuple[int, int]] = {}
     for image_id, cls, rle, row in df[["ImageId", "ClassId", "EncodedPixels", "row"]].itertuples(index=False):
@@ -137,9 +132,8 @@ def test_real_rle_round_trip(folder):
         assert rle_encode(mask) == rle, where
 
 
-@needs_data
 def test_read_masks_severstal_sample():
-    parsed = read_masks(SAMPLE / "train.csv")
+    parsed = read_masks(shared("severstal-sample") / "train.csv")
     df = parsed.masks
     assert parsed.format == "2019"
     assert list(df.columns) == ["ImageId", "ClassId", "EncodedPixels", "row"]
@@ -154,22 +148,21 @@ def test_read_masks_severstal_sample():
     assert (first.ImageId, first.ClassId, first.row) == ("f9d912044.jpg", 3, 4)
 
 
-@needs_data
 def test_read_masks_magnetic_tile():
-    parsed = read_masks(TILES / "train.csv")
+    tiles = shared("magnetic-tile")
+    parsed = read_masks(tiles / "train.csv")
     df = parsed.masks
     assert parsed.format == "long"
     assert set(df["ClassId"]) <= {1, 2, 3, 4, 5}
     assert list(df["row"]) == list(range(2, len(df) + 2))
-    labels = read_labels(TILES / "defect_and_no_defect.csv")
+    labels = read_labels(tiles / "defect_and_no_defect.csv")
     defective = set(labels.loc[labels["label"] == 1, "ImageId"])
     assert set(parsed.images) <= defective
     assert len(defective - set(parsed.images)) == 4
 
 
-@needs_data
 def test_read_labels_magnetic_tile():
-    labels = read_labels(TILES / "defect_and_no_defect.csv")
+    labels = read_labels(shared("magnetic-tile") / "defect_and_no_defect.csv")
     assert list(labels.columns) == ["ImageId", "label"]
     assert len(labels) == 1344
     assert int(labels["label"].sum()) == 392

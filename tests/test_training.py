@@ -46,11 +46,21 @@ def run_train(p: TrainParams, images: pd.DataFrame, tmp_path) -> tuple[np.ndarra
     return model.get_layer("classifier").get_weights()[0], curve
 
 
-def test_feature_cache_is_written_then_reused(images, tmp_path):
-    first, curve = run_train(TINY, images, tmp_path)
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 and len(curve) == 2
-    second, _ = run_train(TINY, images, tmp_path)  # reads the cached features: same result
-    np.testing.assert_array_equal(first, second)
+def test_feature_cache_is_written_then_reused(images, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        first, curve = run_train(TINY, images, tmp_path)
+    assert "features of 12 images computed" in caplog.text and "features of 4 images computed" in caplog.text
+    files = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(files) == 2 and len(curve) == 2
+    written = {f: f.stat().st_mtime_ns for f in files}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second, _ = run_train(TINY, images, tmp_path)
+    # the second run read both files and computed nothing, and the files were left as they were
+    assert "computed" not in caplog.text
+    assert caplog.text.count("images read from") == 2 and all(f"images read from {f}" in caplog.text for f in files)
+    assert {f: f.stat().st_mtime_ns for f in files} == written
+    np.testing.assert_array_equal(first, second)  # the same features give the same training
 
 
 def test_feature_key_depends_on_what_changes_features(images):

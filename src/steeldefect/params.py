@@ -27,10 +27,15 @@ class DataParams:
 
 @dataclass(frozen=True)
 class SynthesizeParams:
-    n_images: int = 400
-    defect_fraction: float = 0.53
-    class_weights: tuple[float, float, float, float] = (0.12, 0.03, 0.73, 0.12)
+    n_images: int = 600
+    defect_fraction: float = 0.53  # Severstal: 6,666 of 12,568 images
+    class_weights: tuple[float, float, float, float] = (0.12, 0.03, 0.73, 0.12)  # Severstal's class mix
     two_class_fraction: float = 0.05
+    # the difficulty (see synthetic.py): faint defects, defects at the borders, harmless marks
+    faint_fraction: float = 0.1  # share of defects drawn faint (and faint pits tiny)
+    faint_contrast: float = 0.5  # a faint defect's contrast relative to a normal one
+    edge_fraction: float = 0.15  # share of defects at an image border, partly cut off
+    mark_fraction: float = 0.4  # share of images (clean or defective) with oil stains, water spots or roll marks
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class FineTuneParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 16
     image_size: tuple[int, int] = (128, 800)  # height, width fed to the network
     learning_rate: float = 0.001
@@ -73,7 +78,7 @@ class TrainParams:
     freeze_backbone: bool = True
     backbone_layer: str | None = "conv3_block4_out"  # cut ResNet50 after this layer; None = whole network
     head: HeadParams = field(default_factory=HeadParams)
-    patience: int = 8  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
+    patience: int = 10  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
     augment: bool = False  # random flips, brightness and contrast in the graph; turns the feature cache off
     # frozen backbone: features computed once per image, kept in this folder keyed by everything they depend
     # on (images, image size, weights, cut, pooling, seed), so later runs with other head params reuse them
@@ -182,7 +187,9 @@ def _check(p: Params) -> None:
         s.class_weights,
         "four non-negative weights, not all zero",
     )
-    need(0 <= s.two_class_fraction <= 1, "synthesize.two_class_fraction", s.two_class_fraction, "a fraction in [0, 1]")
+    for key in ("two_class_fraction", "faint_fraction", "edge_fraction", "mark_fraction"):
+        need(0 <= getattr(s, key) <= 1, f"synthesize.{key}", getattr(s, key), "a fraction in [0, 1]")
+    need(0 < s.faint_contrast <= 1, "synthesize.faint_contrast", s.faint_contrast, "a number in (0, 1]")
     need(p.prepare.sample_images >= 1, "prepare.sample_images", p.prepare.sample_images, "an integer >= 1")
     for key in ("test_size", "val_size"):
         v = getattr(p.split, key)
