@@ -26,6 +26,9 @@ def check(labels: np.ndarray, probability: np.ndarray) -> dict:
     """{'degenerate': bool, 'val_roc_auc': float or None (one class only), 'val_prob_spread': float,
     'reasons': [str]} for the validation labels (0 / 1) and predicted probabilities."""
     labels, probability = np.asarray(labels).ravel(), np.asarray(probability, dtype=np.float64).ravel()
+    if not np.isfinite(probability).all():
+        reason = f"{int((~np.isfinite(probability)).sum())} validation probabilities are not finite (training diverged)"
+        return {"degenerate": True, "val_roc_auc": None, "val_prob_spread": None, "reasons": [reason]}
     spread = float(probability.max() - probability.min()) if len(probability) else 0.0
     auc = float(roc_auc_score(labels, probability)) if len(set(labels.tolist())) == 2 else None
     reasons = []

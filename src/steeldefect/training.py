@@ -223,7 +223,10 @@ def _train(
         best, best_tuned = scratch / "best.weights.h5", scratch / "best_tuned.weights.h5"
         callbacks = _callbacks(best, p, live)
         history = fitted.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=2)
-        fitted.load_weights(best)
+        if best.exists():
+            fitted.load_weights(best)
+        else:  # no finite validation loss in any epoch: keep the last weights, the health check flags them
+            log.warning("no epoch reached a finite validation loss: keeping the last weights")
         log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, len(history.epoch))
 
         if p.fine_tune.epochs:
@@ -264,9 +267,9 @@ def check_health(model: keras.Model, val_ds: tf.data.Dataset, y_val: np.ndarray,
     warning naming the params to look at when the run is degenerate."""
     report = health.check(y_val, model.predict(val_ds, verbose=0))
     live.summary["degenerate"] = report["degenerate"]
-    live.summary["val_prob_spread"] = report["val_prob_spread"]
-    if report["val_roc_auc"] is not None:
-        live.summary["val_roc_auc"] = report["val_roc_auc"]
+    for key in ("val_roc_auc", "val_prob_spread"):
+        if report[key] is not None:
+            live.summary[key] = report[key]
     if report["degenerate"]:
         log.warning(health.warning(report))
     else:
