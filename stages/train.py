@@ -16,7 +16,10 @@ def main() -> None:
     p = load_params()
     train_df, val_df = (pd.read_csv(f"data/split/{name}.csv", keep_default_na=False) for name in ("train", "val"))
     runtime = load_runtime()
-    print(f"runtime settings (environment, not params): {runtime}")
+    print(
+        f"runtime settings (environment, not params): strategy {runtime.strategy}, "
+        f"feature cache {runtime.feature_cache or 'off'}, image cache {runtime.image_cache or 'off'}"
+    )
     train(p.train, p.seed, train_df, val_df, Path("models/trained.weights.h5"), Path("metrics/train"), runtime)
 
 

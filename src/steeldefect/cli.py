@@ -193,6 +193,12 @@ def predict(
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
     value, source = resolve_threshold(threshold, model_dir)
     model, image_size, meta = load_for_inference(model_dir)
+    if meta.get("degenerate"):
+        print(
+            f"warning: {model_dir / 'model_meta.json'} says this model is degenerate (its training run learned "
+            "nothing: constant or chance-level predictions); its probabilities are meaningless.",
+            file=sys.stderr,
+        )
     batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
     print(f"threshold {value:g} from {source}")
     print(
