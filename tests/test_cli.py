@@ -208,3 +208,13 @@ def test_progress_counts_every_image(project, with_bad):
     assert sum(steps) == len(paths) == len(result.probability)
     assert [Path(result.paths[i]).name for i in result.failed] == ["bad.jpg", "missing.jpg"]
     assert np.isnan(result.probability[result.failed]).all()
+
+
+def test_a_degenerate_model_is_predicted_with_a_warning(project, tmp_path, capsys):
+    root, good = project
+    models = copy_models(root / "models", tmp_path / "models")
+    meta = json.loads((models / "model_meta.json").read_text())
+    (models / "model_meta.json").write_text(json.dumps({**meta, "degenerate": True}))
+    args = ["predict", *good, "--model-dir", str(models), "--output", str(tmp_path / "p.csv"), "--no-progress"]
+    assert main(args) == 0
+    assert "says this model is degenerate" in capsys.readouterr().err

@@ -58,6 +58,9 @@ class HeadParams:
     pool_size: int = 4
     dense_units: int = 256
     dropout: float = 0.3
+    # batchnorm: BatchNormalization of the pooled features first, so the head does not depend on their scale
+    # (raw pooled activations of a random backbone have an arbitrary one); none: the notebook's head
+    normalize: Literal["batchnorm", "none"] = "batchnorm"
 
 
 @dataclass(frozen=True)
@@ -80,16 +83,7 @@ class TrainParams:
     head: HeadParams = field(default_factory=HeadParams)
     patience: int = 10  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
     augment: bool = False  # random flips, brightness and contrast in the graph; turns the feature cache off
-    # frozen backbone: features computed once per image, kept in this folder keyed by everything they depend
-    # on (images, image size, weights, cut, pooling, seed), so later runs with other head params reuse them
-    feature_cache: str | None = ".cache/features"
     fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
-    # "default" (one device), "mirrored" (all GPUs of this machine, else its CPU devices) or "multi_worker"
-    # (several machines, configured by the TF_CONFIG environment variable); batch_size is the global batch
-    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
-    # decoded, resized images kept on disk (tf.data cache) so epochs after the first never decode a JPEG:
-    # False / None = off, True = ".cache/images", or a folder; keyed by the image list and image size
-    image_cache: bool | str | None = False
     # None (float32), "mixed_float16" (GPUs) or "mixed_bfloat16" (TPUs, recent CPUs / GPUs); the output stays float32
     mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
 
@@ -117,6 +111,14 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     export: ExportParams = field(default_factory=ExportParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+# runtime settings that were params: they choose how and where training runs, not the model (steeldefect.runtime)
+MOVED = {
+    "train.strategy": "STEELDEFECT_STRATEGY",
+    "train.feature_cache": "STEELDEFECT_FEATURE_CACHE (on / off) and STEELDEFECT_CACHE_DIR",
+    "train.image_cache": "STEELDEFECT_IMAGE_CACHE (on / off) and STEELDEFECT_CACHE_DIR",
+}
 
 
 def _bad(key: str, value: object, allowed: str) -> UserError:
@@ -169,6 +171,12 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
     unknown = sorted(map(str, set(raw) - names))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        if key in MOVED:
+            raise UserError(
+                f"params.yaml: {key} is no longer a param: it is a runtime setting (it does not change the model, "
+                f"so DVC does not track it). Remove it from params.yaml and set the environment variable "
+                f"{MOVED[key]} instead."
+            )
         raise UserError(f"params.yaml: unknown key {key!r}; known keys here: {', '.join(sorted(names))}.")
     return cls(**{k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in raw.items()})
 
@@ -208,12 +216,6 @@ def _check(p: Params) -> None:
     need(t.fine_tune.epochs >= 0, "train.fine_tune.epochs", t.fine_tune.epochs, "an integer >= 0")
     need(1 <= t.fine_tune.stages <= 4, "train.fine_tune.stages", t.fine_tune.stages, "an integer from 1 to 4")
     need(t.fine_tune.learning_rate > 0, "train.fine_tune.learning_rate", t.fine_tune.learning_rate, "a number > 0")
-    need(
-        not isinstance(t.image_cache, str) or t.image_cache.strip() != "",
-        "train.image_cache",
-        t.image_cache,
-        "false, true (the folder .cache/images) or a non-empty folder path",
-    )
     need(t.head.pool_size >= 1, "train.head.pool_size", t.head.pool_size, "an integer >= 1")
     need(t.head.dense_units >= 1, "train.head.dense_units", t.head.dense_units, "an integer >= 1")
     need(0 <= t.head.dropout < 1, "train.head.dropout", t.head.dropout, "a fraction in [0, 1)")
