@@ -1,11 +1,12 @@
 """Stage evaluate: metrics, plots and galleries of the test predictions at the chosen threshold."""
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from steeldefect.errors import run
-from steeldefect.evaluation import evaluate
+from steeldefect.evaluation import add_baseline_comparison, evaluate
 from steeldefect.params import load_params
 
 
@@ -31,6 +32,9 @@ def main() -> None:
         f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
         f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}"
     )
+    warning = add_baseline_comparison(Path("metrics/evaluate.json"), Path("metrics/baseline.json"))
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":
