@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from steeldefect.errors import run
-from steeldefect.evaluation import add_baseline_comparison, evaluate
+from steeldefect.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
 from steeldefect.params import load_params
 
 
@@ -32,7 +32,15 @@ def main() -> None:
         f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
         f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}"
     )
-    warning = add_baseline_comparison(Path("metrics/evaluate.json"), Path("metrics/baseline.json"))
+    base = evaluate_baseline(
+        p.evaluate,
+        read("data/baseline/val.csv"),
+        read("data/baseline/test.csv"),
+        Path("metrics/baseline.json"),
+        Path("plots"),
+    )
+    print(f"baseline test accuracy {base['accuracy']:.3f} at threshold {base['threshold']:.3g}")
+    warning = add_baseline_comparison(Path("metrics/evaluate.json"), base)
     if warning:
         print(warning, file=sys.stderr)
 

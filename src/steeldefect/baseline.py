@@ -25,8 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from steeldefect import atomic
 from steeldefect.errors import UserError
-from steeldefect.evaluation import pick_threshold
-from steeldefect.metrics import binary_metrics, pr_points, roc_points
+from steeldefect.evaluation import scored_metrics
 from steeldefect.params import BaselineParams, EvaluateParams
 
 LBP_SCALES = ((8, 1), (16, 2))  # (points, radius); "uniform" LBP has points + 2 distinct codes
@@ -73,7 +72,7 @@ def classifier(p: BaselineParams, seed: int) -> HistGradientBoostingClassifier:
 class BaselineResult:
     val: pd.DataFrame  # ImageId, label, probability
     test: pd.DataFrame  # ImageId, label, probability
-    metrics: dict  # as evaluate's: binary_metrics at the chosen threshold + threshold_choice
+    metrics: dict  # as evaluate's: binary_metrics at the threshold chosen on val + threshold_choice
     feature_seconds: float  # features of all three splits
     fit_seconds: float
 
@@ -103,28 +102,14 @@ def run_baseline(
     with threadpool_limits(1, "openmp"):
         model = classifier(p, seed).fit(x["train"], train.label.to_numpy())
         prob = {n: model.predict_proba(x[n])[:, 1] if len(x[n]) else np.empty(0) for n in ("val", "test")}
-    done = time.perf_counter()
+    seconds = (features_done - start, time.perf_counter() - features_done)
     val_out = val[["ImageId", "label"]].assign(probability=prob["val"])
     test_out = test[["ImageId", "label"]].assign(probability=prob["test"])
-    choice = pick_threshold(threshold, val_out)
-    metrics = {
-        **binary_metrics(test.label.to_numpy(), prob["test"], choice["threshold"]),
-        "threshold_choice": choice,
-        "features": int(x["train"].shape[1]),
-        "train_images": len(train),
-    }
-    return BaselineResult(val_out, test_out, metrics, features_done - start, done - features_done)
+    return BaselineResult(val_out, test_out, scored_metrics(threshold, val_out, test_out), *seconds)
 
 
-def save(result: BaselineResult, predictions_dir: Path, metrics_path: Path, plots_dir: Path) -> None:
-    """The baseline's probabilities ({val,test}.csv), metrics, and ROC / precision-recall plot data."""
+def save(result: BaselineResult, predictions_dir: Path) -> None:
+    """The baseline's validation and test probabilities: {val,test}.csv with ImageId, label, probability."""
     with atomic.atomic_dir(predictions_dir) as tmp:
         result.val.to_csv(tmp / "val.csv", index=False)
         result.test.to_csv(tmp / "test.csv", index=False)
-    y, prob = result.test.label.to_numpy(), result.test.probability.to_numpy()
-    both = len(set(y)) == 2
-    atomic.write_json(plots_dir / "roc_baseline.json", {"roc": roc_points(y, prob) if both else []})
-    atomic.write_json(
-        plots_dir / "precision_recall_baseline.json", {"precision_recall": pr_points(y, prob) if both else []}
-    )
-    atomic.write_json(metrics_path, result.metrics)

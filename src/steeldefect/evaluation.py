@@ -143,8 +143,31 @@ def baseline_warning(deep: dict, baseline: dict) -> str | None:
     )
 
 
-def add_baseline_comparison(metrics_path: Path, baseline_path: Path) -> str | None:
-    """Write `vs_baseline` (deep minus baseline) into the metrics file; return the warning, if any."""
-    deep, baseline = (json.loads(Path(p).read_text()) for p in (metrics_path, baseline_path))
+def scored_metrics(p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """Metrics on `test` at the threshold chosen on `val` (both: label, probability), as evaluate's."""
+    choice = pick_threshold(p, val)
+    return {
+        **binary_metrics(test.label.to_numpy(), test.probability.to_numpy(), choice["threshold"]),
+        "threshold_choice": choice,
+    }
+
+
+def evaluate_baseline(
+    p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame, metrics_path: Path, plots_dir: Path
+) -> dict:
+    """The baseline's metrics (same threshold policy as the deep model's) and its ROC / precision-recall data."""
+    metrics = scored_metrics(p, val, test)
+    y, prob = test.label.to_numpy(), test.probability.to_numpy()
+    both = len(set(y)) == 2
+    atomic.write_json(plots_dir / "roc_baseline.json", {"roc": roc_points(y, prob) if both else []})
+    pr = {"precision_recall": pr_points(y, prob) if both else []}
+    atomic.write_json(plots_dir / "precision_recall_baseline.json", pr)
+    atomic.write_json(metrics_path, metrics)
+    return metrics
+
+
+def add_baseline_comparison(metrics_path: Path, baseline: dict) -> str | None:
+    """Write `vs_baseline` (deep minus baseline) into the deep model's metrics file; return the warning, if any."""
+    deep = json.loads(Path(metrics_path).read_text())
     atomic.write_json(metrics_path, {**deep, "vs_baseline": compare_with_baseline(deep, baseline)})
     return baseline_warning(deep, baseline)
