@@ -9,6 +9,7 @@ import yaml
 
 from steeldefect.errors import UserError
 from steeldefect.params import (
+    BaselineParams,
     DataParams,
     EvaluateParams,
     HeadParams,
@@ -83,6 +84,8 @@ def test_repository_params_yaml_parses_with_its_values():
     assert p.train.patience == t["patience"]
     assert p.evaluate.threshold == raw["evaluate"]["threshold"]
     assert p.evaluate.target_recall == raw["evaluate"]["target_recall"]
+    assert p.baseline == BaselineParams(**{**raw["baseline"], "image_size": tuple(raw["baseline"]["image_size"])})
+    assert p.baseline == BaselineParams()  # the defaults are params.yaml's
 
 
 # --- accepted shapes ------------------------------------------------------------------------------------
@@ -184,6 +187,9 @@ def test_unknown_key_is_named_with_its_full_path(raw, key):
         ({"evaluate": {"threshold": "high"}}, "evaluate.threshold", "'high'"),
         ({"evaluate": {"threshold": True}}, "evaluate.threshold", "True"),
         ({"evaluate": {"target_recall": 0}}, "evaluate.target_recall", "0.0"),
+        ({"baseline": {"image_size": 16}}, "baseline.image_size", "[16, 16]"),
+        ({"baseline": {"max_iter": 0}}, "baseline.max_iter", "0"),
+        ({"baseline": {"learning_rate": 0}}, "baseline.learning_rate", "0.0"),
     ],
 )
 def test_bad_value_names_key_and_value(raw, key, shown):
