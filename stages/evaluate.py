@@ -1,11 +1,12 @@
 """Stage evaluate: metrics, plots and galleries of the test predictions at the chosen threshold."""
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from steeldefect.errors import run
-from steeldefect.evaluation import evaluate
+from steeldefect.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
 from steeldefect.params import load_params
 
 
@@ -31,6 +32,17 @@ def main() -> None:
         f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
         f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}"
     )
+    base = evaluate_baseline(
+        p.evaluate,
+        read("data/baseline/val.csv"),
+        read("data/baseline/test.csv"),
+        Path("metrics/baseline.json"),
+        Path("plots"),
+    )
+    print(f"baseline test accuracy {base['accuracy']:.3f} at threshold {base['threshold']:.3g}")
+    warning = add_baseline_comparison(Path("metrics/evaluate.json"), base)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":

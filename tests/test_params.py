@@ -197,6 +197,9 @@ def test_unknown_key_is_named_with_its_full_path(raw, key):
         ({"evaluate": {"threshold": "high"}}, "evaluate.threshold", "'high'"),
         ({"evaluate": {"threshold": True}}, "evaluate.threshold", "True"),
         ({"evaluate": {"target_recall": 0}}, "evaluate.target_recall", "0.0"),
+        ({"baseline": {"image_size": 16}}, "baseline.image_size", "[16, 16]"),
+        ({"baseline": {"max_iter": 0}}, "baseline.max_iter", "0"),
+        ({"baseline": {"learning_rate": 0}}, "baseline.learning_rate", "0.0"),
     ],
 )
 def test_bad_value_names_key_and_value(raw, key, shown):

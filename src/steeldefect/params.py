@@ -102,6 +102,15 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class BaselineParams:
+    # the classical baseline: texture features (LBP, HOG, intensity statistics) of the grey image resized to
+    # image_size (height, width), then scikit-learn's HistGradientBoostingClassifier
+    image_size: tuple[int, int] = (128, 128)
+    max_iter: int = 300
+    learning_rate: float = 0.05
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     data: DataParams = field(default_factory=DataParams)
@@ -111,6 +120,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     export: ExportParams = field(default_factory=ExportParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    baseline: BaselineParams = field(default_factory=BaselineParams)
 
 
 # runtime settings that were params: they choose how and where training runs, not the model (steeldefect.runtime)
@@ -235,6 +245,10 @@ def _check(p: Params) -> None:
     )
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
+    b = p.baseline
+    need(min(b.image_size) >= 32, "baseline.image_size", list(b.image_size), "[height, width], each >= 32")
+    need(b.max_iter >= 1, "baseline.max_iter", b.max_iter, "an integer >= 1")
+    need(b.learning_rate > 0, "baseline.learning_rate", b.learning_rate, "a number > 0")
 
 
 def parse_params(raw: object) -> Params:
