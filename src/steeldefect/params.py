@@ -100,6 +100,7 @@ class EvaluateParams:
     threshold: float | Literal["auto"] = 0.5
     target_recall: float = 0.99
     gallery_size: int = 16
+    map_threshold: float = 0.5  # mask models: a defect-map cell counts as defect when its value >= this
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ def _check(p: Params) -> None:
     )
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
+    need(0 <= e.map_threshold <= 1, "evaluate.map_threshold", e.map_threshold, "a number in [0, 1]")
 
 
 def parse_params(raw: object) -> Params:

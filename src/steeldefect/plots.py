@@ -17,11 +17,15 @@ from steeldefect.atomic import path_for  # noqa: E402
 CLASS_COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 0.9, 0.2), 3: (0.2, 0.5, 1.0), 4: (1.0, 0.8, 0.0), 5: (0.9, 0.3, 0.9)}
 
 
+OUTLINE_COLOUR = "yellow"  # the predicted defect map's outline (cells at or above the map threshold)
+
+
 @dataclass
 class Tile:
     path: str
     title: str
     masks: dict[int, np.ndarray] = field(default_factory=dict)
+    outline: np.ndarray | None = None  # boolean mask at the image's size (predicted defect cells): outlined
 
 
 def overlay(image: np.ndarray, masks: dict[int, np.ndarray], alpha: float = 0.45) -> np.ndarray:
@@ -44,6 +48,8 @@ def gallery(tiles: list[Tile], out: Path, title: str, empty: str = "nothing to s
     for ax, tile in zip(axes[:, 0], tiles):
         with Image.open(tile.path) as im:
             ax.imshow(overlay(np.asarray(im.convert("RGB")), tile.masks), aspect="auto")
+        if tile.outline is not None and tile.outline.any():
+            ax.contour(tile.outline.astype(np.float32), levels=[0.5], colors=[OUTLINE_COLOUR], linewidths=1.2)
         ax.set_title(tile.title, fontsize=9)
         ax.axis("off")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
