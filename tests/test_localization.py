@@ -3,11 +3,16 @@ localization metrics (Dice, IoU, pointing, per class, across thresholds)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from steeldefect.dataset import prepare
 from steeldefect.errors import UserError
+from steeldefect.evaluation import evaluate
 from steeldefect.localization import dice_sweep, localization_metrics
 from steeldefect.maps import (
     area_share,
@@ -19,7 +24,10 @@ from steeldefect.maps import (
     resize_to,
     save_maps,
 )
+from steeldefect.masks import image_mask, target_map
+from steeldefect.params import EvaluateParams, SynthesizeParams
 from steeldefect.severstal import rle_encode
+from steeldefect.synthetic import write_dataset
 
 
 def test_area_share_and_bounding_box_in_original_pixels():
@@ -138,3 +146,47 @@ def test_no_image_with_a_mask_gives_no_scores(hand_made):
     m, sweep = localization_metrics(test, empty, maps, stride=4, threshold=0.5)
     assert m["dice"] is None and m["pointing_accuracy"] is None and m["images_with_mask"] == 0
     assert sweep.empty and dice_sweep(maps, {}).empty
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """30 synthetic images (1600x256) with given probabilities, and perfect maps at 32x200, stride 8: the true
+    targets, so Dice, IoU and pointing are 1 on every image with a mask."""
+    root = tmp_path_factory.mktemp("loc")
+    write_dataset(SynthesizeParams(n_images=30), seed=5, out_dir=root / "data")
+    images, masks, _, _ = prepare(root / "data")
+    images = images.assign(probability=np.where(images.label == 1, 0.3, 0.1))  # every defect missed at 0.5
+    test = images[15:].reset_index(drop=True)
+    maps = {
+        r.ImageId: target_map(image_mask(masks, r.ImageId, r.height, r.width, (32, 200)), 8) for r in test.itertuples()
+    }
+    return images[:15].reset_index(drop=True), test, masks, maps
+
+
+def run_evaluate(out, data, maps=None):
+    val, test, masks, _ = data
+    files = (out / "metrics.json", out / "threshold.json", out / "plots", out / "results")
+    return evaluate(EvaluateParams(gallery_size=3, map_threshold=0.5), 0, val, test, masks, *files, maps, 8)
+
+
+def test_evaluate_with_maps_adds_localization_and_outlines(tmp_path, synthetic):
+    m = run_evaluate(tmp_path, synthetic, synthetic[3])
+    loc = m["localization"]
+    n_masked = int(synthetic[1].label.sum())
+    assert loc["images_with_mask"] == n_masked > 0 and loc["dice"] == loc["iou"] == loc["pointing_accuracy"] == 1
+    assert loc["clean_area_share"] == 0 and set(loc["dice_per_class"]) <= {"1", "2", "3", "4"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["localization"] == loc
+    assert json.loads((tmp_path / "threshold.json").read_text())["map_threshold"] == 0.5
+    sweep = pd.read_csv(tmp_path / "plots/localization_dice.csv")
+    assert len(sweep) == 19 and (sweep.dice == 1).all()
+    without = run_evaluate(tmp_path / "image", synthetic)
+    assert "localization" not in without and "map_threshold" not in (tmp_path / "image/threshold.json").read_text()
+    assert (tmp_path / "image/plots/localization_dice.csv").read_text() == "map_threshold,dice,iou\n"
+    # the galleries differ only by the outline (and the true masks in the random one)
+    for name in ("gallery_false_negatives", "gallery_random"):
+        with Image.open(tmp_path / f"plots/{name}.png") as a, Image.open(tmp_path / f"image/plots/{name}.png") as b:
+            assert a.size == b.size and np.any(np.asarray(a) != np.asarray(b))
+    with Image.open(tmp_path / "plots/gallery_false_negatives.png") as im:
+        pixels = np.asarray(im.convert("RGB")).astype(int)
+    yellow = (pixels[..., 0] > 200) & (pixels[..., 1] > 200) & (pixels[..., 2] < 80)
+    assert yellow.sum() > 20  # the predicted maps' outlines are drawn

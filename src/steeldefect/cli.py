@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="defect probability of images with the exported model",
         description="Predict the defect probability of images (files, or folders of .jpg/.jpeg/.png files) with "
         "the exported model and write one CSV row per image: path, probability, predicted (1 = defect), error. "
-        "Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors.",
+        "A mask-supervised model also gives defect_area_share and the defect's bounding box box_x0, box_y0, "
+        "box_x1, box_y1 in the image's own pixels (x1, y1 exclusive; empty when no map cell reaches the map "
+        "threshold). Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors.",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
     predict.add_argument(
