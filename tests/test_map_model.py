@@ -14,13 +14,19 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from steeldefect.cli import main
+from steeldefect.dataset import prepare, split
 from steeldefect.errors import UserError
 from steeldefect.export import MODEL_META, SAVED_MODEL, export_model, load_model
 from steeldefect.inference import has_defect_map, predict_all
-from steeldefect.maps import bounding_box
+from steeldefect.maps import bounding_box, load_maps
+from steeldefect.params import SynthesizeParams
+from steeldefect.synthetic import write_dataset
+
+from helpers import REPO, run
 
 SIZE = (64, 96)  # the meta's image_size: every image is resized to it, maps are 16 x 24
 META = {
@@ -206,3 +212,33 @@ def test_maps_dir_problems_are_usage_errors(project, tmp_path, capsys):
             main([*base, *images, "--maps", str(maps)])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m").exists()
+
+
+def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
+    """The two stage scripts on a tiny synthetic split with the hand-made map model: the predict stage keeps
+    the test maps, the evaluate stage scores them."""
+    write_dataset(SynthesizeParams(n_images=20), seed=1, out_dir=tmp_path / "data/synthetic")
+    images, masks, _, _ = prepare(tmp_path / "data/synthetic")
+    parts, _ = split(images, 0.25, 0.25, seed=0)
+    (tmp_path / "data/split").mkdir()
+    (tmp_path / "data/prepared").mkdir()
+    for name in ("val", "test"):
+        parts[name].to_csv(tmp_path / f"data/split/{name}.csv", index=False)
+    masks.to_csv(tmp_path / "data/prepared/masks.csv", index=False)
+    meta = {"image_size": [32, 200], "batch_size": 4}
+    export_model(two_output_model(), (32, 200), tmp_path / "models", list(images.path[:2]), meta, saved_model=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 4}, "evaluate": {"gallery_size": 2}}))
+
+    run([sys.executable, str(REPO / "stages/predict.py")], tmp_path)
+    maps, stride = load_maps(tmp_path / "data/predictions/test_maps.npz")
+    assert (
+        stride == 4
+        and sorted(maps) == sorted(parts["test"].ImageId)
+        and maps[parts["test"].ImageId[0]].shape == (8, 50)
+    )
+    run([sys.executable, str(REPO / "stages/evaluate.py")], tmp_path)
+    loc = json.loads((tmp_path / "metrics/evaluate.json").read_text())["localization"]
+    assert loc["images_with_mask"] == int(parts["test"].label.sum()) > 0 and 0 <= loc["dice"] <= 1
+    assert loc["map_stride"] == 4 and loc["clean_images"] == int((parts["test"].label == 0).sum())
+    assert len(pd.read_csv(tmp_path / "plots/localization_dice.csv")) == 19
+    assert json.loads((tmp_path / "models/threshold.json").read_text())["map_threshold"] == 0.5
