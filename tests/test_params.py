@@ -18,6 +18,7 @@ from steeldefect.params import (
     SynthesizeParams,
     TrainParams,
     load_params,
+    map_stride,
     parse_params,
 )
 
@@ -81,6 +82,10 @@ def test_repository_params_yaml_parses_with_its_values():
     assert p.train.backbone_layer == t["backbone_layer"]
     assert p.train.head.pooling == t["head"]["pooling"]
     assert p.train.patience == t["patience"]
+    assert p.train.supervision == t["supervision"]
+    assert p.train.mask.crop_size == tuple(t["mask"]["crop_size"])
+    for key, value in t["mask"].items():
+        assert getattr(p.train.mask, key) == (tuple(value) if isinstance(value, list) else value), key
     assert p.evaluate.threshold == raw["evaluate"]["threshold"]
     assert p.evaluate.target_recall == raw["evaluate"]["target_recall"]
 
@@ -184,6 +189,15 @@ def test_unknown_key_is_named_with_its_full_path(raw, key):
         ({"evaluate": {"threshold": "high"}}, "evaluate.threshold", "'high'"),
         ({"evaluate": {"threshold": True}}, "evaluate.threshold", "True"),
         ({"evaluate": {"target_recall": 0}}, "evaluate.target_recall", "0.0"),
+        ({"train": {"supervision": "pixel"}}, "train.supervision", "'pixel'"),
+        ({"train": {"mask": {"crop_defect_share": 1.5}}}, "train.mask.crop_defect_share", "1.5"),
+        ({"train": {"mask": {"seg_loss_weight": -1}}}, "train.mask.seg_loss_weight", "-1.0"),
+        ({"train": {"mask": {"seg_positive_weight": 0}}}, "train.mask.seg_positive_weight", "0.0"),
+        ({"train": {"mask": {"bn_momentum": 1}}}, "train.mask.bn_momentum", "1.0"),
+        ({"train": {"supervision": "mask", "image_size": [130, 800]}}, "train.image_size", "[130, 800]"),
+        ({"train": {"supervision": "mask", "mask": {"crop_size": [100, 128]}}}, "train.mask.crop_size", "[100, 128]"),
+        ({"train": {"supervision": "mask", "mask": {"crop_size": [256, 128]}}}, "train.mask.crop_size", "[256, 128]"),
+        ({"train": {"supervision": "mask", "backbone_layer": "avg_pool"}}, "train.backbone_layer", "'avg_pool'"),
     ],
 )
 def test_bad_value_names_key_and_value(raw, key, shown):
@@ -271,3 +285,16 @@ def test_exponent_without_dot_is_a_number():
 def test_unknown_optimizer_or_strategy_is_refused(key, value):
     with pytest.raises(UserError, match=rf"train.{key} = '{value}' is not allowed; expected one of"):
         parse_params({"train": {key: value}})
+
+
+@pytest.mark.parametrize(
+    "layer, stride", [("conv2_block3_out", 4), ("conv3_block4_out", 8), ("conv4_block6_out", 16), (None, 32)]
+)
+def test_map_stride_follows_the_cut(layer, stride):
+    p = parse_params({"train": {"supervision": "mask", "backbone_layer": layer, "mask": {"crop_size": None}}})
+    assert map_stride(p.train) == stride
+
+
+def test_mask_crop_null_means_the_whole_image():
+    p = parse_params({"train": {"supervision": "mask", "mask": {"crop_size": None}}})
+    assert p.train.mask.crop_size is None
