@@ -20,10 +20,11 @@ from PIL import Image
 from steeldefect.cli import main
 from steeldefect.dataset import prepare, split
 from steeldefect.errors import UserError
-from steeldefect.export import MODEL_META, SAVED_MODEL, export_model, load_model
+from steeldefect.export import MODEL_META, SAVED_MODEL, export, export_model, load_model, model_meta
 from steeldefect.inference import has_defect_map, predict_all
 from steeldefect.maps import bounding_box, load_maps
-from steeldefect.params import SynthesizeParams
+from steeldefect.model import build_model
+from steeldefect.params import MaskParams, Params, SynthesizeParams, TrainParams
 from steeldefect.synthetic import write_dataset
 
 from helpers import REPO, run
@@ -242,3 +243,22 @@ def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
     assert loc["map_stride"] == 4 and loc["clean_images"] == int((parts["test"].label == 0).sum())
     assert len(pd.read_csv(tmp_path / "plots/localization_dice.csv")) == 19
     assert json.loads((tmp_path / "models/threshold.json").read_text())["map_threshold"] == 0.5
+
+
+def test_the_mask_model_exports_with_its_stride_and_serves_both_outputs(project, tmp_path):
+    _, _, paths = project
+    p = TrainParams(
+        image_size=SIZE, backbone_layer="conv2_block3_out", supervision="mask", mask=MaskParams(seg_channels=4)
+    )
+    model, _, _ = build_model(p, weights=None)
+    model.save_weights(tmp_path / "w.weights.h5")
+    meta = model_meta(Params(train=p), pd.DataFrame({"md5": ["a"]}))
+    assert export(p, tmp_path / "w.weights.h5", tmp_path / "models", paths[:2], meta) <= 1e-5
+    exported = json.loads((tmp_path / "models" / MODEL_META).read_text())
+    assert (exported["supervision"], exported["map_stride"], exported["map_size"]) == ("mask", 4, [16, 24])
+    assert sorted(exported["saved_model"]["outputs"]) == ["defect_map", "probability"]
+    result = predict_all(load_model(tmp_path / "models"), paths, 2, SIZE)
+    assert result.maps[0].shape == (16, 24) and np.isfinite(result.probability).all()
+    with pytest.raises(UserError, match="the params say map_stride = 8 but the trained model gives 4"):
+        export(p, tmp_path / "w.weights.h5", tmp_path / "other", paths[:1], {**meta, "map_stride": 8}, False)
+    assert not (tmp_path / "other" / MODEL_META).exists()

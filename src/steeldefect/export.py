@@ -18,7 +18,7 @@ import tensorflow as tf
 from steeldefect import atomic
 from steeldefect.errors import UserError
 from steeldefect.model import build_model
-from steeldefect.params import Params, TrainParams
+from steeldefect.params import Params, TrainParams, map_stride
 from steeldefect.pipeline import decode_and_preprocess, image_dataset
 
 MODEL_JSON, MODEL_WEIGHTS, MODEL_META = "model.json", "model.weights.h5", "model_meta.json"
@@ -115,6 +115,18 @@ def output_meta(outputs: dict[str, np.ndarray], image_size: tuple[int, int]) -> 
     }
 
 
+def checked_output_meta(meta: dict, outputs: dict[str, np.ndarray], image_size, out_dir: Path) -> dict:
+    """`output_meta`, after checking it agrees with the `supervision` and `map_stride` in `meta` (from params)."""
+    derived = output_meta(outputs, image_size)
+    for key in ("supervision", "map_stride"):
+        if key in meta and meta[key] != derived[key]:
+            raise UserError(
+                f"{out_dir}: the params say {key} = {meta[key]!r} but the trained model gives {derived[key]!r}; "
+                "retrain (`dvc repro train`) so the weights belong to these params. Nothing was exported."
+            )
+    return derived
+
+
 def _check_serving(model, image_size, path: Path, check_paths: list[str], expected: dict) -> float:
     """Write the SavedModel to `path`, load it back and return its largest difference from `expected`."""
     save_serving_model(model, image_size, path)
@@ -166,7 +178,7 @@ def export_model(
         tmp = Path(tmp)
         images = image_dataset(check_paths, image_size, batch_size=len(check_paths))
         expected = keras_outputs(model, images)
-        meta = {**meta, **output_meta(expected, image_size)}
+        meta = {**meta, **checked_output_meta(meta, expected, image_size, out_dir)}
         if meta.get("saved_model") and "defect_map" in expected:
             served = {**meta["saved_model"]["outputs"], "defect_map": "float32 [None, h, w, 1]: see defect_map"}
             meta["saved_model"] = {**meta["saved_model"], "outputs": served}
@@ -210,6 +222,8 @@ def model_meta(p: Params, train_df: pd.DataFrame) -> dict:
         "decision": f"predicted = 1 (defect) when probability >= threshold; the threshold is in {THRESHOLD} beside "
         "this file when the evaluate stage wrote it",
         "batch_size": p.train.batch_size,
+        "supervision": p.train.supervision,
+        "map_stride": map_stride(p.train) if p.train.supervision == "mask" else None,
         "saved_model": {
             "path": SAVED_MODEL,
             "signature": "serving_default",
