@@ -262,3 +262,9 @@ def test_the_mask_model_exports_with_its_stride_and_serves_both_outputs(project,
     with pytest.raises(UserError, match="the params say map_stride = 8 but the trained model gives 4"):
         export(p, tmp_path / "w.weights.h5", tmp_path / "other", paths[:1], {**meta, "map_stride": 8}, False)
     assert not (tmp_path / "other" / MODEL_META).exists()
+
+
+def test_a_fully_convolutional_model_needs_the_image_size(project):
+    root, _, paths = project
+    with pytest.raises(UserError, match="takes images of any size"):
+        predict_all(load_model(root / "models"), paths, 2)

@@ -38,7 +38,10 @@ class Predictions:
 
 
 def model_image_size(model: keras.Model) -> tuple[int, int]:
-    return tuple(model.input_shape[1:3])
+    size = tuple(model.input_shape[1:3])
+    if None in size:  # a fully convolutional (mask) model: the size it was trained at is in model_meta.json
+        raise UserError("this model takes images of any size: give the image size (model_meta.json's image_size)")
+    return size
 
 
 def indexed_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size: int) -> tf.data.Dataset:

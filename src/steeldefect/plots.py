@@ -37,6 +37,15 @@ def overlay(image: np.ndarray, masks: dict[int, np.ndarray], alpha: float = 0.45
     return out
 
 
+def draw_outline(ax, mask: np.ndarray) -> None:
+    """The outline of a boolean mask (at the image's size) over the image, closed along the image's edges."""
+    h, w = mask.shape
+    padded = np.pad(mask, 1).astype(np.float32)  # a ring of zeros, so the contour closes at the edges
+    ax.contour(np.arange(-1, w + 1), np.arange(-1, h + 1), padded, levels=[0.5], colors=[OUTLINE_COLOUR])
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+
+
 def gallery(tiles: list[Tile], out: Path, title: str, empty: str = "nothing to show") -> None:
     """A PNG with one image per row (Severstal images are wide), masks overlaid; says so when empty."""
     rows = max(len(tiles), 1)
@@ -49,7 +58,7 @@ def gallery(tiles: list[Tile], out: Path, title: str, empty: str = "nothing to s
         with Image.open(tile.path) as im:
             ax.imshow(overlay(np.asarray(im.convert("RGB")), tile.masks), aspect="auto")
         if tile.outline is not None and tile.outline.any():
-            ax.contour(tile.outline.astype(np.float32), levels=[0.5], colors=[OUTLINE_COLOUR], linewidths=1.2)
+            draw_outline(ax, tile.outline)
         ax.set_title(tile.title, fontsize=9)
         ax.axis("off")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
