@@ -1,9 +1,10 @@
-"""Stage train: fit ResNet50 + head on the train split, keep the best val_loss weights."""
+"""Stage train: fit the model on the train split (image or mask supervision), keep the best val_loss weights."""
 
 from pathlib import Path
 
 import pandas as pd
 
+from steeldefect import segtrain
 from steeldefect.errors import run
 from steeldefect.params import load_params
 from steeldefect.training import train
@@ -12,7 +13,12 @@ from steeldefect.training import train
 def main() -> None:
     p = load_params()
     train_df, val_df = (pd.read_csv(f"data/split/{name}.csv", keep_default_na=False) for name in ("train", "val"))
-    train(p.train, p.seed, train_df, val_df, Path("models/trained.weights.h5"), Path("metrics/train"))
+    weights, live = Path("models/trained.weights.h5"), Path("metrics/train")
+    if p.train.supervision == "mask":
+        masks = pd.read_csv("data/prepared/masks.csv", keep_default_na=False)
+        segtrain.train(p.train, p.seed, train_df, val_df, masks, weights, live)
+    else:
+        train(p.train, p.seed, train_df, val_df, weights, live)
 
 
 if __name__ == "__main__":

@@ -273,6 +273,8 @@ def _check_mask(t: TrainParams, need) -> None:
     need(0 <= m.bn_momentum < 1, "train.mask.bn_momentum", m.bn_momentum, "a fraction in [0, 1)")
     if t.supervision != "mask":
         return
+    need(t.strategy == "default", "train.strategy", t.strategy, "default with train.supervision mask")
+    need(t.mixed_precision is None, "train.mixed_precision", t.mixed_precision, "null with train.supervision mask")
     stride = map_stride(t)
     need(
         stride > 0,

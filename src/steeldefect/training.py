@@ -160,7 +160,7 @@ def cached_features(
 # --- training ---------------------------------------------------------------------------------------------
 
 
-def _callbacks(best: Path, p: TrainParams, live: Live, best_so_far: float | None = None) -> list:
+def standard_callbacks(best: Path, p: TrainParams, live: Live, best_so_far: float | None = None) -> list:
     return [
         keras.callbacks.ModelCheckpoint(
             str(best),
@@ -188,9 +188,16 @@ def unfreeze_last_stages(model: keras.Model, n: int) -> list[str]:
 
 
 def train(
-    p: TrainParams, seed: int, train_df: pd.DataFrame, val_df: pd.DataFrame, weights_out: Path, live_dir: Path
+    p: TrainParams,
+    seed: int,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    weights_out: Path,
+    live_dir: Path,
+    callbacks: list | None = None,
 ) -> None:
-    """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`.
+    """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`. `callbacks`
+    are added to the standard ones of the first fit (the real-data benchmark stops by wall clock with one).
 
     Under `train.strategy` multi_worker every worker calls this with the same arguments; the chief writes
     `weights_out`, `live_dir` and the caches, the other workers write theirs to a temporary folder (they
@@ -218,7 +225,7 @@ def train(
             if p.mixed_precision:
                 keras.mixed_precision.set_global_policy(p.mixed_precision)
                 log.info("mixed precision %s: float32 weights and output", p.mixed_precision)
-            _train(p, seed, train_df, val_df, Path(weights_out), Path(live_dir), strategy, images, scratch)
+            _train(p, seed, train_df, val_df, Path(weights_out), Path(live_dir), strategy, images, scratch, callbacks)
         finally:
             images.close()
             if not chief and worker_cache is not None:
@@ -236,6 +243,7 @@ def _train(
     strategy: tf.distribute.Strategy,
     images: ImageCache,
     scratch: Path,
+    extra_callbacks: list | None = None,
 ) -> None:
     chief = is_chief(strategy)
     with strategy.scope():
@@ -284,8 +292,14 @@ def _train(
         Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live,
     ):
         best, best_tuned = scratch / "best.weights.h5", scratch / "best_tuned.weights.h5"
-        callbacks = _callbacks(best, p, live)
-        history = fitted.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=2)
+        callbacks = standard_callbacks(best, p, live)
+        history = fitted.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=p.epochs,
+            callbacks=[*(extra_callbacks or []), *callbacks],
+            verbose=2,
+        )
         fitted.load_weights(best)
         log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, len(history.epoch))
 
@@ -308,7 +322,7 @@ def _train(
                 validation_data=val_ds,
                 initial_epoch=done,
                 epochs=done + p.fine_tune.epochs,
-                callbacks=_callbacks(best_tuned, p, live, best_so_far=callbacks[0].best),
+                callbacks=standard_callbacks(best_tuned, p, live, best_so_far=callbacks[0].best),
                 verbose=2,
             )
             improved = best_tuned.exists()
