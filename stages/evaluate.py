@@ -1,4 +1,5 @@
-"""Stage evaluate: metrics, plots and galleries of the test predictions at the chosen threshold."""
+"""Stage evaluate: metrics, plots and galleries of the test predictions at the chosen threshold, localization
+metrics for a mask model, and the comparison with the classical baseline."""
 
 import sys
 from pathlib import Path
@@ -7,7 +8,10 @@ import pandas as pd
 
 from steeldefect.errors import run
 from steeldefect.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
+from steeldefect.maps import load_maps
 from steeldefect.params import load_params
+
+TEST_MAPS = Path("data/predictions/test_maps.npz")  # written by the predict stage for a mask model only
 
 
 def main() -> None:
@@ -17,6 +21,7 @@ def main() -> None:
     test = read("data/split/test.csv").merge(
         read("data/predictions/test.csv")[["ImageId", "probability"]], on="ImageId", validate="one_to_one"
     )
+    maps, stride = load_maps(TEST_MAPS) if TEST_MAPS.exists() else (None, None)
     m = evaluate(
         p.evaluate,
         p.seed,
@@ -27,11 +32,21 @@ def main() -> None:
         Path("models/threshold.json"),
         Path("plots"),
         Path("data/evaluation"),
+        maps,
+        stride,
     )
     print(
         f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
         f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}"
     )
+    if "localization" in m:
+        loc = m["localization"]
+        show = {k: "n/a" if loc[k] is None else f"{loc[k]:.3f}" for k in ("dice", "iou", "pointing_accuracy")}
+        print(
+            f"localization on {loc['images_with_mask']} test images with masks at map threshold "
+            f"{loc['map_threshold']:g}: Dice {show['dice']}, IoU {show['iou']}, pointing {show['pointing_accuracy']}"
+        )
+
     base = evaluate_baseline(
         p.evaluate,
         read("data/baseline/val.csv"),

@@ -1,24 +1,32 @@
-"""Stage predict: defect probability of every validation and test image, from the exported model only."""
+"""Stage predict: defect probability of every validation and test image, from the exported model only, and the
+test images' defect maps when the model has them (a mask-supervised model)."""
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from steeldefect import atomic
 from steeldefect.errors import run
-from steeldefect.export import load_model
-from steeldefect.inference import predict_paths
+from steeldefect.export import load_model, read_meta
+from steeldefect.inference import predict_all
+from steeldefect.maps import save_maps
 from steeldefect.params import load_params
+
+TEST_MAPS = "test_maps.npz"  # only for a model with a defect map: what the evaluate stage's localization needs
 
 
 def main() -> None:
     p = load_params()
     model = load_model(Path("models"))
+    meta = read_meta(Path("models"))  # a mask model takes any size: predict at the trained one
     with atomic.atomic_dir(Path("data/predictions")) as tmp:
         for name in ("val", "test"):
             df = pd.read_csv(f"data/split/{name}.csv", keep_default_na=False)
-            prob = predict_paths(model, df.path, p.train.batch_size)
-            df[["ImageId", "label"]].assign(probability=prob).to_csv(tmp / f"{name}.csv", index=False)
+            result = predict_all(model, df.path, p.train.batch_size, meta["image_size"])
+            df[["ImageId", "label"]].assign(probability=result.probability).to_csv(tmp / f"{name}.csv", index=False)
+            if name == "test" and result.maps is not None:
+                save_maps(tmp / TEST_MAPS, list(df.ImageId), np.stack(result.maps), meta["map_stride"])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage train: fit ResNet50 + head on the train split, keep the best val_loss weights, flag a degenerate run.
+"""Stage train: fit the model on the train split (image or mask supervision), keep the best val_loss weights, flag
+a degenerate run.
 
 Strategy and caches are runtime settings from the environment (steeldefect.runtime), not params."""
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from steeldefect import segtrain
 from steeldefect.errors import run
 from steeldefect.params import load_params
 from steeldefect.runtime import load_runtime
@@ -15,12 +17,17 @@ from steeldefect.training import train
 def main() -> None:
     p = load_params()
     train_df, val_df = (pd.read_csv(f"data/split/{name}.csv", keep_default_na=False) for name in ("train", "val"))
+    weights, live = Path("models/trained.weights.h5"), Path("metrics/train")
     runtime = load_runtime()
     print(
         f"runtime settings (environment, not params): strategy {runtime.strategy}, "
         f"feature cache {runtime.feature_cache or 'off'}, image cache {runtime.image_cache or 'off'}"
     )
-    train(p.train, p.seed, train_df, val_df, Path("models/trained.weights.h5"), Path("metrics/train"), runtime)
+    if p.train.supervision == "mask":
+        masks = pd.read_csv("data/prepared/masks.csv", keep_default_na=False)
+        segtrain.train(p.train, p.seed, train_df, val_df, masks, weights, live)
+    else:
+        train(p.train, p.seed, train_df, val_df, weights, live, runtime)
 
 
 if __name__ == "__main__":

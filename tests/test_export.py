@@ -43,6 +43,8 @@ def test_export_round_trip(exported):
     assert {p.name for p in (root / "models").iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL}
     reloaded = load_model(root / "models")
     np.testing.assert_array_equal(predict_paths(reloaded, paths, 2), predict_paths(model, paths, 2))
+    meta = json.loads((root / "models" / MODEL_META).read_text())
+    assert (meta["supervision"], meta["map_stride"]) == ("image", None)  # read from the model's outputs
 
 
 def test_predict_keeps_last_partial_batch(exported):
@@ -67,6 +69,7 @@ serve = loaded.signatures["serving_default"]
 images = tf.constant([open(path, "rb").read() for path in sys.argv[2:]])
 print(json.dumps({
     "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in serve.structured_input_signature[1].items()},
+    "outputs": sorted(serve.structured_outputs),
     "probability": serve(images)["probability"].numpy().tolist(),
 }))
 """
@@ -85,6 +88,7 @@ def test_saved_model_serves_jpeg_bytes_like_the_command(exported, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])
     assert served["inputs"] == {"image_bytes": ["string", [None]]}
+    assert served["outputs"] == ["probability"]  # an image model has no defect map
     np.testing.assert_allclose(served["probability"], expected, rtol=0, atol=1e-5)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from steeldefect.errors import UserError
 from steeldefect.model import build_backbone, build_model
-from steeldefect.params import HeadParams, TrainParams
+from steeldefect.params import HeadParams, MaskParams, TrainParams, map_stride
 
 TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
 
@@ -60,3 +60,32 @@ def test_head_on_cached_features_equals_whole_model():
     x = np.random.default_rng(1).normal(0, 50, (4, 64, 96, 3)).astype("float32")
     via_features = classifier.predict(features.predict(x, verbose=0), verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), via_features, rtol=1e-5, atol=1e-6)
+
+
+MASK = dataclasses.replace(TINY, supervision="mask", mask=MaskParams(crop_size=(32, 32), seg_channels=8))
+
+
+def test_mask_model_is_fully_convolutional_with_two_named_outputs():
+    model, features, classifier = build_model(MASK, weights=None)
+    assert features is None and classifier is None
+    assert model.input_shape == (None, None, None, 3)
+    s = map_stride(MASK)
+    for h, w in ((32, 32), (64, 96)):  # a training crop and a whole image
+        out = model.predict(np.random.default_rng(0).normal(0, 50, (2, h, w, 3)), verbose=0)
+        assert set(out) == {"probability", "defect_map"}
+        assert out["probability"].shape == (2, 1) and out["defect_map"].shape == (2, h // s, w // s, 1)
+        assert all(v.dtype == np.float32 and np.all((v >= 0) & (v <= 1)) for v in out.values())
+    assert model.get_layer("backbone").trainable_weights  # the backbone trains end to end
+    bn = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and all(layer.momentum == MASK.mask.bn_momentum for layer in bn)
+
+
+def test_mask_model_round_trips_through_json_and_weights(tmp_path):
+    model, _, _ = build_model(MASK, weights=None)
+    model.save_weights(tmp_path / "m.weights.h5")
+    loaded = keras.models.model_from_json(model.to_json())  # safe mode: standard layers only
+    loaded.load_weights(tmp_path / "m.weights.h5")
+    x = np.random.default_rng(1).normal(0, 50, (2, 64, 96, 3))
+    a, b = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    for key in ("probability", "defect_map"):
+        np.testing.assert_array_equal(a[key], b[key])

@@ -18,6 +18,7 @@ from steeldefect.params import (
     SplitParams,
     TrainParams,
     load_params,
+    map_stride,
     parse_params,
 )
 
@@ -287,3 +288,16 @@ def test_exponent_without_dot_is_a_number():
 def test_unknown_optimizer_is_refused(key, value):
     with pytest.raises(UserError, match=rf"train.{key} = '{value}' is not allowed; expected one of"):
         parse_params({"train": {key: value}})
+
+
+@pytest.mark.parametrize(
+    "layer, stride", [("conv2_block3_out", 4), ("conv3_block4_out", 8), ("conv4_block6_out", 16), (None, 32)]
+)
+def test_map_stride_follows_the_cut(layer, stride):
+    p = parse_params({"train": {"supervision": "mask", "backbone_layer": layer, "mask": {"crop_size": None}}})
+    assert map_stride(p.train) == stride
+
+
+def test_mask_crop_null_means_the_whole_image():
+    p = parse_params({"train": {"supervision": "mask", "mask": {"crop_size": None}}})
+    assert p.train.mask.crop_size is None

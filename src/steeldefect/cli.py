@@ -5,9 +5,12 @@
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, and the image
 size from model_meta.json), through the same tf.data preprocessing and prediction code as the predict stage, and
-writes one CSV row per image: path, probability, predicted (0 clean / 1 defect), error. An unreadable image gets
-its error text instead of a probability and does not stop the run. Exit code: 0 when every image was predicted,
-1 when some could not be read, 2 for a usage error (bad arguments, no model, no images).
+writes one CSV row per image: path, probability, predicted (0 clean / 1 defect), error. A mask-supervised model
+(one with a defect map) adds defect_area_share and box_x0, box_y0, box_x1, box_y1 (the defect's bounding box
+in the original image's pixels) before the error column, and `--maps DIR` writes each image with its map
+overlaid. An unreadable image gets its error text instead of a probability and does not stop the run. Exit code:
+0 when every image was predicted, 1 when some could not be read, 2 for a usage error (bad arguments, no model,
+no images).
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="defect probability of images with the exported model",
         description="Predict the defect probability of images (files, or folders of .jpg/.jpeg/.png files) with "
         "the exported model and write one CSV row per image: path, probability, predicted (1 = defect), error. "
-        "Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors.",
+        "A mask-supervised model also gives defect_area_share and the defect's bounding box box_x0, box_y0, "
+        "box_x1, box_y1 in the image's own pixels (x1, y1 exclusive; empty when no map cell reaches the map "
+        "threshold). Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors.",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
     predict.add_argument(
@@ -78,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="images per batch (default: the predict stage's, recorded in model_meta.json)",
+    )
+    predict.add_argument(
+        "--map-threshold",
+        type=_threshold,
+        default=None,
+        help="mask models: a map cell counts as defect when its value >= this (default: the evaluate stage's "
+        f"evaluate.map_threshold in MODEL_DIR/threshold.json if present, else {DEFAULT_THRESHOLD})",
+    )
+    predict.add_argument(
+        "--maps",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="mask models: write one PNG per image into DIR (<image stem>_map.png): the image tinted red by its "
+        "defect map, the cells >= the map threshold outlined in yellow",
     )
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     cache = commands.add_parser(
@@ -145,6 +165,40 @@ def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, 
     return float(value), f"{path}" + (f" (policy: {policy})" if policy else "")
 
 
+def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple[float, str]:
+    """(map threshold, where it comes from): `map_threshold` if given, else `map_threshold` in
+    MODEL_DIR/threshold.json (the evaluate stage's evaluate.map_threshold) if there, else 0.5."""
+    from steeldefect.export import THRESHOLD
+
+    if map_threshold is not None:
+        return map_threshold, "--map-threshold"
+    path = Path(model_dir) / THRESHOLD
+    try:
+        value = json.loads(path.read_text()).get("map_threshold") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: cannot read it ({type(e).__name__}: {e}); rerun `dvc repro evaluate`.") from e
+    if value is None:
+        return DEFAULT_THRESHOLD, f"default (no --map-threshold and no map_threshold in {path})"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise UserError(f"{path}: map_threshold {value!r} is not a number in [0, 1]; rerun `dvc repro evaluate`.")
+    return float(value), str(path)
+
+
+def map_columns(result, map_threshold: float | None, model_dir: Path, maps_dir: Path | None):
+    """The defect area share and bounding box columns of a mask model's predictions (None for a model without
+    a defect map), after writing the overlay PNGs to `maps_dir` when given."""
+    from steeldefect.maps import map_table, write_overlays
+
+    if result.maps is None:
+        return None
+    value, source = resolve_map_threshold(map_threshold, model_dir)
+    print(f"map threshold {value:g} from {source}")
+    if maps_dir is not None:
+        n = write_overlays(result.paths, result.maps, value, maps_dir)
+        print(f"wrote {n} map images to {maps_dir}")
+    return map_table(result.paths, result.maps, value)
+
+
 def load_for_inference(model_dir: Path):
     """(model, image size, metadata) from the exported files only; UserError when they are missing or
     inconsistent."""
@@ -179,6 +233,8 @@ def predict(
     threshold: float | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    map_threshold: float | None = None,
+    maps_dir: Path | None = None,
 ) -> int:
     """The `predict` command: writes `output` and returns the exit code (0 all predicted, 1 some unreadable)."""
     import numpy as np
@@ -186,7 +242,8 @@ def predict(
     from tqdm import tqdm
 
     from steeldefect import atomic
-    from steeldefect.inference import predict_files
+    from steeldefect.inference import has_defect_map, predict_files
+    from steeldefect.maps import check_maps_dir
 
     paths = expand_images(inputs)
     if not paths:
@@ -199,6 +256,13 @@ def predict(
             "nothing: constant or chance-level predictions); its probabilities are meaningless.",
             file=sys.stderr,
         )
+    if maps_dir is not None:
+        if not has_defect_map(model):
+            raise UserError(
+                f"--maps {maps_dir}: the model in {model_dir} has no defect map (it was trained with "
+                "train.supervision: image); export a model trained with train.supervision: mask."
+            )
+        check_maps_dir(Path(maps_dir), paths)
     batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
     print(f"threshold {value:g} from {source}")
     print(
@@ -210,9 +274,10 @@ def predict(
 
     ok = np.array([not e for e in result.errors], dtype=bool)
     predicted = pd.array([int(p >= value) if good else pd.NA for p, good in zip(result.probability, ok)], "Int64")
-    table = pd.DataFrame(
-        {"path": result.paths, "probability": result.probability, "predicted": predicted, "error": result.errors}
-    )
+    table = pd.DataFrame({"path": result.paths, "probability": result.probability, "predicted": predicted})
+    located = map_columns(result, map_threshold, model_dir, maps_dir)
+    table = pd.concat([table, located], axis=1) if located is not None else table
+    table["error"] = result.errors
     atomic.write_text(Path(output), table.to_csv(index=False))
 
     failed = result.failed
@@ -238,7 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "cache":
             return cache_command(args.action, args.kind)
         code = predict(
-            args.images, args.model_dir, args.output, args.threshold, args.batch_size, progress=not args.no_progress
+            args.images,
+            args.model_dir,
+            args.output,
+            args.threshold,
+            args.batch_size,
+            progress=not args.no_progress,
+            map_threshold=args.map_threshold,
+            maps_dir=args.maps,
         )
 
     run(command)

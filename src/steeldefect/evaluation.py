@@ -9,45 +9,50 @@ import pandas as pd
 
 from steeldefect import atomic
 from steeldefect.dataset import load_masks
+from steeldefect.localization import DICE_COLUMNS, localization_metrics
+from steeldefect.masks import resize_nearest
 from steeldefect.metrics import (
     binary_metrics,
-    choose_threshold,
+    pick_threshold,
     pr_points,
     recall_per_class,
     roc_points,
+    scored_metrics,
     threshold_sweep,
 )
 from steeldefect.params import EvaluateParams
 from steeldefect.plots import Tile, gallery
 
 
-def pick_threshold(p: EvaluateParams, val: pd.DataFrame) -> dict:
-    """The threshold in use and why: the number from params, or "auto" chosen on the validation split."""
-    if p.threshold != "auto":
-        return {"threshold": float(p.threshold), "policy": "fixed"}
-    t, recall, reached = choose_threshold(val.label.to_numpy(), val.probability.to_numpy(), p.target_recall)
-    return {
-        "threshold": t,
-        "policy": "auto",
-        "target_recall": p.target_recall,
-        "val_recall": recall,
-        "target_reached": reached,
-    }
-
-
 def _label(v: int) -> str:
     return "defect" if v else "clean"
 
 
-def _tiles(df: pd.DataFrame, masks: pd.DataFrame, with_masks: bool) -> list[Tile]:
+def _tiles(df: pd.DataFrame, masks: pd.DataFrame, with_masks: bool, outlines: dict | None = None) -> list[Tile]:
     return [
         Tile(
             r.path,
             f"{r.ImageId}  true: {_label(r.label)} / pred: {_label(r.predicted)}  (p = {r.probability:.3f})",
             load_masks(masks, r.ImageId, r.height, r.width) if with_masks else {},
+            resize_nearest(outlines[r.ImageId], (r.height, r.width)) if outlines is not None else None,
         )
         for r in df.itertuples()
     ]
+
+
+def evaluate_localization(
+    p: EvaluateParams, test: pd.DataFrame, masks: pd.DataFrame, maps: dict | None, stride: int | None, plots_dir: Path
+) -> tuple[dict | None, dict | None, str]:
+    """(localization metrics, {ImageId: map cells >= the map threshold} for the galleries' outlines, a note for
+    the galleries' titles) of a mask model, and plots/localization_dice.csv, the Dice plot's data. Without maps
+    (an image model): (None, None, "") and only the CSV's header, so the plot exists for DVC either way."""
+    if maps is None:
+        atomic.write_text(plots_dir / "localization_dice.csv", ",".join(DICE_COLUMNS) + "\n")
+        return None, None, ""
+    metrics, sweep = localization_metrics(test, masks, maps, stride, p.map_threshold)
+    atomic.write_text(plots_dir / "localization_dice.csv", sweep.to_csv(index=False))
+    outlines = {image_id: m >= p.map_threshold for image_id, m in maps.items()}
+    return metrics, outlines, f"; predicted map >= {p.map_threshold:g} outlined in yellow"
 
 
 def evaluate(
@@ -60,8 +65,11 @@ def evaluate(
     threshold_path: Path,
     plots_dir: Path,
     results_dir: Path,
+    maps: dict | None = None,
+    map_stride: int | None = None,
 ) -> dict:
-    """`val` holds ImageId, label, probability; `test` also holds path, classes, height, width."""
+    """`val` holds ImageId, label, probability; `test` also holds path, classes, height, width. `maps`: a mask
+    model's test maps by ImageId (at `map_stride`), for the localization metrics and the galleries' outlines."""
     choice = pick_threshold(p, val)
     y, prob = test.label.to_numpy(), test.probability.to_numpy()
     test = test.assign(predicted=(prob >= choice["threshold"]).astype(int))
@@ -90,17 +98,21 @@ def evaluate(
         plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False)
     )
 
+    localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
+    if localization is not None:  # threshold.json also gives the command its default map threshold
+        metrics["localization"], choice = localization, {**choice, "map_threshold": p.map_threshold}
+
     n, t = p.gallery_size, choice["threshold"]
     sample = test.sample(n=min(n, len(test)), random_state=seed).sort_values("ImageId")
     gallery(
-        _tiles(sample, masks, with_masks=False),
+        _tiles(sample, masks, with_masks=outlines is not None, outlines=outlines),
         plots_dir / "gallery_random.png",
-        f"Random test images (threshold {t:.3g})",
+        f"Random test images (threshold {t:.3g}{'; true mask overlaid' if note else ''}{note})",
     )
     gallery(
-        _tiles(fn.head(n), masks, with_masks=True),
+        _tiles(fn.head(n), masks, with_masks=True, outlines=outlines),
         plots_dir / "gallery_false_negatives.png",
-        f"Missed defects: {len(fn)} false negatives (showing {min(n, len(fn))}, true mask overlaid)",
+        f"Missed defects: {len(fn)} false negatives (showing {min(n, len(fn))}, true mask overlaid{note})",
         empty="No false negatives: every defective test image was flagged.",
     )
     gallery(
@@ -141,15 +153,6 @@ def baseline_warning(deep: dict, baseline: dict) -> str | None:
         f"metrics/baseline.json) on the test split: {'; '.join(worse)}. Train longer, use pretrained weights, or "
         "keep the baseline."
     )
-
-
-def scored_metrics(p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame) -> dict:
-    """Metrics on `test` at the threshold chosen on `val` (both: label, probability), as evaluate's."""
-    choice = pick_threshold(p, val)
-    return {
-        **binary_metrics(test.label.to_numpy(), test.probability.to_numpy(), choice["threshold"]),
-        "threshold_choice": choice,
-    }
 
 
 def evaluate_baseline(

@@ -19,7 +19,7 @@ from tensorflow.core.protobuf import fingerprint_pb2
 from steeldefect import atomic
 from steeldefect.errors import UserError
 from steeldefect.model import build_model
-from steeldefect.params import Params, TrainParams
+from steeldefect.params import Params, TrainParams, map_stride
 from steeldefect.pipeline import decode_and_preprocess, image_dataset
 
 MODEL_JSON, MODEL_WEIGHTS, MODEL_META = "model.json", "model.weights.h5", "model_meta.json"
@@ -60,8 +60,9 @@ def load_model(model_dir: Path) -> keras.Model:
 
 def save_serving_model(model: keras.Model, image_size: tuple[int, int], path: Path) -> None:
     """A TensorFlow SavedModel at `path` whose `serving_default` signature maps `image_bytes` (tf.string, shape
-    [None]: encoded JPEG, or PNG / GIF / BMP) to `probability` (float32, shape [None]), with the preprocessing
-    of `pipeline.decode_and_preprocess` inside the graph: servable by TF Serving or any TF runtime."""
+    [None]: encoded JPEG, or PNG / GIF / BMP) to `probability` (float32, shape [None]) and, for a model with a
+    defect map, `defect_map` (float32, [None, h, w, 1], as the Keras model), with the preprocessing of
+    `pipeline.decode_and_preprocess` inside the graph: servable by TF Serving or any TF runtime."""
     size = tuple(int(s) for s in image_size)
 
     def serve(image_bytes):
@@ -70,7 +71,10 @@ def save_serving_model(model: keras.Model, image_size: tuple[int, int], path: Pa
             image_bytes,
             fn_output_signature=tf.TensorSpec((*size, 3), tf.float32),
         )
-        return {"probability": tf.reshape(model(images, training=False), [-1])}
+        outputs = model(images, training=False)
+        if isinstance(outputs, dict):
+            return {"probability": tf.reshape(outputs["probability"], [-1]), "defect_map": outputs["defect_map"]}
+        return {"probability": tf.reshape(outputs, [-1])}
 
     module = tf.Module(name="steeldefect")
     module.model = model
@@ -89,6 +93,67 @@ def _stable_fingerprint(path: Path) -> None:
     (Path(path) / "fingerprint.pb").write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
+def keras_outputs(model: keras.Model, images: tf.data.Dataset) -> dict[str, np.ndarray]:
+    """The model's outputs by name: `probability` (n, 1), and `defect_map` (n, h, w, 1) for a mask model."""
+    outputs = model.predict(images, verbose=0)
+    return dict(outputs) if isinstance(outputs, dict) else {"probability": outputs}
+
+
+def max_difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
+    """The largest absolute difference over every output, flattened (inf when the outputs differ in names or
+    sizes)."""
+    if expected.keys() != got.keys() or any(np.size(expected[k]) != np.size(got[k]) for k in expected):
+        return float("inf")
+    return max(float(np.max(np.abs(np.ravel(expected[k]) - np.ravel(got[k])), initial=0)) for k in expected)
+
+
+def output_meta(outputs: dict[str, np.ndarray], image_size: tuple[int, int]) -> dict:
+    """`supervision`, `map_stride` and the map output's description, read from the model's outputs."""
+    if "defect_map" not in outputs:
+        return {"supervision": "image", "map_stride": None}
+    (h, w), (height, width) = outputs["defect_map"].shape[1:3], image_size
+    stride = height // h
+    if (h * stride, w * stride) != (height, width):
+        raise UserError(
+            f"the model's defect map of {h}x{w} cells does not tile its {height}x{width} input into square cells; "
+            "train.image_size must be a multiple of the map stride."
+        )
+    return {
+        "supervision": "mask",
+        "map_stride": stride,
+        "map_size": [h, w],
+        "defect_map": f"float32 [{h}, {w}]: probability that each {stride}x{stride}-pixel cell of the resized image "
+        "shows any defect; cell (r, c) covers rows r*H/h..(r+1)*H/h and columns c*W/w..(c+1)*W/w of an HxW image",
+    }
+
+
+def checked_output_meta(meta: dict, outputs: dict[str, np.ndarray], image_size, out_dir: Path) -> dict:
+    """`output_meta`, after checking it agrees with the `supervision` and `map_stride` in `meta` (from params)."""
+    derived = output_meta(outputs, image_size)
+    for key in ("supervision", "map_stride"):
+        if key in meta and meta[key] != derived[key]:
+            raise UserError(
+                f"{out_dir}: the params say {key} = {meta[key]!r} but the trained model gives {derived[key]!r}; "
+                "retrain (`dvc repro train`) so the weights belong to these params. Nothing was exported."
+            )
+    return derived
+
+
+def _check_serving(model, image_size, path: Path, check_paths: list[str], expected: dict) -> float:
+    """Write the SavedModel to `path`, load it back and return its largest difference from `expected`."""
+    save_serving_model(model, image_size, path)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    served = serve(tf.constant([Path(p).read_bytes() for p in check_paths]))
+    diff = max_difference(expected, {k: v.numpy() for k, v in served.items()})
+    if diff > 1e-5:
+        raise UserError(
+            f"{path.parent / SAVED_MODEL}: the SavedModel predicts differently from the trained model (max "
+            f"difference {diff:.3g} over {', '.join(sorted(expected))} on {len(check_paths)} images); "
+            "nothing was exported."
+        )
+    return diff
+
+
 def export(
     p: TrainParams,
     trained_weights: Path,
@@ -97,41 +162,49 @@ def export(
     meta: dict,
     saved_model: bool = True,
 ) -> float:
-    """Write model.json, model.weights.h5 (no optimizer state), model_meta.json and the saved_model/ folder
-    (a serving SavedModel, or only a README.txt when `saved_model` is false) into `out_dir`. Everything is
-    written to temporary paths first, reloaded from there, and moved into place only if the reloaded models'
-    predictions on `check_paths` equal the trained model's (the SavedModel to 1e-5: its graph differs).
-    Returns the largest difference seen."""
+    """Build the model of `p`, load `trained_weights` and export it (see `export_model`)."""
     model, _, _ = build_model(p, weights=None)
     model.load_weights(trained_weights)
+    return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model)
+
+
+def export_model(
+    model: keras.Model,
+    image_size: tuple[int, int],
+    out_dir: Path,
+    check_paths: list[str],
+    meta: dict,
+    saved_model: bool = True,
+) -> float:
+    """Write model.json, model.weights.h5 (no optimizer state), model_meta.json (`meta` + `output_meta`) and the
+    saved_model/ folder (a serving SavedModel, or only a README.txt when `saved_model` is false) into `out_dir`.
+    Everything is written to temporary paths first, reloaded from there, and moved into place only if the
+    reloaded models' outputs (probability, and the defect map of a mask model) on `check_paths` (images
+    resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph differs).
+    Returns the largest difference seen."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp,
         atomic.atomic_dir(out_dir / SAVED_MODEL) as tmp_saved,
     ):
         tmp = Path(tmp)
+        images = image_dataset(check_paths, image_size, batch_size=len(check_paths))
+        expected = keras_outputs(model, images)
+        meta = {**meta, **checked_output_meta(meta, expected, image_size, out_dir)}
+        if meta.get("saved_model") and "defect_map" in expected:
+            served = {**meta["saved_model"]["outputs"], "defect_map": "float32 [None, h, w, 1]: see defect_map"}
+            meta["saved_model"] = {**meta["saved_model"], "outputs": served}
         (tmp / MODEL_JSON).write_text(model.to_json())
         model.save_weights(tmp / MODEL_WEIGHTS)
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        images = image_dataset(check_paths, p.image_size, batch_size=len(check_paths))
-        expected = model.predict(images, verbose=0)
-        diff = float(np.max(np.abs(expected - load_model(tmp).predict(images, verbose=0))))
+        diff = max_difference(expected, keras_outputs(load_model(tmp), images))
         if diff > 1e-6:
             raise UserError(
                 f"{out_dir}: the reloaded model predicts differently from the trained one (max "
                 f"difference {diff:.3g} on {len(check_paths)} images); nothing was exported."
             )
         if saved_model:
-            save_serving_model(model, p.image_size, tmp_saved)
-            serve = tf.saved_model.load(str(tmp_saved)).signatures["serving_default"]
-            served = serve(tf.constant([Path(path).read_bytes() for path in check_paths]))["probability"].numpy()
-            saved_diff = float(np.max(np.abs(expected.reshape(-1) - served)))
-            if saved_diff > 1e-5:
-                raise UserError(
-                    f"{out_dir / SAVED_MODEL}: the SavedModel predicts differently from the trained model (max "
-                    f"difference {saved_diff:.3g} on {len(check_paths)} images); nothing was exported."
-                )
-            diff = max(diff, saved_diff)
+            diff = max(diff, _check_serving(model, image_size, tmp_saved, check_paths, expected))
         else:
             (tmp_saved / "README.txt").write_text(SAVED_MODEL_DISABLED)
         for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META):
@@ -161,6 +234,8 @@ def model_meta(p: Params, train_df: pd.DataFrame) -> dict:
         "decision": f"predicted = 1 (defect) when probability >= threshold; the threshold is in {THRESHOLD} beside "
         "this file when the evaluate stage wrote it",
         "batch_size": p.train.batch_size,
+        "supervision": p.train.supervision,
+        "map_stride": map_stride(p.train) if p.train.supervision == "mask" else None,
         "saved_model": {
             "path": SAVED_MODEL,
             "signature": "serving_default",

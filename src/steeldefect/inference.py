@@ -25,11 +25,12 @@ from steeldefect.pipeline import decode_and_preprocess
 @dataclass(frozen=True)
 class Predictions:
     """One entry per input path, in order: the defect probability (NaN when the image could not be read) and
-    the error text ("" when it could)."""
+    the error text ("" when it could); for a model with a defect map also the map (h, w), None when unreadable."""
 
     paths: list[str]
     probability: np.ndarray  # float32
     errors: list[str]
+    maps: list[np.ndarray | None] | None = None  # None: the model has no defect map
 
     @property
     def failed(self) -> list[int]:
@@ -37,7 +38,10 @@ class Predictions:
 
 
 def model_image_size(model: keras.Model) -> tuple[int, int]:
-    return tuple(model.input_shape[1:3])
+    size = tuple(model.input_shape[1:3])
+    if None in size:  # a fully convolutional (mask) model: the size it was trained at is in model_meta.json
+        raise UserError("this model takes images of any size: give the image size (model_meta.json's image_size)")
+    return size
 
 
 def indexed_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size: int) -> tf.data.Dataset:
@@ -54,16 +58,24 @@ def indexed_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size:
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def split_outputs(outputs) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities (n,), defect maps (n, h, w) or None) from a model's batch output: an array of
+    probabilities, or a mask model's dict of `probability` and `defect_map`."""
+    if isinstance(outputs, dict):
+        return np.asarray(outputs["probability"]).reshape(-1), np.asarray(outputs["defect_map"])[..., 0]
+    return np.asarray(outputs).reshape(-1), None
+
+
 def iter_predictions(
     model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(indices into `paths`, defect probabilities) batch by batch; unreadable images are skipped. Each batch
-    goes through `model.predict_on_batch`, the same compiled function `model.predict` uses."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(indices into `paths`, defect probabilities, defect maps or None) batch by batch; unreadable images are
+    skipped. Each batch goes through `model.predict_on_batch`, the same compiled function `model.predict` uses."""
     if not len(paths):
         return
     size = tuple(image_size) if image_size is not None else model_image_size(model)
     for indices, images in indexed_dataset(paths, size, batch_size):
-        yield indices.numpy(), np.asarray(model.predict_on_batch(images)).reshape(-1)
+        yield indices.numpy(), *split_outputs(model.predict_on_batch(images))
 
 
 def why_unreadable(path: str, image_size: Sequence[int]) -> str:
@@ -95,27 +107,51 @@ def predict_files(
     size = tuple(image_size) if image_size is not None else model_image_size(model)
     probability = np.full(len(paths), np.nan, dtype=np.float32)
     seen = np.zeros(len(paths), dtype=bool)
+    maps = [None] * len(paths) if has_defect_map(model) else None
     done = 0
-    for indices, prob in iter_predictions(model, paths, batch_size, size):
+    for indices, prob, batch_maps in iter_predictions(model, paths, batch_size, size):
         if len(prob) != len(indices):
             raise RuntimeError(f"predicted {len(prob)} probabilities for a batch of {len(indices)} images")
         probability[indices] = prob
         seen[indices] = True
+        if maps is not None:
+            keep_maps(maps, indices, batch_maps)
         if progress is not None:
             progress(int(indices[-1]) + 1 - done)
         done = int(indices[-1]) + 1
     if progress is not None and done < len(paths):
         progress(len(paths) - done)
     errors = ["" if ok else why_unreadable(path, size) for path, ok in zip(paths, seen)]
-    return Predictions(paths, probability, errors)
+    return Predictions(paths, probability, errors, maps)
 
 
-def predict_paths(model: keras.Model, paths: Sequence[str], batch_size: int) -> np.ndarray:
-    """Defect probability for every image in `paths` (the last partial batch included), in order. Every image
-    must be readable: otherwise a UserError names the ones that are not."""
-    result = predict_files(model, paths, batch_size)
+def has_defect_map(model: keras.Model) -> bool:
+    """Whether the model also outputs a defect map (a mask-supervised model)."""
+    return isinstance(model.output, dict) and "defect_map" in model.output
+
+
+def keep_maps(maps: list, indices: np.ndarray, batch_maps: np.ndarray | None) -> None:
+    if batch_maps is None or len(batch_maps) != len(indices):
+        raise RuntimeError(f"the model gave no defect map for each of the {len(indices)} images of a batch")
+    for i, m in zip(indices, batch_maps):
+        maps[i] = m
+
+
+def predict_all(
+    model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
+) -> Predictions:
+    """Predictions for every image in `paths` (the last partial batch included), in order. Every image must be
+    readable: otherwise a UserError names the ones that are not."""
+    result = predict_files(model, paths, batch_size, image_size)
     if result.failed:
         listed = "; ".join(f"{result.paths[i]}: {result.errors[i]}" for i in result.failed[:5])
         more = f" (and {len(result.failed) - 5} more)" if len(result.failed) > 5 else ""
         raise UserError(f"{len(result.failed)} of {len(result.paths)} images cannot be predicted: {listed}{more}.")
-    return result.probability
+    return result
+
+
+def predict_paths(
+    model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
+) -> np.ndarray:
+    """Defect probability for every image in `paths`, in order (see `predict_all`)."""
+    return predict_all(model, paths, batch_size, image_size).probability

@@ -1,4 +1,5 @@
-"""ResNet50 backbone (optionally cut after a given layer) + the notebook's classification head."""
+"""ResNet50 backbone (optionally cut after a given layer) + the notebook's classification head (image
+supervision), or + a segmentation head and a classifier on features and map (mask supervision)."""
 
 from __future__ import annotations
 
@@ -58,11 +59,14 @@ def build_classifier(n_features: int, p: HeadParams) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x), name="classifier")
 
 
-def build_model(p: TrainParams, weights: str | None) -> tuple[keras.Model, keras.Model, keras.Model]:
+def build_model(p: TrainParams, weights: str | None) -> tuple[keras.Model, keras.Model | None, keras.Model | None]:
     """(whole model, feature extractor, classifier), sharing layers: model = classifier(features(image)).
+    With p.supervision "mask": (the two-output model of `build_mask_model`, None, None).
     The features are the backbone's output after the head's pooling; the backbone starts from `weights`
     (train passes p.weights, export None before loading the trained weights). With p.freeze_backbone the
     backbone is frozen (BatchNorm in inference mode), so the features of an image never change."""
+    if p.supervision == "mask":
+        return build_mask_model(p, weights), None, None
     backbone = build_backbone(p.image_size, weights, p.backbone_layer)
     backbone.trainable = not p.freeze_backbone
     inputs = keras.Input((*p.image_size, 3), name="image")
@@ -70,6 +74,39 @@ def build_model(p: TrainParams, weights: str | None) -> tuple[keras.Model, keras
     classifier = build_classifier(pooled.shape[-1], p.head)
     features = keras.Model(inputs, pooled, name="features")
     return keras.Model(inputs, classifier(pooled), name="steeldefect"), features, classifier
+
+
+def build_mask_model(p: TrainParams, weights: str | None) -> keras.Model:
+    """One fully convolutional model (input: preprocessed images of any size, multiples of the map stride)
+    with two float32 outputs, as in Bozic et al. 2021:
+    - `defect_map` (N, H/s, W/s, 1): sigmoid probability that a map cell (s x s input pixels, s =
+      `params.map_stride(p)`) holds any defect, from a 3x3 convolution on the backbone's feature map;
+    - `probability` (N, 1): the image is defective, from a small convolutional classifier on the segmentation
+      features and the map, then global average and max of both (so also the map's maximum).
+    The whole network trains end to end (BatchNorm momentum `train.mask.bn_momentum`)."""
+    backbone = build_backbone((None, None), weights, p.backbone_layer)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = p.mask.bn_momentum
+    inputs = keras.Input((None, None, 3), name="image")
+    seg = keras.layers.Conv2D(p.mask.seg_channels, 3, padding="same", activation="relu", name="seg_conv")(
+        backbone(inputs)
+    )
+    defect_map = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="defect_map")(seg)
+    x = keras.layers.Concatenate(name="cls_input")([seg, defect_map])
+    for i, filters in enumerate((16, 32)):
+        x = keras.layers.MaxPooling2D(2, padding="same", name=f"cls_pool{i}")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"cls_conv{i}")(x)
+    pooled = keras.layers.Concatenate(name="cls_features")(
+        [
+            keras.layers.GlobalAveragePooling2D()(x),
+            keras.layers.GlobalMaxPooling2D()(x),
+            keras.layers.GlobalAveragePooling2D(dtype="float32")(defect_map),
+            keras.layers.GlobalMaxPooling2D(dtype="float32")(defect_map),
+        ]
+    )
+    probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(pooled)
+    return keras.Model(inputs, {"probability": probability, "defect_map": defect_map}, name="steeldefect")
 
 
 OPTIMIZERS = {

@@ -71,6 +71,21 @@ class FineTuneParams:
 
 
 @dataclass(frozen=True)
+class MaskParams:
+    """train.supervision = mask: the segmentation + classification recipe (see README, Supervision)."""
+
+    # [height, width] crops of the image_size image, trained on; null = the whole image_size image (the squash)
+    crop_size: tuple[int, int] | None = (128, 128)
+    crop_defect_share: float = 0.5  # share of crops placed on a defect pixel; the rest: anywhere in clean images
+    seg_loss_weight: float = 1.0  # weight of the pixel (map) loss
+    cls_loss_weight: float = 1.0  # weight of the image (probability) loss
+    cls_ramp_epochs: int = 0  # classification weight ramped linearly from 0 over these epochs (0 = constant)
+    seg_positive_weight: float = 1.0  # pixel loss weight of defective map cells (clean cells weigh 1)
+    seg_channels: int = 64  # channels of the segmentation head's 3x3 convolution
+    bn_momentum: float = 0.9  # BatchNormalization momentum of the backbone (Keras' default 0.99 lags from scratch)
+
+
+@dataclass(frozen=True)
 class TrainParams:
     epochs: int = 60
     batch_size: int = 16
@@ -86,6 +101,10 @@ class TrainParams:
     fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
     # None (float32), "mixed_float16" (GPUs) or "mixed_bfloat16" (TPUs, recent CPUs / GPUs); the output stays float32
     mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
+    # image: image labels only (frozen backbone + head, feature cache); mask: also the pixel masks, the whole
+    # network trained end to end with a segmentation head (defect map) and a classifier on features + map
+    supervision: Literal["image", "mask"] = "image"
+    mask: MaskParams = field(default_factory=MaskParams)
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,7 @@ class EvaluateParams:
     threshold: float | Literal["auto"] = 0.5
     target_recall: float = 0.99
     gallery_size: int = 16
+    map_threshold: float = 0.5  # mask models: a defect-map cell counts as defect when its value >= this
 
 
 @dataclass(frozen=True)
@@ -229,6 +249,7 @@ def _check(p: Params) -> None:
     need(t.head.pool_size >= 1, "train.head.pool_size", t.head.pool_size, "an integer >= 1")
     need(t.head.dense_units >= 1, "train.head.dense_units", t.head.dense_units, "an integer >= 1")
     need(0 <= t.head.dropout < 1, "train.head.dropout", t.head.dropout, "a fraction in [0, 1)")
+    _check_mask(t, need)
     if t.weights not in (None, "imagenet"):
         need(
             Path(t.weights).is_file(),
@@ -245,10 +266,58 @@ def _check(p: Params) -> None:
     )
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
+    need(0 <= e.map_threshold <= 1, "evaluate.map_threshold", e.map_threshold, "a number in [0, 1]")
     b = p.baseline
     need(min(b.image_size) >= 32, "baseline.image_size", list(b.image_size), "[height, width], each >= 32")
     need(b.max_iter >= 1, "baseline.max_iter", b.max_iter, "an integer >= 1")
     need(b.learning_rate > 0, "baseline.learning_rate", b.learning_rate, "a number > 0")
+
+
+STAGE_STRIDES = {"conv1": 2, "pool1": 4, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
+
+
+def map_stride(p: TrainParams) -> int:
+    """Input pixels per defect-map cell: the stride of the backbone's cut (ResNet50 stage n: 2**n, the whole
+    network: 32)."""
+    if p.backbone_layer is None:
+        return 32
+    return STAGE_STRIDES.get(p.backbone_layer.split("_")[0], 0)
+
+
+def _check_mask(t: TrainParams, need) -> None:
+    m = t.mask
+    need(0 <= m.crop_defect_share <= 1, "train.mask.crop_defect_share", m.crop_defect_share, "a fraction in [0, 1]")
+    for key in ("seg_loss_weight", "cls_loss_weight"):
+        need(getattr(m, key) >= 0, f"train.mask.{key}", getattr(m, key), "a number >= 0")
+    need(m.seg_loss_weight + m.cls_loss_weight > 0, "train.mask loss weights", 0, "at least one weight > 0")
+    need(m.cls_ramp_epochs >= 0, "train.mask.cls_ramp_epochs", m.cls_ramp_epochs, "an integer >= 0")
+    need(m.seg_positive_weight > 0, "train.mask.seg_positive_weight", m.seg_positive_weight, "a number > 0")
+    need(m.seg_channels >= 1, "train.mask.seg_channels", m.seg_channels, "an integer >= 1")
+    need(0 <= m.bn_momentum < 1, "train.mask.bn_momentum", m.bn_momentum, "a fraction in [0, 1)")
+    if t.supervision != "mask":
+        return
+    need(t.mixed_precision is None, "train.mixed_precision", t.mixed_precision, "null with train.supervision mask")
+    stride = map_stride(t)
+    need(
+        stride > 0,
+        "train.backbone_layer",
+        t.backbone_layer,
+        "with train.supervision mask, a ResNet50 layer named convN_... (N = 2..5) or null",
+    )
+    for key, size in (("train.image_size", t.image_size), ("train.mask.crop_size", m.crop_size)):
+        need(
+            size is None or all(s % stride == 0 and s >= 2 * stride for s in size),
+            key,
+            None if size is None else list(size),
+            f"[height, width], multiples of the map stride {stride} (of {t.backbone_layer}), each >= {2 * stride}",
+        )
+    if m.crop_size is not None:
+        need(
+            all(c <= s for c, s in zip(m.crop_size, t.image_size)),
+            "train.mask.crop_size",
+            list(m.crop_size),
+            f"a crop no larger than train.image_size {list(t.image_size)}, or null (the whole image)",
+        )
 
 
 def parse_params(raw: object) -> Params:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import pandas as pd
 import tensorflow as tf
+
+from steeldefect.masks import image_mask
 
 
 def decode_and_preprocess(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
@@ -78,3 +81,189 @@ def image_dataset(
         return (image, row["label"]) if "label" in row else image
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# --- mask supervision: image + mask, the same flips and crops, the map target ------------------------------
+
+
+def defect_target(mask: tf.Tensor, stride: int) -> tf.Tensor:
+    """float32 (h/stride, w/stride, 1) from a (h, w, 1) 0/1 mask: a cell is 1 when any of its pixels is
+    (max-pool), the TensorFlow twin of `masks.target_map`."""
+    return tf.nn.max_pool2d(tf.cast(mask, tf.float32)[None], stride, stride, "VALID")[0]
+
+
+def _mask_reader(masks: pd.DataFrame, image_size: Sequence[int]):
+    """A tf function (image id, height, width) -> uint8 (h, w, 1) mask at image_size, decoded on demand from
+    the prepared RLE rows by `masks.image_mask` (no mask is kept in memory)."""
+    size = tuple(int(s) for s in image_size)
+
+    def read(image_id, height, width):
+        return image_mask(masks, image_id.decode(), int(height), int(width), size)
+
+    def tf_read(image_id, height, width):
+        mask = tf.numpy_function(read, [image_id, height, width], tf.uint8, stateful=False)
+        return tf.reshape(mask, (*size, 1))
+
+    return tf_read
+
+
+def _mask_rows(df: pd.DataFrame, masks: pd.DataFrame) -> tf.data.Dataset:
+    """One dict per row of df: what loading its image and mask needs, its label, and whether it has a mask."""
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "path": list(df.path),
+            "id": list(df.ImageId),
+            "height": df.height.to_numpy("int64"),
+            "width": df.width.to_numpy("int64"),
+            "label": df.label.to_numpy("float32"),
+            "has_mask": df.ImageId.isin(set(masks.ImageId)).to_numpy(),
+        }
+    )
+
+
+def _loader(masks: pd.DataFrame, image_size: Sequence[int]):
+    """row -> (image 0..255 float32 (h, w, 3), mask uint8 (h, w, 1)) at image_size."""
+    read_mask = _mask_reader(masks, image_size)
+
+    def load(row):
+        image = _decode_resize(tf.io.read_file(row["path"]), image_size)
+        return image, read_mask(row["id"], row["height"], row["width"])
+
+    return load
+
+
+def crop_on_defect(image: tf.Tensor, mask: tf.Tensor, crop: Sequence[int], seed: tf.Tensor) -> tuple:
+    """A crop (crop[0] x crop[1]) of image and mask holding a defect pixel chosen at random (uniformly among the
+    mask's pixels), placed at a random position that keeps that pixel inside."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    pixels = tf.where(mask[..., 0] > 0)
+    k = tf.random.stateless_uniform([], seeds[0], 0, tf.shape(pixels, tf.int64)[0], tf.int64)
+    corner = []
+    for axis in (0, 1):
+        at, size, length = pixels[k, axis], tf.shape(mask, tf.int64)[axis], crop[axis]
+        low, high = tf.maximum(at - length + 1, 0), tf.minimum(at, size - length)
+        corner.append(tf.random.stateless_uniform([], seeds[1 + axis], low, high + 1, tf.int64))
+    return tuple(x[corner[0] : corner[0] + crop[0], corner[1] : corner[1] + crop[1]] for x in (image, mask))
+
+
+def random_crop(image: tf.Tensor, mask: tf.Tensor, crop: Sequence[int], seed: tf.Tensor) -> tuple:
+    """The same random crop (anywhere) of image and mask."""
+    both = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
+    both = tf.image.stateless_random_crop(both, (*crop, 4), seed)
+    return both[..., :3], tf.cast(both[..., 3:], tf.uint8)
+
+
+def flip_both(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple:
+    """The same random left-right and up-down flips of image and mask."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    both = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
+    both = tf.image.stateless_random_flip_left_right(both, seeds[0])
+    both = tf.image.stateless_random_flip_up_down(both, seeds[1])
+    return both[..., :3], tf.cast(both[..., 3:], tf.uint8)
+
+
+def _adjust_colour(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    image = tf.image.stateless_random_brightness(image, 0.1 * 255, seeds[0])
+    return tf.clip_by_value(tf.image.stateless_random_contrast(image, 0.9, 1.1, seeds[1]), 0, 255)
+
+
+def _example(image, mask, label, seg_weight, stride: int, m) -> tuple:
+    """(preprocessed image, targets, sample weights) of one image or crop. The map's pixel loss weighs
+    m.seg_loss_weight (times m.seg_positive_weight on defective cells), or 0 when the mask is unknown."""
+    target = defect_target(mask, stride)
+    pixel_weight = seg_weight * m.seg_loss_weight * (1 + (m.seg_positive_weight - 1) * target[..., 0])
+    return (
+        keras.applications.resnet50.preprocess_input(image),
+        {"probability": tf.reshape(label, [1]), "defect_map": target},
+        {"probability": tf.constant(m.cls_loss_weight, tf.float32), "defect_map": pixel_weight},
+    )
+
+
+def _seg_weight(mask: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
+    """1 when the map target is known: a clean image, or a defect visible in the mask at this size."""
+    return tf.cast(tf.logical_or(label == 0, tf.reduce_any(mask > 0)), tf.float32)
+
+
+def mask_eval_dataset(
+    df: pd.DataFrame, masks: pd.DataFrame, image_size: Sequence[int], stride: int, batch_size: int, m
+) -> tf.data.Dataset:
+    """Whole images at image_size, in order: (image, {probability, defect_map}, sample weights) batches."""
+    load = _loader(masks, image_size)
+
+    def example(row):
+        image, mask = load(row)
+        return _example(image, mask, row["label"], _seg_weight(mask, row["label"]), stride, m)
+
+    ds = _mask_rows(df, masks).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def mask_training_dataset(
+    df: pd.DataFrame, masks: pd.DataFrame, p, stride: int, seed: int, steps_per_epoch: int
+) -> tf.data.Dataset:
+    """Endless training batches for train.supervision mask (p: TrainParams), reproducible from `seed`.
+
+    Crops (p.mask.crop_size): a share p.mask.crop_defect_share of them holds a pixel of a defective image's
+    mask (label 1); the rest are cut anywhere from clean images (label 0). A defective image whose mask is
+    unknown (or vanishes at image_size) cannot be cropped safely (the crop might miss the defect), so its
+    "crop" is the whole image resized to the crop size, with label 1 and pixel-loss weight 0. Without crops
+    (null: the squash), every training image in turn, reshuffled per pass. With p.augment the image and its
+    mask get the same random flips (and the image small brightness / contrast changes). The classification
+    weight ramps from 0 to p.mask.cls_loss_weight over p.mask.cls_ramp_epochs epochs."""
+    m, crop = p.mask, p.mask.crop_size
+    load = _loader(masks, p.image_size)
+
+    def stream(rows: pd.DataFrame, k: int, cut) -> tf.data.Dataset:
+        shuffled = _mask_rows(rows, masks).shuffle(len(rows), seed=seed + k, reshuffle_each_iteration=True).repeat()
+        seeds = tf.data.Dataset.random(seed=seed + k, rerandomize_each_iteration=True).batch(2)
+        return tf.data.Dataset.zip(shuffled, seeds).map(cut, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def positive(row, seed):
+        image, mask = load(row)
+        visible = tf.reduce_any(mask > 0)
+        image, mask = tf.cond(
+            visible,
+            lambda: crop_on_defect(image, mask, crop, seed),
+            lambda: (tf.image.resize(image, crop), tf.zeros((*crop, 1), tf.uint8)),
+        )
+        return image, mask, row["label"], tf.cast(visible, tf.float32)
+
+    def anywhere(row, seed):
+        image, mask = load(row)
+        if crop is not None:
+            image, mask = random_crop(image, mask, crop, seed)
+        return image, mask, row["label"], _seg_weight(mask, row["label"])
+
+    defective, clean = df[df.label == 1], df[df.label == 0]
+    if crop is None:
+        ds = stream(df, 0, anywhere)
+    elif len(clean) == 0 or m.crop_defect_share == 1:
+        ds = stream(defective, 1, positive)
+    elif len(defective) == 0 or m.crop_defect_share == 0:
+        ds = stream(clean, 2, anywhere)
+    else:
+        ds = tf.data.Dataset.sample_from_datasets(
+            [stream(defective, 1, positive), stream(clean, 2, anywhere)],
+            weights=[m.crop_defect_share, 1 - m.crop_defect_share],
+            seed=seed,
+        )
+
+    def finish(example, seed):
+        image, mask, label, seg_weight = example
+        if p.augment:
+            seeds = tf.random.experimental.stateless_split(seed, 2)
+            image, mask = flip_both(image, mask, seeds[0])
+            image = _adjust_colour(image, seeds[1])
+        return _example(image, mask, label, seg_weight, stride, m)
+
+    seeds = tf.data.Dataset.random(seed=seed + 3, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip(ds, seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE).batch(p.batch_size)
+    ramp = max(m.cls_ramp_epochs * steps_per_epoch, 1)
+
+    def ramp_up(step, batch):
+        x, y, w = batch
+        share = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / ramp) if m.cls_ramp_epochs else 1.0
+        return x, y, {**w, "probability": w["probability"] * share}
+
+    return ds.enumerate().map(ramp_up).prefetch(tf.data.AUTOTUNE)

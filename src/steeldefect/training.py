@@ -85,7 +85,7 @@ def cached_features(
 # --- training ---------------------------------------------------------------------------------------------
 
 
-def _callbacks(best: Path, p: TrainParams, live: Live, best_so_far: float | None = None) -> list:
+def standard_callbacks(best: Path, p: TrainParams, live: Live, best_so_far: float | None = None) -> list:
     return [
         keras.callbacks.ModelCheckpoint(
             str(best),
@@ -120,9 +120,11 @@ def train(
     weights_out: Path,
     live_dir: Path,
     runtime: Runtime | None = None,
+    callbacks: list | None = None,
 ) -> dict:
     """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`. Returns the
-    health check of the saved model on the validation split (also in `live_dir`'s metrics.json).
+    health check of the saved model on the validation split (also in `live_dir`'s metrics.json). `callbacks`
+    are added to the standard ones of the first fit (the real-data benchmark stops by wall clock with one).
 
     `runtime` (default: from the environment, see steeldefect.runtime) chooses the strategy and the caches.
     Under the multi_worker strategy every worker calls this with the same arguments; the chief writes
@@ -154,7 +156,7 @@ def train(
                 log.info("mixed precision %s: float32 weights and output", p.mixed_precision)
             features = FeatureCache(runtime.feature_cache) if runtime.feature_cache else None
             args = (p, seed, train_df, val_df, Path(weights_out), Path(live_dir), strategy, images, features)
-            return _train(*args, scratch)
+            return _train(*args, scratch, callbacks)
         finally:
             images.close()
             if not chief and worker_cache is not None:
@@ -173,6 +175,7 @@ def _train(
     images: ImageCache,
     features_cache: FeatureCache | None,
     scratch: Path,
+    extra_callbacks: list | None = None,
 ) -> dict:
     chief = is_chief(strategy)
     with strategy.scope():
@@ -221,8 +224,14 @@ def _train(
         Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live,
     ):
         best, best_tuned = scratch / "best.weights.h5", scratch / "best_tuned.weights.h5"
-        callbacks = _callbacks(best, p, live)
-        history = fitted.fit(train_ds, validation_data=val_ds, epochs=p.epochs, callbacks=callbacks, verbose=2)
+        callbacks = standard_callbacks(best, p, live)
+        history = fitted.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=p.epochs,
+            callbacks=[*(extra_callbacks or []), *callbacks],
+            verbose=2,
+        )
         if best.exists():
             fitted.load_weights(best)
         else:  # no finite validation loss in any epoch: keep the last weights, the health check flags them
@@ -248,7 +257,7 @@ def _train(
                 validation_data=val_ds,
                 initial_epoch=done,
                 epochs=done + p.fine_tune.epochs,
-                callbacks=_callbacks(best_tuned, p, live, best_so_far=callbacks[0].best),
+                callbacks=standard_callbacks(best_tuned, p, live, best_so_far=callbacks[0].best),
                 verbose=2,
             )
             improved = best_tuned.exists()
@@ -264,8 +273,9 @@ def _train(
 
 def check_health(model: keras.Model, val_ds: tf.data.Dataset, y_val: np.ndarray, live: Live) -> dict:
     """The health check of the trained model on the validation split, added to the training metrics; a
-    warning naming the params to look at when the run is degenerate."""
-    report = health.check(y_val, model.predict(val_ds, verbose=0))
+    warning naming the params to look at when the run is degenerate. A mask model is judged by its probability."""
+    predicted = model.predict(val_ds, verbose=0)
+    report = health.check(y_val, predicted["probability"] if isinstance(predicted, dict) else predicted)
     live.summary["degenerate"] = report["degenerate"]
     for key in ("val_roc_auc", "val_prob_spread"):
         if report[key] is not None:

@@ -1,0 +1,153 @@
+"""Defect maps of a mask-supervised model, as users see them: the defect area share, the bounding box in the
+original image's pixels, a PNG with the map overlaid, and the compact file the predict stage keeps for
+evaluation. Pure NumPy and Pillow, no TensorFlow.
+
+A map has one cell per `stride` x `stride` pixels of the network's input, which is the whole image resized to
+the model's image size; so map cell (r, c) of an (h, w) map covers rows r * H / h .. (r + 1) * H / h and columns
+c * W / w .. (c + 1) * W / w of the original H x W image, whatever its size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from steeldefect import atomic
+from steeldefect.errors import UserError
+
+BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
+MAP_COLOUR = np.array([1.0, 0.1, 0.1])  # heat tint of the overlay
+OUTLINE_COLOUR = np.array([1.0, 0.9, 0.0])  # cells at or above the map threshold
+
+
+def area_share(defect_map: np.ndarray, threshold: float) -> float:
+    """Share of the map's cells at or above `threshold`: the predicted defect area as a share of the image."""
+    return float(np.mean(np.asarray(defect_map) >= threshold))
+
+
+def bounding_box(defect_map: np.ndarray, threshold: float, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) in the pixels of the original `height` x `width` image enclosing every map cell at or
+    above `threshold` (x1, y1 exclusive, as in a Pillow crop box), or None when there is none."""
+    rows, cols = np.nonzero(np.asarray(defect_map) >= threshold)
+    if not len(rows):
+        return None
+    h, w = np.shape(defect_map)
+    return (
+        math.floor(cols.min() * width / w),
+        math.floor(rows.min() * height / h),
+        min(math.ceil((cols.max() + 1) * width / w), width),
+        min(math.ceil((rows.max() + 1) * height / h), height),
+    )
+
+
+def resize_to(defect_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The map at the original image's size, each cell a block of pixels (nearest neighbour)."""
+    h, w = np.shape(defect_map)
+    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(int)
+    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(int)
+    return np.asarray(defect_map, np.float32)[rows[:, None], cols[None, :]]
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a boolean mask (inside the mask, next to a pixel outside it or the edge)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay_image(image: np.ndarray, defect_map: np.ndarray, threshold: float, alpha: float = 0.6) -> np.ndarray:
+    """uint8 RGB: `image` (H, W, 3) tinted red in proportion to the map, cells >= `threshold` outlined in yellow."""
+    height, width = image.shape[:2]
+    heat = np.clip(resize_to(defect_map, height, width), 0, 1)[..., None] * alpha
+    out = image.astype(np.float32) / 255 * (1 - heat) + MAP_COLOUR * heat
+    out[outline(heat[..., 0] >= threshold * alpha)] = OUTLINE_COLOUR
+    return np.round(out * 255).astype(np.uint8)
+
+
+def map_file_names(paths: list[str]) -> list[str]:
+    """The PNG name `--maps` writes for each image (`<stem>_map.png`); UserError when two images would share one."""
+    names = [f"{Path(p).stem}_map.png" for p in paths]
+    seen: dict[str, str] = {}
+    for path, name in zip(paths, names):
+        if name in seen:
+            raise UserError(
+                f"--maps: {seen[name]} and {path} would both write {name}; predict them in separate runs "
+                "(or rename one) so every map file names its image."
+            )
+        seen[name] = path
+    return names
+
+
+def write_overlay(image_path: str, defect_map: np.ndarray, threshold: float, out: Path) -> None:
+    """The image at `image_path` with its map overlaid, as a PNG at `out` (written atomically)."""
+    with Image.open(image_path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    with atomic.path_for(out) as tmp:
+        Image.fromarray(overlay_image(pixels, defect_map, threshold)).save(tmp, format="PNG")
+
+
+def save_maps(path: Path, image_ids: list[str], maps: np.ndarray, stride: int) -> None:
+    """The maps (n, h, w) of `image_ids` at map stride `stride`, as float16 in a compressed .npz (atomic)."""
+    with atomic.path_for(path) as tmp:
+        np.savez_compressed(
+            tmp, image_ids=np.asarray(image_ids, dtype=str), maps=np.asarray(maps, np.float16), stride=stride
+        )
+
+
+def load_maps(path: Path) -> tuple[dict[str, np.ndarray], int]:
+    """({ImageId: float32 map}, map stride) from a file written by `save_maps`."""
+    try:
+        with np.load(path) as data:
+            maps = {str(i): m.astype(np.float32) for i, m in zip(data["image_ids"], data["maps"])}
+            return maps, int(data["stride"])
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the defect maps ({e}); run `dvc repro predict` again.") from e
+
+
+def image_size_of(path: str) -> tuple[int, int]:
+    """(height, width) of an image file, from its header."""
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def map_table(paths: list[str], maps: list[np.ndarray | None], threshold: float) -> pd.DataFrame:
+    """One row per image: `defect_area_share` (share of map cells >= `threshold`) and the bounding box of those
+    cells in the original image's pixels (`box_x0`, `box_y0`, `box_x1`, `box_y1`; x1, y1 exclusive), empty
+    when no cell reaches the threshold or the image has no map (it could not be read)."""
+    share = np.full(len(paths), np.nan)
+    boxes = pd.DataFrame(pd.NA, index=range(len(paths)), columns=BOX_COLUMNS, dtype="Int64")
+    for i, (path, defect_map) in enumerate(zip(paths, maps)):
+        if defect_map is None:
+            continue
+        share[i] = area_share(defect_map, threshold)
+        box = bounding_box(defect_map, threshold, *image_size_of(path))
+        if box is not None:
+            boxes.loc[i, BOX_COLUMNS] = box
+    return pd.concat([pd.DataFrame({"defect_area_share": share}), boxes], axis=1)
+
+
+def check_maps_dir(out_dir: Path, paths: list[str]) -> list[str]:
+    """The PNG names for `paths` in `out_dir` (see `map_file_names`), after checking `out_dir` can be a folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--maps {out_dir}: exists and is not a folder; give a folder to write the map PNGs to.")
+    return map_file_names(paths)
+
+
+def write_overlays(paths: list[str], maps: list[np.ndarray | None], threshold: float, out_dir: Path) -> int:
+    """One PNG per image that has a map (`write_overlay`, named by `map_file_names`) in `out_dir`; returns how
+    many were written."""
+    names = check_maps_dir(out_dir, paths)
+    written = 0
+    for path, name, defect_map in zip(paths, names, maps):
+        if defect_map is None:
+            continue
+        try:
+            write_overlay(path, defect_map, threshold, out_dir / name)
+        except OSError as e:
+            raise UserError(f"--maps {out_dir}: cannot write the map of {path} to {name} ({e.strerror or e}).") from e
+        written += 1
+    return written

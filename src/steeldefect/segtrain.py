@@ -1,0 +1,100 @@
+"""Training with train.supervision mask: the two-output model of `model.build_mask_model`, trained end to end
+on crops (or whole images) with a pixel loss on the defect map and an image loss on the probability.
+
+Seeded like image supervision; logged with dvclive (`loss` and `accuracy` as for image supervision, plus the
+per-output losses and the AUC); the weights of the epoch with the lowest validation loss are kept;
+EarlyStopping and ReduceLROnPlateau as for image supervision. Validation predicts whole images at image_size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import pandas as pd
+from dvclive import Live
+
+from steeldefect.atomic import path_for
+from steeldefect.model import OPTIMIZERS, build_mask_model
+from steeldefect.params import TrainParams, map_stride
+from steeldefect.pipeline import mask_eval_dataset, mask_training_dataset
+from steeldefect.training import check_health, set_seed, standard_callbacks
+
+log = logging.getLogger(__name__)
+
+
+class AliasMetrics(keras.callbacks.Callback):
+    """Logs the probability output's accuracy also as `accuracy` (and val_accuracy), the names the dvc.yaml
+    plots read for both supervisions."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for prefix in ("", "val_"):
+            if logs is not None and f"{prefix}probability_accuracy" in logs:
+                logs[f"{prefix}accuracy"] = logs[f"{prefix}probability_accuracy"]
+
+
+def compile_mask_model(model: keras.Model, p: TrainParams) -> None:
+    """Pixel and image binary cross-entropy; their weights (and the ramp) come as sample weights from the
+    input pipeline, so the compiled model stays standard Keras."""
+    model.compile(
+        optimizer=OPTIMIZERS[p.optimizer](p.learning_rate),
+        loss={"probability": "binary_crossentropy", "defect_map": "binary_crossentropy"},
+        metrics={"probability": ["accuracy", keras.metrics.AUC(name="auc")]},
+    )
+
+
+def train(
+    p: TrainParams,
+    seed: int,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    masks: pd.DataFrame,
+    weights_out: Path,
+    live_dir: Path,
+    callbacks: list | None = None,
+) -> keras.callbacks.History:
+    """Fit and save the best (lowest val_loss) weights of the whole model to `weights_out`. `masks` is the
+    prepared masks table (ImageId, ClassId, EncodedPixels); `callbacks` are added to the standard ones (the
+    real-data benchmark stops by wall clock with one)."""
+    set_seed(seed)
+    stride, steps = map_stride(p), math.ceil(len(train_df) / p.batch_size)
+    model = build_mask_model(p, p.weights)
+    compile_mask_model(model, p)
+    train_ds = mask_training_dataset(train_df, masks, p, stride, seed, steps)
+    val_ds = mask_eval_dataset(val_df, masks, p.image_size, stride, p.batch_size, p.mask)
+    crops = "whole images" if p.mask.crop_size is None else "{}x{} crops".format(*p.mask.crop_size)
+    log.info("mask supervision: %s of %s images, map stride %d, %d steps per epoch", crops, p.image_size, stride, steps)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="steeldefect-segtrain.") as scratch:
+        best = Path(scratch) / "best.weights.h5"
+        with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
+            standard = standard_callbacks(best, p, live)
+            history = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=p.epochs,
+                steps_per_epoch=steps,
+                callbacks=[*(callbacks or []), AliasMetrics(), *standard],
+                verbose=2,
+            )
+            model.load_weights(best)
+            seconds = time.perf_counter() - start
+            check_health(model, val_ds, val_df.label.to_numpy(), live)
+            losses = history.history["val_loss"]
+            live.log_params({"supervision": "mask", "map_stride": stride, "training": crops})
+            for name, value in {
+                "train_seconds": round(seconds, 1),
+                "epochs_run": len(losses),
+                "best_epoch": losses.index(min(losses)) + 1,
+                "training_examples": len(history.epoch) * steps * p.batch_size,
+            }.items():
+                live.log_metric(name, value, plot=False)
+        log.info("trained in %.1f s (%d epochs, best %d)", seconds, len(losses), losses.index(min(losses)) + 1)
+        with path_for(weights_out) as tmp_weights:
+            model.save_weights(tmp_weights)
+    log.info("weights written to %s", weights_out)
+    return history

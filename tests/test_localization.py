@@ -1,0 +1,192 @@
+"""Defect maps by hand: area share, bounding box in original pixels, the maps file, the overlay, and the
+localization metrics (Dice, IoU, pointing, per class, across thresholds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from steeldefect.dataset import prepare
+from steeldefect.errors import UserError
+from steeldefect.evaluation import evaluate
+from steeldefect.localization import dice_sweep, localization_metrics
+from steeldefect.maps import (
+    area_share,
+    bounding_box,
+    load_maps,
+    map_file_names,
+    outline,
+    overlay_image,
+    resize_to,
+    save_maps,
+)
+from steeldefect.masks import image_mask, target_map
+from steeldefect.params import EvaluateParams, SynthesizeParams
+from steeldefect.severstal import rle_encode
+from steeldefect.synthetic import write_dataset
+
+
+def test_area_share_and_bounding_box_in_original_pixels():
+    # a 4x8 map of a 100x250 image (height x width): each cell covers 25 rows and 31.25 columns
+    m = np.zeros((4, 8), np.float32)
+    m[1:3, 2:6] = 0.9
+    m[2, 3] = 0.4  # below the threshold: not counted, box unchanged
+    assert area_share(m, 0.5) == pytest.approx(7 / 32)
+    # columns 2..5 -> x 62.5 .. 187.5 (floor / ceil), rows 1..2 -> y 25 .. 75
+    assert bounding_box(m, 0.5, height=100, width=250) == (62, 25, 188, 75)
+    assert bounding_box(m, 0.3, height=100, width=250) == (62, 25, 188, 75)
+    assert bounding_box(m, 0.95, height=100, width=250) is None and area_share(m, 0.95) == 0
+    corner = np.zeros((4, 8), np.float32)
+    corner[3, 7] = 1  # the last cell ends exactly at the image's edge
+    assert bounding_box(corner, 0.5, height=100, width=250) == (218, 75, 250, 100)
+
+
+def test_resize_and_outline():
+    m = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)
+    big = resize_to(m, 4, 6)
+    assert big.shape == (4, 6) and big[:2, 3:].min() == 1 and big[2:].max() == 0 and big[:, :3].max() == 0
+    block = np.zeros((5, 5), bool)
+    block[1:4, 1:4] = True
+    edge = outline(block)
+    assert edge.sum() == 8 and not edge[2, 2] and edge[1, 1]
+
+
+def test_overlay_tints_the_map_and_outlines_cells_above_the_threshold():
+    image = np.full((20, 40, 3), 100, np.uint8)
+    m = np.zeros((2, 4), np.float32)
+    m[0, 0] = 1.0
+    out = overlay_image(image, m, threshold=0.5)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (out[15:, 20:] == 100).all()  # map 0: the image unchanged
+    assert out[5, 5, 0] > 150 and out[5, 5, 2] < 100  # inside the defect cell: red
+    assert tuple(out[0, 0]) == (255, 230, 0)  # its outline: yellow
+
+
+def test_maps_file_round_trip_is_compact(tmp_path):
+    maps = np.random.default_rng(0).random((3, 4, 8)).astype(np.float32)
+    save_maps(tmp_path / "m.npz", ["a.jpg", "b.jpg", "c.jpg"], maps, stride=8)
+    loaded, stride = load_maps(tmp_path / "m.npz")
+    assert stride == 8 and list(loaded) == ["a.jpg", "b.jpg", "c.jpg"]
+    np.testing.assert_allclose(loaded["b.jpg"], maps[1], atol=1e-3)  # float16
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="bad.npz: cannot read the defect maps"):
+        load_maps(tmp_path / "bad.npz")
+
+
+def test_map_file_names_refuse_collisions():
+    assert map_file_names(["a/x.jpg", "a/y.png"]) == ["x_map.png", "y_map.png"]
+    with pytest.raises(UserError, match="a/x.jpg and b/x.png would both write x_map.png"):
+        map_file_names(["a/x.jpg", "b/x.png"])
+
+
+@pytest.fixture
+def hand_made():
+    """Three 8x16 test images at stride 4 (maps 2x4): a.jpg (class 1) and b.jpg (classes 3 and 4) with masks,
+    c.jpg clean; the images' own size is the input size, so the targets are the masks max-pooled."""
+    true_a = np.zeros((8, 16), bool)
+    true_a[0:2, 0:8] = True  # target cells (0, 0), (0, 1)
+    true_b = np.zeros((8, 16), bool)
+    true_b[6, 15] = True  # target cell (1, 3)
+    masks = pd.DataFrame(
+        {
+            "ImageId": ["a.jpg", "b.jpg", "b.jpg"],
+            "ClassId": [1, 3, 4],
+            "EncodedPixels": [rle_encode(true_a), rle_encode(true_b), rle_encode(true_b)],
+        }
+    )
+    test = pd.DataFrame(
+        {"ImageId": ["a.jpg", "b.jpg", "c.jpg"], "label": [1, 1, 0], "classes": ["1", "3 4", ""]}
+    ).assign(height=8, width=16)
+    maps = {
+        # predicted cells (0, 0) at 0.9 and (1, 0) at 0.6: Dice 2*1/(2+2) = 0.5, IoU 1/3; max inside: hit
+        "a.jpg": np.array([[0.9, 0.2, 0, 0], [0.6, 0, 0, 0]], np.float32),
+        # predicted nothing >= 0.5, maximum at (0, 0), outside the target: Dice 0, IoU 0, miss
+        "b.jpg": np.array([[0.4, 0, 0, 0], [0, 0, 0, 0.3]], np.float32),
+        # clean: one of 8 cells predicted defect
+        "c.jpg": np.array([[0, 0, 0, 0.7], [0, 0, 0, 0]], np.float32),
+    }
+    return test, masks, maps
+
+
+def test_localization_metrics_match_hand_computed_values(hand_made):
+    test, masks, maps = hand_made
+    m, sweep = localization_metrics(test, masks, maps, stride=4, threshold=0.5)
+    assert m["images_with_mask"] == 2 and m["clean_images"] == 1 and m["defective_without_mask"] == 0
+    assert m["dice"] == pytest.approx((0.5 + 0) / 2)
+    assert m["iou"] == pytest.approx((1 / 3 + 0) / 2)
+    assert m["pointing_accuracy"] == 0.5
+    assert m["dice_per_class"] == {"1": 0.5, "3": 0.0, "4": 0.0}
+    assert m["clean_area_share"] == pytest.approx(1 / 8)
+    assert m["map_stride"] == 4 and m["map_threshold"] == 0.5
+    at = sweep.set_index("map_threshold")
+    # at 0.25: a.jpg predicts 2 cells, 1 right -> Dice 0.5; b.jpg predicts (0, 0) and (1, 3) -> 2*1/(2+1)
+    assert at.loc[0.25, "dice"] == pytest.approx((0.5 + 2 / 3) / 2)
+    # at 0.95 nothing is predicted: Dice 0 on both
+    assert at.loc[0.95, "dice"] == 0 and list(sweep.columns) == ["map_threshold", "dice", "iou"]
+
+
+def test_defective_without_mask_is_left_out_and_missing_maps_are_an_error(hand_made):
+    test, masks, maps = hand_made
+    test = pd.concat([test, pd.DataFrame([{"ImageId": "d.jpg", "label": 1, "classes": "", "height": 8, "width": 16}])])
+    with pytest.raises(ValueError, match="no defect map for 1 test images, e.g. d.jpg"):
+        localization_metrics(test, masks, maps, stride=4, threshold=0.5)
+    maps = {**maps, "d.jpg": np.ones((2, 4), np.float32)}
+    m, _ = localization_metrics(test, masks, maps, stride=4, threshold=0.5)
+    assert m["images_with_mask"] == 2 and m["defective_without_mask"] == 1 and m["dice"] == pytest.approx(0.25)
+
+
+def test_no_image_with_a_mask_gives_no_scores(hand_made):
+    test, _, maps = hand_made
+    empty = pd.DataFrame(columns=["ImageId", "ClassId", "EncodedPixels"])
+    m, sweep = localization_metrics(test, empty, maps, stride=4, threshold=0.5)
+    assert m["dice"] is None and m["pointing_accuracy"] is None and m["images_with_mask"] == 0
+    assert sweep.empty and dice_sweep(maps, {}).empty
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """30 synthetic images (1600x256) with given probabilities, and perfect maps at 32x200, stride 8: the true
+    targets, so Dice, IoU and pointing are 1 on every image with a mask."""
+    root = tmp_path_factory.mktemp("loc")
+    write_dataset(SynthesizeParams(n_images=30), seed=5, out_dir=root / "data")
+    images, masks, _, _ = prepare(root / "data")
+    images = images.assign(probability=np.where(images.label == 1, 0.3, 0.1))  # every defect missed at 0.5
+    test = images[15:].reset_index(drop=True)
+    maps = {
+        r.ImageId: target_map(image_mask(masks, r.ImageId, r.height, r.width, (32, 200)), 8) for r in test.itertuples()
+    }
+    return images[:15].reset_index(drop=True), test, masks, maps
+
+
+def run_evaluate(out, data, maps=None):
+    val, test, masks, _ = data
+    files = (out / "metrics.json", out / "threshold.json", out / "plots", out / "results")
+    return evaluate(EvaluateParams(gallery_size=3, map_threshold=0.5), 0, val, test, masks, *files, maps, 8)
+
+
+def test_evaluate_with_maps_adds_localization_and_outlines(tmp_path, synthetic):
+    m = run_evaluate(tmp_path, synthetic, synthetic[3])
+    loc = m["localization"]
+    n_masked = int(synthetic[1].label.sum())
+    assert loc["images_with_mask"] == n_masked > 0 and loc["dice"] == loc["iou"] == loc["pointing_accuracy"] == 1
+    assert loc["clean_area_share"] == 0 and set(loc["dice_per_class"]) <= {"1", "2", "3", "4"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["localization"] == loc
+    assert json.loads((tmp_path / "threshold.json").read_text())["map_threshold"] == 0.5
+    sweep = pd.read_csv(tmp_path / "plots/localization_dice.csv")
+    assert len(sweep) == 19 and (sweep.dice == 1).all()
+    without = run_evaluate(tmp_path / "image", synthetic)
+    assert "localization" not in without and "map_threshold" not in (tmp_path / "image/threshold.json").read_text()
+    assert (tmp_path / "image/plots/localization_dice.csv").read_text() == "map_threshold,dice,iou\n"
+    # the galleries differ only by the outline (and the true masks in the random one)
+    for name in ("gallery_false_negatives", "gallery_random"):
+        with Image.open(tmp_path / f"plots/{name}.png") as a, Image.open(tmp_path / f"image/plots/{name}.png") as b:
+            assert a.size == b.size and np.any(np.asarray(a) != np.asarray(b))
+    with Image.open(tmp_path / "plots/gallery_false_negatives.png") as im:
+        pixels = np.asarray(im.convert("RGB")).astype(int)
+    yellow = (pixels[..., 0] > 200) & (pixels[..., 1] > 200) & (pixels[..., 2] < 80)
+    assert yellow.sum() > 20  # the predicted maps' outlines are drawn

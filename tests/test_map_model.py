@@ -1,0 +1,270 @@
+"""A two-output (mask-supervised) model in use: export round trip, the SavedModel's two outputs, and
+`steeldefect predict` with its defect-area and bounding-box columns and `--maps`. The model is a small
+hand-made fully convolutional Keras model with the mask model's interface: input (None, None, 3), outputs
+`probability` (N, 1) and `defect_map` (N, H/4, W/4, 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from steeldefect.cli import main
+from steeldefect.dataset import prepare, split
+from steeldefect.errors import UserError
+from steeldefect.export import MODEL_META, SAVED_MODEL, export, export_model, load_model, model_meta
+from steeldefect.inference import has_defect_map, predict_all
+from steeldefect.maps import bounding_box, load_maps
+from steeldefect.model import build_model
+from steeldefect.params import MaskParams, Params, SynthesizeParams, TrainParams
+from steeldefect.synthetic import write_dataset
+
+from helpers import REPO, run
+
+SIZE = (64, 96)  # the meta's image_size: every image is resized to it, maps are 16 x 24
+META = {
+    "image_size": list(SIZE),
+    "batch_size": 2,
+    "saved_model": {"outputs": {"probability": "float32 [None]"}},
+}
+
+
+def two_output_model() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Rescaling(1 / 128)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu")(x)
+    defect_map = keras.layers.Conv2D(1, 1, activation="sigmoid", name="defect_map")(x)
+    pooled = keras.layers.Concatenate()(
+        [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(defect_map)]
+    )
+    probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
+    return keras.Model(inputs, {"probability": probability, "defect_map": defect_map}, name="mask_model")
+
+
+def image_model() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((*SIZE, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu")(keras.layers.Rescaling(1 / 128)(inputs))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Five JPEGs of two sizes (40x250 and 90x60, height x width), the exported two-output model and an
+    exported image model."""
+    root = tmp_path_factory.mktemp("maps")
+    rng = np.random.default_rng(4)
+    images = root / "images"
+    images.mkdir()
+    for i in range(5):
+        shape = (40, 250) if i % 2 == 0 else (90, 60)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).convert("RGB").save(images / f"img{i}.jpg")
+    paths = sorted(str(p) for p in images.iterdir())
+    model = two_output_model()
+    export_model(model, SIZE, root / "models", paths[:2], json.loads(json.dumps(META)))
+    export_model(image_model(), SIZE, root / "image_models", paths[:2], dict(META), saved_model=False)
+    return root, model, paths
+
+
+def test_two_output_model_round_trips(project):
+    root, model, paths = project
+    meta = json.loads((root / "models" / MODEL_META).read_text())
+    assert (meta["supervision"], meta["map_stride"], meta["map_size"]) == ("mask", 4, [16, 24])
+    assert "defect_map" in meta["saved_model"]["outputs"] and "16, 24" in meta["defect_map"]
+    reloaded = load_model(root / "models")
+    assert has_defect_map(reloaded) and reloaded.input_shape == (None, None, None, 3)
+    got, want = predict_all(reloaded, paths, 2, SIZE), predict_all(model, paths, 2, SIZE)
+    np.testing.assert_array_equal(got.probability, want.probability)
+    assert len(got.maps) == 5 and got.maps[0].shape == (16, 24)
+    for a, b in zip(got.maps, want.maps):
+        np.testing.assert_array_equal(a, b)
+    image_meta = json.loads((root / "image_models" / MODEL_META).read_text())
+    assert (image_meta["supervision"], image_meta["map_stride"]) == ("image", None)
+    assert predict_all(load_model(root / "image_models"), paths, 2).maps is None
+
+
+SERVE = """
+import json, sys
+sys.modules["steeldefect"] = None  # the SavedModel needs neither this package
+sys.modules["keras"] = None  # nor Keras
+import tensorflow as tf
+
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+out = serve(tf.constant([open(path, "rb").read() for path in sys.argv[2:]]))
+print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
+"""
+
+
+def test_saved_model_returns_both_outputs_like_keras(project):
+    root, _, paths = project
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE, str(root / "models" / SAVED_MODEL), *paths],
+        capture_output=True,
+        text=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(served) == ["defect_map", "probability"]
+    expected = predict_all(load_model(root / "models"), paths, 2, SIZE)
+    np.testing.assert_allclose(served["probability"], expected.probability, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.array(served["defect_map"])[..., 0], np.stack(expected.maps), rtol=0, atol=1e-5)
+
+
+def test_a_map_that_does_not_tile_the_input_is_refused(project, tmp_path):
+    _, model, paths = project
+    with pytest.raises(UserError, match="multiple of the map stride"):
+        export_model(model, (66, 96), tmp_path / "models", paths[:1], {"image_size": [66, 96]}, saved_model=False)
+    assert not (tmp_path / "models" / "model.json").exists()
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, dtype=str)
+
+
+def test_predict_adds_area_and_box_and_writes_one_map_per_image(project, tmp_path):
+    root, _, paths = project
+    missing = str(tmp_path / "missing.jpg")
+    out, maps_dir = tmp_path / "p.csv", tmp_path / "maps"
+    args = ["predict", *paths, missing, "--model-dir", str(root / "models"), "--output", str(out), "--no-progress"]
+    assert main([*args, "--maps", str(maps_dir), "--map-threshold", "0.5"]) == 1  # one image unreadable
+    df = read(out)
+    assert list(df.columns) == [
+        "path",
+        "probability",
+        "predicted",
+        "defect_area_share",
+        "box_x0",
+        "box_y0",
+        "box_x1",
+        "box_y1",
+        "error",
+    ]
+    assert sorted(p.name for p in maps_dir.iterdir()) == [f"img{i}_map.png" for i in range(5)]
+    for path in paths:
+        with Image.open(path) as im, Image.open(maps_dir / f"{Path(path).stem}_map.png") as overlay:
+            assert overlay.size == im.size and overlay.mode == "RGB"
+    maps = predict_all(load_model(root / "models"), paths, 2, SIZE).maps
+    for row, m in zip(df.itertuples(), maps):
+        height, width = (40, 250) if row.path.endswith(("0.jpg", "2.jpg", "4.jpg")) else (90, 60)
+        assert float(row.defect_area_share) == pytest.approx(np.mean(m >= 0.5), abs=1e-6)
+        box = bounding_box(m, 0.5, height, width)
+        assert (row.box_x0, row.box_y0, row.box_x1, row.box_y1) == (tuple(map(str, box)) if box else ("",) * 4)
+    assert df.iloc[-1].error == "file not found" and df.iloc[-1].defect_area_share == "" and df.iloc[-1].box_x0 == ""
+    # a threshold of 0 flags every cell: the box is the whole original image
+    assert main([*args[:-1], "--map-threshold", "0", "--no-progress"]) == 1
+    df = read(out)
+    assert df.defect_area_share.iloc[0] == "1.0" and tuple(df.iloc[0][["box_x0", "box_y0", "box_x1", "box_y1"]]) == (
+        "0",
+        "0",
+        "250",
+        "40",
+    )
+
+
+def test_map_threshold_from_the_evaluate_file(project, tmp_path, capsys):
+    root, _, paths = project
+    models = tmp_path / "models"
+    models.mkdir()
+    for f in (root / "models").iterdir():
+        if f.is_file():
+            (models / f.name).write_bytes(f.read_bytes())
+    (models / "threshold.json").write_text('{"threshold": 0.5, "policy": "fixed", "map_threshold": 1.0}')
+    out = tmp_path / "p.csv"
+    assert main(["predict", paths[0], "--model-dir", str(models), "--output", str(out), "--no-progress"]) == 0
+    assert f"map threshold 1 from {models / 'threshold.json'}" in capsys.readouterr().out
+    assert read(out).box_x0.iloc[0] == ""  # a sigmoid never reaches 1.0 here: no box
+
+
+def test_image_model_keeps_todays_columns_and_refuses_maps(project, tmp_path, capsys):
+    root, _, paths = project
+    out = tmp_path / "p.csv"
+    args = ["predict", *paths, "--model-dir", str(root / "image_models"), "--output", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert list(read(out).columns) == ["path", "probability", "predicted", "error"]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--maps", str(tmp_path / "maps")])
+    assert e.value.code == 2 and "has no defect map" in capsys.readouterr().err
+    assert not (tmp_path / "maps").exists()
+
+
+def test_maps_dir_problems_are_usage_errors(project, tmp_path, capsys):
+    root, _, paths = project
+    (tmp_path / "file").write_text("")
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "img0.png").write_bytes(Path(paths[0]).read_bytes())
+    base = ["predict", "--model-dir", str(root / "models"), "--output", str(tmp_path / "p.csv"), "--no-progress"]
+    for images, maps, message in [
+        ([paths[0]], tmp_path / "file", "exists and is not a folder"),
+        ([paths[0], str(twin / "img0.png")], tmp_path / "m", "would both write img0_map.png"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main([*base, *images, "--maps", str(maps)])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m").exists()
+
+
+def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
+    """The two stage scripts on a tiny synthetic split with the hand-made map model: the predict stage keeps
+    the test maps, the evaluate stage scores them."""
+    write_dataset(SynthesizeParams(n_images=20), seed=1, out_dir=tmp_path / "data/synthetic")
+    images, masks, _, _ = prepare(tmp_path / "data/synthetic")
+    parts, _ = split(images, 0.25, 0.25, seed=0)
+    (tmp_path / "data/split").mkdir()
+    (tmp_path / "data/prepared").mkdir()
+    for name in ("val", "test"):
+        parts[name].to_csv(tmp_path / f"data/split/{name}.csv", index=False)
+    masks.to_csv(tmp_path / "data/prepared/masks.csv", index=False)
+    meta = {"image_size": [32, 200], "batch_size": 4}
+    export_model(two_output_model(), (32, 200), tmp_path / "models", list(images.path[:2]), meta, saved_model=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 4}, "evaluate": {"gallery_size": 2}}))
+
+    run([sys.executable, str(REPO / "stages/predict.py")], tmp_path)
+    maps, stride = load_maps(tmp_path / "data/predictions/test_maps.npz")
+    assert (
+        stride == 4
+        and sorted(maps) == sorted(parts["test"].ImageId)
+        and maps[parts["test"].ImageId[0]].shape == (8, 50)
+    )
+    run([sys.executable, str(REPO / "stages/evaluate.py")], tmp_path)
+    loc = json.loads((tmp_path / "metrics/evaluate.json").read_text())["localization"]
+    assert loc["images_with_mask"] == int(parts["test"].label.sum()) > 0 and 0 <= loc["dice"] <= 1
+    assert loc["map_stride"] == 4 and loc["clean_images"] == int((parts["test"].label == 0).sum())
+    assert len(pd.read_csv(tmp_path / "plots/localization_dice.csv")) == 19
+    assert json.loads((tmp_path / "models/threshold.json").read_text())["map_threshold"] == 0.5
+
+
+def test_the_mask_model_exports_with_its_stride_and_serves_both_outputs(project, tmp_path):
+    _, _, paths = project
+    p = TrainParams(
+        image_size=SIZE, backbone_layer="conv2_block3_out", supervision="mask", mask=MaskParams(seg_channels=4)
+    )
+    model, _, _ = build_model(p, weights=None)
+    model.save_weights(tmp_path / "w.weights.h5")
+    meta = model_meta(Params(train=p), pd.DataFrame({"md5": ["a"]}))
+    assert export(p, tmp_path / "w.weights.h5", tmp_path / "models", paths[:2], meta) <= 1e-5
+    exported = json.loads((tmp_path / "models" / MODEL_META).read_text())
+    assert (exported["supervision"], exported["map_stride"], exported["map_size"]) == ("mask", 4, [16, 24])
+    assert sorted(exported["saved_model"]["outputs"]) == ["defect_map", "probability"]
+    result = predict_all(load_model(tmp_path / "models"), paths, 2, SIZE)
+    assert result.maps[0].shape == (16, 24) and np.isfinite(result.probability).all()
+    with pytest.raises(UserError, match="the params say map_stride = 8 but the trained model gives 4"):
+        export(p, tmp_path / "w.weights.h5", tmp_path / "other", paths[:1], {**meta, "map_stride": 8}, False)
+    assert not (tmp_path / "other" / MODEL_META).exists()
+
+
+def test_a_fully_convolutional_model_needs_the_image_size(project):
+    root, _, paths = project
+    with pytest.raises(UserError, match="takes images of any size"):
+        predict_all(load_model(root / "models"), paths, 2)

@@ -1,0 +1,70 @@
+"""End to end with `train.supervision: mask`: the real `dvc repro` on tiny synthetic data gives localization
+metrics, the Dice plot, the test maps, and an exported model the command uses with `--maps`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from helpers import TINY_PARAMS, make_project, merge, run
+
+pytestmark = pytest.mark.slow
+
+MASK_PARAMS = merge(TINY_PARAMS, {"train": {"supervision": "mask", "mask": {"crop_size": [64, 128]}}})
+
+
+@pytest.fixture(scope="module")
+def mask_pipeline(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("mask_pipeline"), MASK_PARAMS)
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "repro"], root)
+    return root
+
+
+def test_localization_metrics_and_plot(mask_pipeline, tmp_path):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], mask_pipeline).stdout)
+    metrics = next(iter(shown.values()))["data"]["metrics/evaluate.json"]["data"]
+    loc = metrics["localization"]
+    test = pd.read_csv(mask_pipeline / "data/split/test.csv")
+    assert loc["images_with_mask"] == int(test.label.sum()) > 0  # every synthetic defect has a mask
+    assert 0 <= loc["dice"] <= 1 and 0 <= loc["iou"] <= loc["dice"] and 0 <= loc["pointing_accuracy"] <= 1
+    assert loc["map_stride"] == 8 and loc["map_threshold"] == 0.5
+    sweep = pd.read_csv(mask_pipeline / "plots/localization_dice.csv")
+    assert len(sweep) == 19 and sweep.dice.between(0, 1).all()
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], mask_pipeline)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "Localization" in html and "map_threshold" in html
+    meta = json.loads((mask_pipeline / "models/model_meta.json").read_text())
+    assert (meta["supervision"], meta["map_stride"], meta["map_size"]) == ("mask", 8, [8, 50])
+
+
+def test_map_threshold_change_reruns_only_evaluate(mask_pipeline):
+    params = yaml.safe_load((mask_pipeline / "params.yaml").read_text())
+    params["evaluate"]["map_threshold"] = 0.3
+    (mask_pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert sorted(json.loads(run(["dvc", "status", "--json"], mask_pipeline).stdout)) == ["evaluate"]
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], mask_pipeline)
+
+
+def test_the_command_draws_maps_with_the_exported_model(mask_pipeline, tmp_path):
+    test = pd.read_csv(mask_pipeline / "data/split/test.csv").head(3)
+    paths = [str(mask_pipeline / p) if not Path(p).is_absolute() else p for p in test.path]
+    out = tmp_path / "p.csv"
+    steeldefect = Path(sys.executable).parent / "steeldefect"
+    cmd = [str(steeldefect), "predict", *paths, "--model-dir", "models", "--output", str(out), "--no-progress"]
+    run([*cmd, "--maps", str(tmp_path / "maps")], mask_pipeline)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(f"{Path(p).stem}_map.png" for p in paths)
+    df = pd.read_csv(out)
+    assert df.defect_area_share.between(0, 1).all() and len(df) == 3
+    # the same probabilities as the predict stage
+    stage = pd.read_csv(mask_pipeline / "data/predictions/test.csv").set_index("ImageId").probability
+    expected = stage[[Path(p).name for p in paths]].to_numpy()
+    assert abs(df.probability.to_numpy() - expected).max() < 1e-5  # other batches: float round-off only

@@ -1,0 +1,147 @@
+"""Mask supervision: the map target, crops and flips shared by image and mask, and training on tiny PNGs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from steeldefect import segtrain
+from steeldefect.masks import target_map
+from steeldefect.model import build_model
+from steeldefect.params import MaskParams, TrainParams, load_params, map_stride
+from steeldefect.pipeline import crop_on_defect, defect_target, flip_both, mask_training_dataset, random_crop
+from steeldefect.severstal import rle_encode
+
+from helpers import TINY_PARAMS, make_project, merge, run
+
+SIZE = (64, 96)
+MASKED = TrainParams(
+    epochs=2,
+    batch_size=4,
+    image_size=SIZE,
+    backbone_layer="conv2_block3_out",
+    augment=True,
+    patience=5,
+    supervision="mask",
+    mask=MaskParams(crop_size=(32, 32), crop_defect_share=0.5, seg_channels=8, cls_ramp_epochs=1),
+)
+
+
+def blob_mask(rng: np.random.Generator) -> np.ndarray:
+    """A small asymmetric defect (an L shape) somewhere in a SIZE mask."""
+    mask = np.zeros(SIZE, np.uint8)
+    r, c = rng.integers(0, SIZE[0] - 6), rng.integers(0, SIZE[1] - 9)
+    mask[r : r + 6, c : c + 2] = 1
+    mask[r + 4 : r + 6, c : c + 9] = 1
+    return mask
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, masks) tables as prepare writes them: 6 defective PNGs whose bright pixels are exactly their
+    mask (so a crop or flip applied to one but not the other shows), 1 defective image without a mask, and
+    6 clean ones."""
+    root, rng = tmp_path_factory.mktemp("segtiny"), np.random.default_rng(0)
+    rows, masks = [], []
+    for i in range(13):
+        mask = blob_mask(rng) if i < 7 else np.zeros(SIZE, np.uint8)
+        name = f"img{i:02d}.png"
+        Image.fromarray(np.repeat(mask[..., None] * 255, 3, axis=-1)).save(root / name)
+        rows.append(
+            {"ImageId": name, "path": str(root / name), "label": int(i < 7), "height": SIZE[0], "width": SIZE[1]}
+        )
+        if i < 6:  # img06 is defective without a mask
+            masks.append({"ImageId": name, "ClassId": 3, "EncodedPixels": rle_encode(mask.astype(bool))})
+    return pd.DataFrame(rows), pd.DataFrame(masks)
+
+
+def test_tf_target_equals_masks_target_map():
+    mask = (np.random.default_rng(1).random((32, 48)) > 0.97).astype(np.uint8)
+    for stride in (4, 8):
+        tf_target = defect_target(tf.constant(mask[..., None]), stride).numpy()[..., 0]
+        np.testing.assert_array_equal(tf_target, target_map(mask, stride))
+
+
+def test_every_positive_crop_holds_mask_pixels():
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        mask = np.zeros((64, 96, 1), np.uint8)
+        mask[rng.integers(64), rng.integers(96)] = 1  # a single defect pixel, anywhere (corners included)
+        image = tf.zeros((64, 96, 3))
+        crop_image, crop_mask = crop_on_defect(image, tf.constant(mask), (16, 32), tf.constant([i, 7]))
+        assert crop_image.shape == (16, 32, 3) and crop_mask.shape == (16, 32, 1)
+        assert int(tf.reduce_sum(tf.cast(crop_mask, tf.int32))) == 1
+
+
+def test_image_and_mask_get_the_same_crop_and_flips():
+    mask = blob_mask(np.random.default_rng(3))[..., None]
+    image = tf.constant(np.repeat(mask * 255.0, 3, axis=-1), tf.float32)
+    for i in range(10):
+        seed = tf.constant([i, 1])
+        for got_image, got_mask in (
+            flip_both(image, tf.constant(mask), seed),
+            random_crop(image, tf.constant(mask), (32, 48), seed),
+            crop_on_defect(image, tf.constant(mask), (32, 48), seed),
+        ):
+            np.testing.assert_array_equal(got_image.numpy()[..., 0] / 255, got_mask.numpy()[..., 0])
+
+
+def test_training_batches_are_consistent_and_reproducible(tiny):
+    images, masks = tiny
+    p = dataclasses.replace(MASKED, mask=dataclasses.replace(MASKED.mask, crop_defect_share=1.0))
+    ds = mask_training_dataset(images, masks, p, map_stride(p), seed=5, steps_per_epoch=3)
+    seen_unmasked = False
+    for x, y, w in ds.take(6):
+        bright = tf.cast(x[..., 0:1] + 103.939 > 127, tf.uint8)  # undo caffe preprocessing (channel 0 is B)
+        assert np.all(y["probability"].numpy() == 1)  # defect share 1: every crop is positive
+        for i, weight in enumerate(w["defect_map"].numpy().reshape(len(x), -1).max(axis=1)):
+            if weight == 0:  # the maskless defective image: whole image resized, no pixel loss
+                seen_unmasked = True
+                continue
+            target = y["defect_map"].numpy()[i]
+            np.testing.assert_array_equal(defect_target(bright[i], 4).numpy(), target)  # same flip / crop on both
+            assert target.max() == 1  # the crop holds mask pixels
+    assert seen_unmasked
+    fresh = [mask_training_dataset(images, masks, p, map_stride(p), seed=5, steps_per_epoch=3) for _ in range(2)]
+    (first, target, _), (second, target_again, _) = (next(iter(d)) for d in fresh)  # same seed, same batches
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+    np.testing.assert_array_equal(target["defect_map"].numpy(), target_again["defect_map"].numpy())
+
+
+def test_classification_weight_ramps_up(tiny):
+    images, masks = tiny
+    ds = mask_training_dataset(images, masks, MASKED, map_stride(MASKED), seed=0, steps_per_epoch=4)
+    ramp = [float(w["probability"].numpy()[0]) for _, _, w in ds.take(6)]
+    np.testing.assert_allclose(ramp, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.slow
+def test_training_with_a_maskless_defective_image(tiny, tmp_path):
+    images, masks = tiny
+    train, val = images.iloc[[0, 1, 2, 3, 6, 7, 8, 9, 10]], images.iloc[[4, 5, 11, 12]]
+    segtrain.train(MASKED, 0, train, val, masks, tmp_path / "w.weights.h5", tmp_path / "live")
+    model = build_model(MASKED, None)[0]
+    model.load_weights(tmp_path / "w.weights.h5")
+    out = model.predict(np.zeros((1, *SIZE, 3), np.float32), verbose=0)
+    assert out["defect_map"].shape == (1, SIZE[0] // 4, SIZE[1] // 4, 1)
+    summary = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert summary["epochs_run"] == 2 and np.isfinite(summary["eval"]["loss"])
+    assert "supervision: mask" in (tmp_path / "live/params.yaml").read_text()
+    assert (tmp_path / "live/plots/metrics/eval/accuracy.tsv").is_file()  # the name dvc.yaml plots read
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_with_mask_supervision(tmp_path):
+    params = merge(TINY_PARAMS, {"train": {"supervision": "mask", "epochs": 1, "mask": {"crop_size": [64, 64]}}})
+    root = make_project(tmp_path, params)
+    run(["dvc", "repro", "train"], root)
+    metrics = json.loads((root / "metrics/train/metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and "probability_auc" in metrics["eval"]
+    model = build_model(load_params(root / "params.yaml").train, None)[0]
+    model.load_weights(root / "models/trained.weights.h5")  # the two-output model's weights
