@@ -25,6 +25,7 @@ OUTPUTS = [
     "models/model.json",
     "models/model.weights.h5",
     "models/model_meta.json",
+    "models/openvino/model.xml",
     "data/predictions/test.csv",
     "data/predictions/val.csv",
     "data/evaluation/predictions.csv",

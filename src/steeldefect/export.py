@@ -18,6 +18,8 @@ import tensorflow as tf
 from steeldefect import atomic
 from steeldefect.errors import UserError
 from steeldefect.model import build_model
+from steeldefect.openvino_engine import DISABLED as OPENVINO_DISABLED
+from steeldefect.openvino_engine import IR_DIR, IRRequest, export_ir
 from steeldefect.params import Params, TrainParams
 from steeldefect.pipeline import decode_and_preprocess, image_dataset
 
@@ -84,23 +86,25 @@ def export(
     check_paths: list[str],
     meta: dict,
     saved_model: bool = True,
+    openvino: IRRequest | None = None,
 ) -> float:
-    """Write model.json, model.weights.h5 (no optimizer state), model_meta.json and the saved_model/ folder
-    (a serving SavedModel, or only a README.txt when `saved_model` is false) into `out_dir`. Everything is
-    written to temporary paths first, reloaded from there, and moved into place only if the reloaded models'
-    predictions on `check_paths` equal the trained model's (the SavedModel to 1e-5: its graph differs).
-    Returns the largest difference seen."""
+    """Write model.json, model.weights.h5 (no optimizer state), model_meta.json, the saved_model/ folder
+    (a serving SavedModel, or only a README.txt when `saved_model` is false) and the openvino/ folder (the
+    IR `openvino` asks for, whose check figures go into model_meta.json, or only a README.txt) into `out_dir`.
+    Everything is written to temporary paths first, reloaded from there, and moved into place only if the
+    reloaded models' predictions on `check_paths` equal the trained model's (the SavedModel to 1e-5: its graph
+    differs) and the IR passes its check. Returns the largest difference seen (the IR's excepted)."""
     model, _, _ = build_model(p, weights=None)
     model.load_weights(trained_weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp,
         atomic.atomic_dir(out_dir / SAVED_MODEL) as tmp_saved,
+        atomic.atomic_dir(out_dir / IR_DIR) as tmp_ir,
     ):
         tmp = Path(tmp)
         (tmp / MODEL_JSON).write_text(model.to_json())
         model.save_weights(tmp / MODEL_WEIGHTS)
-        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         images = image_dataset(check_paths, p.image_size, batch_size=len(check_paths))
         expected = model.predict(images, verbose=0)
         diff = float(np.max(np.abs(expected - load_model(tmp).predict(images, verbose=0))))
@@ -122,6 +126,11 @@ def export(
             diff = max(diff, saved_diff)
         else:
             (tmp_saved / "README.txt").write_text(SAVED_MODEL_DISABLED)
+        if openvino is not None:
+            meta = {**meta, "openvino": export_ir(model, p.image_size, tmp_ir, openvino)}
+        else:
+            (tmp_ir / "README.txt").write_text(OPENVINO_DISABLED)
+        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META):
             os.replace(tmp / name, out_dir / name)
     return diff

@@ -36,7 +36,7 @@ class Predictions:
         return [i for i, e in enumerate(self.errors) if e]
 
 
-def model_image_size(model: keras.Model) -> tuple[int, int]:
+def model_image_size(model: keras.Model) -> tuple[int, int]:  # also an OpenVINOEngine (it has input_shape)
     return tuple(model.input_shape[1:3])
 
 
@@ -58,12 +58,15 @@ def iter_predictions(
     model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices into `paths`, defect probabilities) batch by batch; unreadable images are skipped. Each batch
-    goes through `model.predict_on_batch`, the same compiled function `model.predict` uses."""
+    goes through `model.predict_on_batch`: for Keras the same compiled function `model.predict` uses; an
+    `openvino_engine.OpenVINOEngine` returns a dict of named outputs instead."""
     if not len(paths):
         return
     size = tuple(image_size) if image_size is not None else model_image_size(model)
     for indices, images in indexed_dataset(paths, size, batch_size):
-        yield indices.numpy(), np.asarray(model.predict_on_batch(images)).reshape(-1)
+        out = model.predict_on_batch(images)
+        out = out["probability"] if isinstance(out, dict) else out
+        yield indices.numpy(), np.asarray(out).reshape(-1)
 
 
 def why_unreadable(path: str, image_size: Sequence[int]) -> str:

@@ -92,6 +92,14 @@ class TrainParams:
 @dataclass(frozen=True)
 class ExportParams:
     saved_model: bool = True  # also write models/saved_model: a TensorFlow SavedModel serving encoded JPEG bytes
+    # models/openvino/model.xml + .bin, an OpenVINO IR for `steeldefect predict --engine openvino`: "none", "fp32",
+    # or "int8" (NNCF post-training quantization calibrated on a seeded sample of training images)
+    openvino: Literal["none", "fp32", "int8"] = "int8"
+    openvino_calibration_images: int = 128
+    # the IR is refused (nothing exported) when, on the validation images, more than this share of decisions at
+    # the evaluate threshold change against Keras, or a probability moves by more than openvino_tolerance
+    openvino_max_changed: float = 0.005
+    openvino_tolerance: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,15 @@ def _check(p: Params) -> None:
             t.weights,
             "null, 'imagenet', or the path of an existing local .h5 weights file",
         )
+    x = p.export
+    need(
+        x.openvino_calibration_images >= 1,
+        "export.openvino_calibration_images",
+        x.openvino_calibration_images,
+        "an integer >= 1",
+    )
+    need(0 <= x.openvino_max_changed <= 1, "export.openvino_max_changed", x.openvino_max_changed, "a share in [0, 1]")
+    need(x.openvino_tolerance >= 0, "export.openvino_tolerance", x.openvino_tolerance, "a number >= 0")
     e = p.evaluate
     need(
         e.threshold == "auto" or 0 <= e.threshold <= 1,
