@@ -9,21 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from steeldefect.cli import main
 from steeldefect.errors import UserError
-from steeldefect.export import load_model
-from steeldefect.openvino_engine import decline_telemetry
-from steeldefect.params import parse_params
+from steeldefect.export import export, load_model
+from steeldefect.model import build_model
+from steeldefect.openvino_engine import IRRequest, OpenVINOEngine, decline_telemetry
+from steeldefect.params import HeadParams, TrainParams, parse_params
 from steeldefect.pipeline import image_dataset
 
 from helpers import REPO, run
 
 pytestmark = pytest.mark.slow
+TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
 
 PLAIN = """
 import json, sys
@@ -43,7 +47,7 @@ def val_paths(pipeline: Path) -> list[str]:
 def test_ir_loads_with_plain_openvino_within_recorded_tolerance(pipeline, tmp_path):
     meta = json.loads((pipeline / "models/model_meta.json").read_text())
     ir = meta["openvino"]
-    assert ir["precision"] == "int8" and ir["images_checked"] == len(val_paths(pipeline))
+    assert ir["precision"] == parse_params({}).export.openvino and ir["images_checked"] == len(val_paths(pipeline))
     assert ir["decisions_changed_share"] <= ir["max_changed"] and ir["max_probability_difference"] <= ir["tolerance"]
     paths = val_paths(pipeline)[:4]
     images = np.concatenate([b.numpy() for b in image_dataset(paths, meta["image_size"], batch_size=4)])
@@ -70,7 +74,7 @@ def test_engines_give_the_same_decisions(pipeline, tmp_path, capsys):
         assert main(args + (["--engine", engine] if engine else [])) == 0
         tables[engine] = pd.read_csv(out, keep_default_na=False)
         said = capsys.readouterr().out
-        assert ("(Keras)" if engine == "keras" else "(OpenVINO int8 IR)") in said
+        assert ("(Keras)" if engine == "keras" else f"(OpenVINO {parse_params({}).export.openvino} IR)") in said
     keras, ov = tables["keras"], tables["openvino"]
     pd.testing.assert_frame_equal(tables[None], ov)  # the IR exists: openvino is the default
     assert list(keras.columns) == list(ov.columns) == ["path", "probability", "predicted", "error"]
@@ -96,12 +100,12 @@ def test_engine_openvino_without_ir_is_a_usage_error(pipeline, tmp_path, capsys)
 
 
 def test_ir_beyond_the_limit_is_refused_and_nothing_written(pipeline, tmp_path):
-    """The real export stage with an absurd tolerance: it must fail before replacing any model file."""
+    """The real export stage, int8, with an absurd tolerance: it must fail before replacing any model file."""
     project = tmp_path / "project"
     for name in ("data/split", "data/synthetic", "models"):
         shutil.copytree(pipeline / name, project / name)
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
-    params["export"]["openvino_tolerance"] = 1e-12
+    params["export"].update(openvino="int8", openvino_tolerance=1e-12, openvino_calibration_images=8)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     before = {p.relative_to(project): p.read_bytes() for p in (project / "models").rglob("*") if p.is_file()}
     proc = run([sys.executable, str(REPO / "stages/export.py")], project, check=False)
@@ -129,3 +133,22 @@ def test_telemetry_is_declined():
 
     decline_telemetry()
     assert Telemetry(app_name="t", app_version="0", tid="x", backend="ga4", enable_opt_in_dialog=False).consent is False
+
+
+def test_int8_export_records_its_check(tmp_path):
+    """export() with an int8 request on a tiny model: the IR is written and its figures go into model_meta.json."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"img{i}.jpg"))
+        Image.fromarray(rng.integers(0, 255, (40, 250), dtype=np.uint8)).convert("RGB").save(paths[-1])
+    keras.utils.set_random_seed(3)
+    model, _, _ = build_model(TINY, weights=None)
+    model.save_weights(tmp_path / "trained.weights.h5")
+    request = IRRequest("int8", paths[:4], paths, threshold=lambda prob: 0.5, max_changed=0.0, tolerance=0.5)
+    export(TINY, tmp_path / "trained.weights.h5", tmp_path / "models", paths[:2], {}, False, request)
+    meta = json.loads((tmp_path / "models/model_meta.json").read_text())["openvino"]
+    assert meta["precision"] == "int8" and meta["calibration_images"] == 4 and meta["images_checked"] == 6
+    assert meta["decisions_changed"] == 0 and meta["max_probability_difference"] <= 0.5
+    ir = OpenVINOEngine(tmp_path / "models/openvino/model.xml")
+    assert ir.input_shape == (None, *TINY.image_size, 3) and ir.names == ["probability"]

@@ -94,7 +94,7 @@ class ExportParams:
     saved_model: bool = True  # also write models/saved_model: a TensorFlow SavedModel serving encoded JPEG bytes
     # models/openvino/model.xml + .bin, an OpenVINO IR for `steeldefect predict --engine openvino`: "none", "fp32",
     # or "int8" (NNCF post-training quantization calibrated on a seeded sample of training images)
-    openvino: Literal["none", "fp32", "int8"] = "int8"
+    openvino: Literal["none", "fp32", "int8"] = "fp32"
     openvino_calibration_images: int = 128
     # the IR is refused (nothing exported) when, on the validation images, more than this share of decisions at
     # the evaluate threshold change against Keras, or a probability moves by more than openvino_tolerance
