@@ -19,8 +19,9 @@ fp32 and OpenVINO int8 (both built here from the exported Keras model the way th
 computed in bfloat16 (OpenVINO's own default on CPUs with AMX), each with the LATENCY hint (one inference on
 all cores) and the THROUGHPUT hint (CPU streams: each batch split across them). It prints img/s, the ratio
 to Keras, the agreement with Keras (largest probability difference, decisions identical at the threshold in
-MODEL_DIR/threshold.json, ROC AUC when the CSV has labels), and decoding alone (the same tf.data path without a model): the ceiling for any engine. Set OMP_NUM_THREADS or
-other environment variables on the command line to try them (ratios stay comparable within one run).
+MODEL_DIR/threshold.json, ROC AUC when the CSV has labels), and decoding alone (the same tf.data path without a
+model): the ceiling for any engine. Set OMP_NUM_THREADS or other environment variables on the command line to
+try them (ratios stay comparable within one run).
 """
 
 from __future__ import annotations
