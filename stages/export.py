@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from steeldefect.errors import run
-from steeldefect.export import export, model_meta
+from steeldefect.export import export, model_meta, read_meta
 from steeldefect.metrics import choose_threshold
 from steeldefect.openvino_engine import IRRequest
 from steeldefect.params import load_params
@@ -44,7 +44,12 @@ def main() -> None:
     )
     saved = "models/saved_model (SavedModel)" if x.saved_model else "no SavedModel (export.saved_model: false)"
     print(f"exported models/model.json + models/model.weights.h5 and {saved}; reload check: max difference {diff:.2g}")
-    print(f"OpenVINO IR: models/openvino/model.xml ({x.openvino})" if x.openvino != "none" else "no OpenVINO IR")
+    ir = read_meta(Path("models")).get("openvino")
+    if ir:
+        print(
+            f"OpenVINO {ir['precision']} IR models/{ir['path']}: {ir['decisions_changed']} of {ir['images_checked']} "
+            f"validation decisions changed, largest probability difference {ir['max_probability_difference']:.2g}"
+        )
 
 
 if __name__ == "__main__":
