@@ -198,12 +198,12 @@ def predict(
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
     value, source = resolve_threshold(threshold, model_dir)
     model, image_size, meta = load_for_inference(model_dir, engine)
-    ir = meta.get("openvino") or {}
-    engine = f"OpenVINO {ir.get('precision', '')} IR" if isinstance(model, OpenVINOEngine) else "Keras"
+    precision = (meta.get("openvino") or {}).get("precision", "?")
+    engine = f"OpenVINO {precision} IR" if isinstance(model, OpenVINOEngine) else "Keras"
     batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
     print(f"threshold {value:g} from {source}")
     print(
-        f"predicting {len(paths)} images with the model in {model_dir} ({engine.replace('  ', ' ')}) "
+        f"predicting {len(paths)} images with the model in {model_dir} ({engine}) "
         f"(image size {image_size[0]}x{image_size[1]}, batch size {batch_size})"
     )
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
