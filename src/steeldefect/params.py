@@ -225,15 +225,7 @@ def _check(p: Params) -> None:
             t.weights,
             "null, 'imagenet', or the path of an existing local .h5 weights file",
         )
-    x = p.export
-    need(
-        x.openvino_calibration_images >= 1,
-        "export.openvino_calibration_images",
-        x.openvino_calibration_images,
-        "an integer >= 1",
-    )
-    need(0 <= x.openvino_max_changed <= 1, "export.openvino_max_changed", x.openvino_max_changed, "a share in [0, 1]")
-    need(x.openvino_tolerance >= 0, "export.openvino_tolerance", x.openvino_tolerance, "a number >= 0")
+    _check_export(p.export)
     e = p.evaluate
     need(
         e.threshold == "auto" or 0 <= e.threshold <= 1,
@@ -243,6 +235,16 @@ def _check(p: Params) -> None:
     )
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
+
+
+def _check_export(x: ExportParams) -> None:
+    for key, ok, allowed in [
+        ("openvino_calibration_images", x.openvino_calibration_images >= 1, "an integer >= 1"),
+        ("openvino_max_changed", 0 <= x.openvino_max_changed <= 1, "a share in [0, 1]"),
+        ("openvino_tolerance", x.openvino_tolerance >= 0, "a number >= 0"),
+    ]:
+        if not ok:
+            raise _bad(f"export.{key}", getattr(x, key), allowed)
 
 
 def parse_params(raw: object) -> Params:
