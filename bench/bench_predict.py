@@ -128,12 +128,13 @@ def best_runs(runners: dict, repeat: int) -> dict[str, tuple[float, object]]:
 
 
 def engines(args) -> int:
+    from importlib.metadata import version
+
     import numpy as np
-    import openvino as ov
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from steeldefect import openvino_engine
+    from steeldefect import openvino_engine  # imports openvino only once it has declined OpenVINO's telemetry
     from steeldefect.cli import load_for_inference, resolve_threshold
     from steeldefect.inference import indexed_dataset, predict_files
     from steeldefect.params import load_params
@@ -147,11 +148,12 @@ def engines(args) -> int:
     train = pd.read_csv(args.split.parent / "train.csv", keep_default_na=False).path
     calibration = list(train.sample(min(p.export.openvino_calibration_images, len(train)), random_state=p.seed))
     print(f"{len(files)} images from {args.split}, {size[0]}x{size[1]}, batch {batch_size}, threshold {threshold:g}")
-    print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}, {os.cpu_count()} CPUs, {ov.get_version()}")
+    omp = os.environ.get("OMP_NUM_THREADS", "(unset)")
+    print(f"OMP_NUM_THREADS={omp}, {os.cpu_count()} CPUs, openvino {version('openvino')}")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = openvino_engine.convert(model, size)
-        ov.save_model(fp32, f"{tmp}/fp32.xml", compress_to_fp16=False)
-        ov.save_model(openvino_engine.quantize(fp32, calibration, size), f"{tmp}/int8.xml", compress_to_fp16=False)
+        openvino_engine.save(fp32, Path(tmp) / "fp32.xml")
+        openvino_engine.save(openvino_engine.quantize(fp32, calibration, size), Path(tmp) / "int8.xml")
         runners = {"Keras (TensorFlow)": model}
         for precision, compute in (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32")):
             for hint in ("LATENCY", "THROUGHPUT"):

@@ -4,6 +4,7 @@ predict --engine openvino`, and an IR beyond the limits is refused."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from steeldefect.cli import main
 from steeldefect.errors import UserError
 from steeldefect.export import export, load_model
 from steeldefect.model import build_model
-from steeldefect.openvino_engine import IRRequest, OpenVINOEngine, decline_telemetry
+from steeldefect.openvino_engine import IRRequest, OpenVINOEngine
 from steeldefect.params import HeadParams, TrainParams, parse_params
 from steeldefect.pipeline import image_dataset
 
@@ -129,11 +130,20 @@ def test_openvino_params():
             parse_params({"export": {key: value}})
 
 
-def test_telemetry_is_declined():
-    from openvino_telemetry import Telemetry
+TELEMETRY = """
+import steeldefect.openvino_engine
+import openvino
+from openvino_telemetry import Telemetry
+assert Telemetry().consent is False
+"""
 
-    decline_telemetry()
-    assert Telemetry(app_name="t", app_version="0", tid="x", backend="ga4", enable_opt_in_dialog=False).consent is False
+
+def test_importing_the_engine_declines_openvino_telemetry(tmp_path):
+    """`import openvino` alone would make a client id in ~/intel and send an event, unless declined."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    proc = subprocess.run([sys.executable, "-c", TELEMETRY], env={**env, "HOME": str(tmp_path)}, capture_output=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "intel").exists()
 
 
 def test_int8_export_records_its_check(tmp_path):

@@ -5,9 +5,10 @@ it through the real predict path on the validation images and refuses it, writin
 with Keras beyond the limits. `OpenVINOEngine` runs the IR batch by batch for `steeldefect predict --engine
 openvino`: the images come from the same tf.data decode + resize + preprocess_input as for Keras.
 
-OpenVINO's converter and NNCF send usage statistics to Intel unless the user declined (the file
-~/intel/openvino_telemetry holding 0, or CI=true). Nothing in this project talks to the network at run time,
-so `decline_telemetry` declines for this process before either is used.
+OpenVINO (already on `import openvino`, and in its converter) and NNCF send usage statistics to Intel unless
+the user declined (the file ~/intel/openvino_telemetry holding 0, or CI=true). Nothing in this project talks
+to the network at run time, so importing this module declines for the whole process (`decline_telemetry`):
+import it before `openvino`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,19 @@ DISABLED = (
 
 
 def decline_telemetry() -> None:
-    """Make OpenVINO's converter and NNCF (both use `openvino_telemetry`) send nothing from this process."""
-    from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
-
+    """Make `openvino_telemetry` (used by OpenVINO and NNCF) decline consent and send nothing from this process.
+    Its `Telemetry` is a singleton whose consent is decided when first made, by `import openvino`: so this must
+    run before that import."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+        from openvino_telemetry.utils.sender import TelemetrySender
+    except ImportError:  # no telemetry package: nothing to decline
+        return
     OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+    TelemetrySender.send = lambda self, *args, **kwargs: None
+
+
+decline_telemetry()
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,6 @@ def convert(model, image_size: Sequence[int]):
     named as the model names them (`probability` for a model with one output)."""
     import openvino as ov
 
-    decline_telemetry()
     ov_model = ov.convert_model(model, input=[(-1, *map(int, image_size), 3)])
     names = ["probability"] if len(ov_model.outputs) == 1 else list(model.output_names)
     for output, name in zip(ov_model.outputs, names, strict=True):
@@ -99,16 +108,22 @@ def quantize(ov_model, calibration_paths: Sequence[str], image_size: Sequence[in
     ranges are the full min..max seen in calibration: NNCF's default (the mean of each image's min and max)
     clips the largest activations, which are exactly what the global max pooling of the head keeps (on the
     default model: largest probability difference 0.61 on the validation images against 0.08)."""
-    from steeldefect.pipeline import image_dataset
-
-    decline_telemetry()
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    from steeldefect.pipeline import image_dataset
+
     images = [batch.numpy() for batch in image_dataset(list(calibration_paths), image_size, batch_size=1)]
     full_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     return nncf.quantize(ov_model, nncf.Dataset(images), subset_size=len(images), advanced_parameters=full_range)
+
+
+def save(ov_model, path: Path) -> None:
+    """model.xml + model.bin at `path`, the float32 weights kept float32 (OpenVINO would halve them)."""
+    import openvino as ov
+
+    ov.save_model(ov_model, path, compress_to_fp16=False)
 
 
 def compare(expected: np.ndarray, got: np.ndarray, threshold: Callable[[np.ndarray], float]) -> dict:
@@ -130,14 +145,13 @@ def export_ir(model, image_size: Sequence[int], folder: Path, request: IRRequest
     """Write `folder`/model.xml + model.bin and return the check's figures (for model_meta.json). UserError
     when the IR disagrees with Keras beyond `request`'s limits: `folder` must be a temporary folder that the
     caller moves into place only on success."""
-    import openvino as ov
 
     from steeldefect.inference import predict_paths
 
     ov_model = convert(model, image_size)
     if request.precision == "int8":
         ov_model = quantize(ov_model, request.calibration_paths, image_size)
-    ov.save_model(ov_model, folder / IR_XML, compress_to_fp16=False)  # what is checked is what is shipped
+    save(ov_model, folder / IR_XML)  # what is checked is what is shipped
     keras_prob = predict_paths(model, request.check_paths, request.batch_size)
     ir_prob = predict_paths(OpenVINOEngine(folder / IR_XML), request.check_paths, request.batch_size)
     figures = {
