@@ -110,6 +110,14 @@ class TrainParams:
 @dataclass(frozen=True)
 class ExportParams:
     saved_model: bool = True  # also write models/saved_model: a TensorFlow SavedModel serving encoded JPEG bytes
+    # models/openvino/model.xml + .bin, an OpenVINO IR for `steeldefect predict --engine openvino`: "none", "fp32",
+    # or "int8" (NNCF post-training quantization calibrated on a seeded sample of training images)
+    openvino: Literal["none", "fp32", "int8"] = "fp32"
+    openvino_calibration_images: int = 128
+    # the IR is refused (nothing exported) when, on the validation images, more than this share of decisions at
+    # the evaluate threshold change against Keras, or a probability moves by more than openvino_tolerance
+    openvino_max_changed: float = 0.005
+    openvino_tolerance: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -257,6 +265,7 @@ def _check(p: Params) -> None:
             t.weights,
             "null, 'imagenet', or the path of an existing local .h5 weights file",
         )
+    _check_export(p.export)
     e = p.evaluate
     need(
         e.threshold == "auto" or 0 <= e.threshold <= 1,
@@ -318,6 +327,16 @@ def _check_mask(t: TrainParams, need) -> None:
             list(m.crop_size),
             f"a crop no larger than train.image_size {list(t.image_size)}, or null (the whole image)",
         )
+
+
+def _check_export(x: ExportParams) -> None:
+    for key, ok, allowed in [
+        ("openvino_calibration_images", x.openvino_calibration_images >= 1, "an integer >= 1"),
+        ("openvino_max_changed", 0 <= x.openvino_max_changed <= 1, "a share in [0, 1]"),
+        ("openvino_tolerance", x.openvino_tolerance >= 0, "a number >= 0"),
+    ]:
+        if not ok:
+            raise _bad(f"export.{key}", getattr(x, key), allowed)
 
 
 def parse_params(raw: object) -> Params:
