@@ -109,7 +109,7 @@ def _crack(rng, h, w, edge, faint):  # class 2: a thin jagged dark crack, roughl
     y0, x0 = (rng.uniform(0, h - n / 2), rng.uniform(20, w - 20)) if not edge else _place(rng, h, w, 0, 40, True)
     angle = rng.uniform(-0.6, 0.6)
     ys = y0 + np.arange(n) * np.cos(angle) * (1 if y0 < h / 2 else -1)  # from the start into the image
-    xs = x0 + np.cumsum(np.sin(angle) + rng.normal(0, 0.7, n)) * (1 if x0 < w / 2 else -1)
+    xs = x0 + np.cumsum(abs(np.sin(angle)) + rng.normal(0, 0.7, n)) * (1 if x0 < w / 2 else -1)
     keep = (ys >= 0) & (ys < h - 1) & (xs >= 0) & (xs < w - 1)
     mask = np.zeros((h, w), bool)
     for dy in (0, 1):
