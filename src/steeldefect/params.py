@@ -35,8 +35,8 @@ class SynthesizeParams:
     faint_fraction: float = 0.1  # share of defects drawn faint (and faint pits tiny)
     faint_contrast: float = 0.5  # a faint defect's contrast relative to a normal one
     edge_fraction: float = 0.15  # share of defects at an image border, partly cut off
-    mark_fraction: float = 0.4  # share of images (clean or defective) with oil stains, water spots or roll marks
-    mark_contrast: float = 1.5  # contrast of the harmless marks relative to their base (6-18 grey levels)
+    mark_fraction: float = 0.5  # share of images (clean or defective) with oil stains, water spots or roll marks
+    mark_contrast: float = 2.0  # contrast of the harmless marks relative to their base (6-18 grey levels)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ Defective images carry one or two of four defect classes in Severstal's mix (`cl
 - `mark_fraction` of the images, clean or defective alike, carry harmless marks that are *not* defects:
   oil stains (large, soft-edged, slightly dark), water spots (small faint rings) and roll marks (the same
   small soft dent repeated along the strip at the roll's pitch), at `mark_contrast` times their base
-  contrast (about as strong as a faint defect at 1.5).
+  contrast (at 2, about as strong as a faint defect).
 Masks are exact (the pixels a defect changed) and written as RLE; harmless marks have no mask.
 """
 
