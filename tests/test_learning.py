@@ -1,6 +1,6 @@
 """The model learns: a small run on easy synthetic data separates defects from clean images, its training loss
 falls, painting a defect on a clean image raises the probability (directional) and a horizontal flip barely
-changes it (invariance). Each test fails when the classifier is replaced by a constant (see README, Tests)."""
+changes it (invariance). Each test fails when the classifier is a constant (tests/constant_head.py)."""
 
 from __future__ import annotations
 
