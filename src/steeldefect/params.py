@@ -174,12 +174,13 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
     return cls(**{k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in raw.items()})
 
 
-def _check(p: Params) -> None:
-    def need(ok: bool, key: str, value: object, allowed: str) -> None:
-        if not ok:
-            raise _bad(key, value, allowed)
+def _need(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise _bad(key, value, allowed)
 
-    s, t = p.synthesize, p.train
+
+def _check(p: Params) -> None:
+    need, s, t = _need, p.synthesize, p.train
     need(s.n_images >= 10, "synthesize.n_images", s.n_images, "an integer >= 10")
     need(0 < s.defect_fraction < 1, "synthesize.defect_fraction", s.defect_fraction, "a fraction in (0, 1)")
     need(
