@@ -76,6 +76,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # a second TensorFlow process
 def test_saved_model_serves_jpeg_bytes_like_the_command(exported, tmp_path):
     root, _, paths = exported
     assert predict(paths, root / "models", tmp_path / "out.csv", progress=False) == 0

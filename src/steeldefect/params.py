@@ -35,7 +35,8 @@ class SynthesizeParams:
     faint_fraction: float = 0.1  # share of defects drawn faint (and faint pits tiny)
     faint_contrast: float = 0.5  # a faint defect's contrast relative to a normal one
     edge_fraction: float = 0.15  # share of defects at an image border, partly cut off
-    mark_fraction: float = 0.4  # share of images (clean or defective) with oil stains, water spots or roll marks
+    mark_fraction: float = 0.5  # share of images (clean or defective) with oil stains, water spots or roll marks
+    mark_contrast: float = 2.0  # contrast of the harmless marks relative to their base (6-18 grey levels)
 
 
 @dataclass(frozen=True)
@@ -219,12 +220,13 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
     return cls(**{k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in raw.items()})
 
 
-def _check(p: Params) -> None:
-    def need(ok: bool, key: str, value: object, allowed: str) -> None:
-        if not ok:
-            raise _bad(key, value, allowed)
+def _need(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise _bad(key, value, allowed)
 
-    s, t = p.synthesize, p.train
+
+def _check(p: Params) -> None:
+    need, s, t = _need, p.synthesize, p.train
     need(s.n_images >= 10, "synthesize.n_images", s.n_images, "an integer >= 10")
     need(0 < s.defect_fraction < 1, "synthesize.defect_fraction", s.defect_fraction, "a fraction in (0, 1)")
     need(
@@ -236,6 +238,7 @@ def _check(p: Params) -> None:
     for key in ("two_class_fraction", "faint_fraction", "edge_fraction", "mark_fraction"):
         need(0 <= getattr(s, key) <= 1, f"synthesize.{key}", getattr(s, key), "a fraction in [0, 1]")
     need(0 < s.faint_contrast <= 1, "synthesize.faint_contrast", s.faint_contrast, "a number in (0, 1]")
+    need(0 <= s.mark_contrast <= 3, "synthesize.mark_contrast", s.mark_contrast, "a number in [0, 3]")
     need(p.prepare.sample_images >= 1, "prepare.sample_images", p.prepare.sample_images, "an integer >= 1")
     for key in ("test_size", "val_size"):
         v = getattr(p.split, key)
