@@ -20,8 +20,8 @@ from steeldefect import atomic
 from steeldefect.errors import UserError
 
 BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
-MAP_COLOUR = np.array([1.0, 0.1, 0.1])  # heat tint of the overlay
-OUTLINE_COLOUR = np.array([1.0, 0.9, 0.0])  # cells at or above the map threshold
+MAP_COLOUR = np.array([1.0, 0.1, 0.1], np.float32)  # heat tint of the overlay
+OUTLINE_COLOUR = np.array([1.0, 0.9, 0.0], np.float32)  # cells at or above the map threshold
 
 
 def area_share(defect_map: np.ndarray, threshold: float) -> float:
