@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install repro test lint bench clean
+.PHONY: install repro test test-fast lint bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ repro: install
 test: install
 	ruff check src stages tests bench
 	pytest
+
+test-fast: install  # the quick loop: every test not marked slow (no dvc pipeline runs, no multi-process training)
+	ruff check src stages tests bench
+	pytest -m "not slow"
 
 lint: install
 	ruff check src stages tests bench

@@ -71,13 +71,14 @@ def bench_cache(n: int = 160, epochs: int = 10) -> None:
 
 
 def _train_once(n_rows: int) -> None:  # in a child process: peak RSS of one train step
+    from steeldefect.runtime import Runtime
     from steeldefect.training import train
 
-    p = dataclasses.replace(load_params(ROOT / "params.yaml").train, epochs=2, feature_cache=None)
+    p = dataclasses.replace(load_params(ROOT / "params.yaml").train, epochs=2)
     with tempfile.TemporaryDirectory() as tmp:
         df = images(500, n_rows, Path(tmp))
         val = df.sample(frac=0.15, random_state=0)
-        train(p, 0, df.drop(val.index), val, Path(tmp) / "w.weights.h5", Path(tmp) / "live")
+        train(p, 0, df.drop(val.index), val, Path(tmp) / "w.weights.h5", Path(tmp) / "live", Runtime())
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 

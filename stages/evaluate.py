@@ -1,11 +1,13 @@
-"""Stage evaluate: metrics, plots and galleries of the test predictions at the chosen threshold."""
+"""Stage evaluate: metrics, plots and galleries of the test predictions at the chosen threshold, localization
+metrics for a mask model, and the comparison with the classical baseline."""
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from steeldefect.errors import run
-from steeldefect.evaluation import evaluate
+from steeldefect.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
 from steeldefect.maps import load_maps
 from steeldefect.params import load_params
 
@@ -44,6 +46,18 @@ def main() -> None:
             f"localization on {loc['images_with_mask']} test images with masks at map threshold "
             f"{loc['map_threshold']:g}: Dice {show['dice']}, IoU {show['iou']}, pointing {show['pointing_accuracy']}"
         )
+
+    base = evaluate_baseline(
+        p.evaluate,
+        read("data/baseline/val.csv"),
+        read("data/baseline/test.csv"),
+        Path("metrics/baseline.json"),
+        Path("plots"),
+    )
+    print(f"baseline test accuracy {base['accuracy']:.3f} at threshold {base['threshold']:.3g}")
+    warning = add_baseline_comparison(Path("metrics/evaluate.json"), base)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":

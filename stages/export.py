@@ -1,6 +1,8 @@
 """Stage export: models/model.json + models/model.weights.h5 (+ model_meta.json) and the serving SavedModel
 models/saved_model/, all checked by reloading."""
 
+import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,12 +16,16 @@ def main() -> None:
     p = load_params()
     test = pd.read_csv("data/split/test.csv", keep_default_na=False)
     train = pd.read_csv("data/split/train.csv", keep_default_na=False)
+    # the train stage's health check travels with the model: `steeldefect predict` warns about a degenerate one
+    degenerate = bool(json.loads(Path("metrics/train/metrics.json").read_text()).get("degenerate", False))
+    if degenerate:
+        print("WARNING: exporting a degenerate model (metrics/train/metrics.json: degenerate: true)", file=sys.stderr)
     diff = export(
         p.train,
         Path("models/trained.weights.h5"),
         Path("models"),
         list(test.path[:4]),
-        model_meta(p, train),
+        {**model_meta(p, train), "degenerate": degenerate},
         saved_model=p.export.saved_model,
     )
     saved = "models/saved_model (SavedModel)" if p.export.saved_model else "no SavedModel (export.saved_model: false)"

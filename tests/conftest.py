@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from helpers import TINY_PARAMS, make_project, run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_dir(tmp_path_factory) -> Path:
+    """Session fixtures (and the processes they start) cache in a session folder, never in the user's cache."""
+    path = tmp_path_factory.mktemp("steeldefect-cache")
+    os.environ["STEELDEFECT_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Each test (and the processes it starts) caches features and images in its own folder, as if it ran on
+    its own: STEELDEFECT_CACHE_DIR (see steeldefect.runtime)."""
+    path = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("STEELDEFECT_CACHE_DIR", str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

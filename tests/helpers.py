@@ -1,4 +1,4 @@
-"""Test helpers: the real shared data (skipped when absent), commands run with the venv, tiny projects."""
+"""Test helpers: real shared data (skipped when absent, failed under CI=true), commands with the venv, tiny projects."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ TINY_PARAMS = {
 
 
 def shared(name: str) -> Path:
+    """A real data folder beside the project; absent, the test is skipped, except under CI=true, where it fails:
+    CI must never skip the real-data tests silently."""
     path = SHARED_DATA / name
-    if not path.is_dir():
+    if not (path / "train.csv").is_file():
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI=true and the real data folder {path} is missing (no train.csv)", pytrace=False)
         pytest.skip(f"shared data {path} not present")
     return path
 

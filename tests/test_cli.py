@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from steeldefect.cli import expand_images, main, resolve_threshold
@@ -41,6 +42,40 @@ def project(tmp_path_factory):
     export(TINY, root / "trained.weights.h5", root / "models", [str(images / "img0.jpg")], meta, saved_model=False)
     good = sorted(str(p) for p in images.iterdir())
     return root, good
+
+
+# in logits (log-odds): PIL and TensorFlow may decode a JPEG slightly differently (their IDCTs differ by a grey
+# level here and there), which moves a confident probability by a large relative amount but its logit little
+LOGIT_ATOL = 0.25
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def caffe(x: np.ndarray) -> np.ndarray:
+    return x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+
+
+def independent_probabilities(root: Path, paths: list[str], preprocess=caffe) -> np.ndarray:
+    """The trained weights (not the exported files) in a model built here, on images decoded with PIL, resized
+    (bilinear, antialiased) and preprocessed by hand as resnet50.preprocess_input documents: RGB -> BGR, minus
+    the ImageNet channel means."""
+    model, _, _ = build_model(TINY, weights=None)
+    model.load_weights(root / "trained.weights.h5")
+    rgb = [np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) for path in paths]
+    x = np.stack([tf.image.resize(image, TINY.image_size, method="bilinear", antialias=True) for image in rgb])
+    return model(preprocess(x), training=False).numpy()[:, 0]
+
+
+def test_independent_probabilities_tell_a_wrong_preprocessing(project):
+    """The comparison below can fail: with the notebook's preprocessing (x / 255) the probabilities move by far
+    more than the tolerance."""
+    root, good = project
+    right = independent_probabilities(root, good)
+    wrong = independent_probabilities(root, good, preprocess=lambda x: x / 255)
+    assert (np.abs(logit(wrong) - logit(right)) > 4 * LOGIT_ATOL).all(), (right, wrong)
 
 
 @pytest.fixture
@@ -83,8 +118,8 @@ def test_bad_and_missing_images_get_error_rows_and_exit_code_1(project, with_bad
 
     ok = df[df.error == ""]
     prob = ok.probability.astype(float).to_numpy(np.float32)
-    # exactly what the predict stage computes (same batch size: 2, from model_meta.json)
-    np.testing.assert_array_equal(prob, predict_paths(load_model(root / "models"), good, batch_size=2))
+    # what the trained weights give on images decoded and preprocessed here, without the package's code path
+    np.testing.assert_allclose(logit(prob), logit(independent_probabilities(root, good)), atol=LOGIT_ATOL)
     assert list(ok.predicted.astype(int)) == [int(p >= 0.5) for p in prob]
     assert "threshold 0.5 from default" in proc.stdout
 
@@ -180,3 +215,13 @@ def test_progress_counts_every_image(project, with_bad):
     assert sum(steps) == len(paths) == len(result.probability)
     assert [Path(result.paths[i]).name for i in result.failed] == ["bad.jpg", "missing.jpg"]
     assert np.isnan(result.probability[result.failed]).all()
+
+
+def test_a_degenerate_model_is_predicted_with_a_warning(project, tmp_path, capsys):
+    root, good = project
+    models = copy_models(root / "models", tmp_path / "models")
+    meta = json.loads((models / "model_meta.json").read_text())
+    (models / "model_meta.json").write_text(json.dumps({**meta, "degenerate": True}))
+    args = ["predict", *good, "--model-dir", str(models), "--output", str(tmp_path / "p.csv"), "--no-progress"]
+    assert main(args) == 0
+    assert "says this model is degenerate" in capsys.readouterr().err

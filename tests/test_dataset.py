@@ -16,15 +16,9 @@ from steeldefect.params import SynthesizeParams
 from steeldefect.severstal import rle_decode
 from steeldefect.synthetic import make_image, write_dataset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from helpers import shared
+
 SEED = 42
-
-
-def _shared(name: str) -> Path:
-    folder = SHARED / name
-    if not (folder / "train.csv").is_file():
-        pytest.skip(f"shared data folder {folder} is absent")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +130,7 @@ def test_resolve_source():
 
 
 def test_prepare_real_severstal_sample():
-    images, masks, excluded, m = prepare(_shared("severstal-sample"))
+    images, masks, excluded, m = prepare(shared("severstal-sample"))
     assert excluded.empty
     assert (m["images"], m["defective"], m["clean"], m["masks"]) == (25, 11, 14, 12)
     assert len(images) == 25 and len(masks) == 12
@@ -146,7 +140,7 @@ def test_prepare_real_severstal_sample():
 
 
 def test_prepare_real_magnetic_tile():
-    images, masks, _, m = prepare(_shared("magnetic-tile"))
+    images, masks, _, m = prepare(shared("magnetic-tile"))
     assert (m["images"], m["defective"], m["clean"]) == (1344, 392, 952)
     assert m["defective_without_mask"] == 4
     assert m["clean_derived_from_missing_csv_rows"] == 0
@@ -158,7 +152,7 @@ def test_prepare_real_magnetic_tile():
 
 @pytest.mark.parametrize("name", ["severstal-sample", "magnetic-tile"])
 def test_split_real_folders(name):
-    images = prepare(_shared(name))[0]
+    images = prepare(shared(name))[0]
     parts, report = split(images, 0.15, 0.15, SEED)
     ids = [set(df.ImageId) for df in parts.values()]
     assert sum(len(i) for i in ids) == len(images) and set.union(*ids) == set(images.ImageId)

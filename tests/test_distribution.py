@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
+from steeldefect.cache import feature_key
 from steeldefect.dataset import prepare
-from steeldefect.distribute import make_strategy
+from steeldefect.distribute import check_keras_version, keras_multi_worker_fixes, make_strategy
 from steeldefect.errors import UserError
 from steeldefect.model import build_model
 from steeldefect.params import SynthesizeParams, parse_params
 from steeldefect.synthetic import write_dataset
-from steeldefect.training import cached_features, feature_key, set_seed
+from steeldefect.training import cached_features, set_seed
 
 TIMEOUT = 240  # seconds for one run (both workers of a multi_worker run)
 TINY = {
@@ -52,6 +55,7 @@ from pathlib import Path
 import pandas as pd
 from steeldefect.model import build_model
 from steeldefect.params import parse_params
+from steeldefect.runtime import Runtime
 from steeldefect.training import train
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -60,7 +64,8 @@ result = {"weights_md5": []}
 chief = json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"] == 0
 for run in job["runs"]:
     p = parse_params({"train": run["train"]}).train
-    train(p, 0, read("train.csv"), read("val.csv"), Path(run["weights"]), Path(run["live"]))
+    runtime = Runtime(**{k: Path(v) if k.endswith("cache") else v for k, v in run["runtime"].items()})
+    train(p, 0, read("train.csv"), read("val.csv"), Path(run["weights"]), Path(run["live"]), runtime)
     if chief:
         model, _, _ = build_model(p, weights=None)
         model.load_weights(run["weights"])
@@ -139,10 +144,12 @@ def result(output: str) -> dict:
     return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
 
 
-def run(tmp_path: Path, train: dict, name: str = "") -> dict:
-    """One train() call on TINY + `train`, writing under tmp_path (name: a suffix for a further run)."""
+def run(tmp_path: Path, train: dict, runtime: dict, name: str = "") -> dict:
+    """One train() call on TINY + `train` with the runtime settings `runtime` (the feature cache in
+    tmp_path/features), writing under tmp_path (name: a suffix for a further run)."""
     return {
-        "train": {**TINY, "feature_cache": str(tmp_path / "features"), **train},
+        "train": {**TINY, **train},
+        "runtime": {"feature_cache": str(tmp_path / "features"), **runtime},
         "weights": str(tmp_path / f"models{name}" / "trained.weights.h5"),
         "live": str(tmp_path / f"live{name}"),
     }
@@ -155,14 +162,14 @@ def job(data: Path, runs: list[dict], export: Path | None, logical_cpus: int = 1
 def assert_features_match_default(tmp_path: Path, data: Path, train: dict) -> None:
     """The features cached by the distributed run equal those of the default strategy, image by image: the
     distributed predict kept the images' order."""
-    p = parse_params({"train": {**TINY, **train, "feature_cache": None}}).train
+    p = parse_params({"train": {**TINY, **train}}).train
     written = sorted((tmp_path / "features").glob("*.npy"))
     assert len(written) == 2  # train and val
     for name in ("train.csv", "val.csv"):
         df = pd.read_csv(data / name, keep_default_na=False)
         set_seed(0)
         _, features, _ = build_model(p, p.weights)
-        expected = cached_features(features, df, p, 0)
+        expected = cached_features(features, df, p, 0, cache=None)
         got = np.load(tmp_path / "features" / f"{feature_key(p, 0, df)}.npy")
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -178,21 +185,16 @@ def assert_exported_model_predicts(tmp_path: Path, output: str) -> None:
 def test_mirrored_on_two_logical_cpus(data, tmp_path):
     """Feature cache + fine-tuning, exported; then twice on augmented images with the image cache (written
     during the first fit, read by the second): the same weights."""
-    train = {"strategy": "mirrored"}
-    cached = {
-        **train,
-        "augment": True,
-        "image_cache": str(tmp_path / "images"),
-        "epochs": 1,
-        "fine_tune": {"epochs": 0},
-    }
-    runs = [run(tmp_path, train), run(tmp_path, cached, "_write"), run(tmp_path, cached, "_read")]
+    runtime = {"strategy": "mirrored"}
+    cached = {"augment": True, "epochs": 1, "fine_tune": {"epochs": 0}}
+    with_images = {**runtime, "image_cache": str(tmp_path / "images")}
+    runs = [run(tmp_path, {}, runtime), *(run(tmp_path, cached, with_images, name) for name in ("_write", "_read"))]
     (out,) = finish([start(job(data, runs, tmp_path / "exported", logical_cpus=2), tmp_path)])
     assert out.count("strategy mirrored: 2 replicas") == 3, out[-3000:]
     assert "fine-tuning ['conv2']" in out
     assert len(pd.read_csv(tmp_path / "live/plots/metrics/eval/loss.tsv", sep="\t")) == 3  # 2 epochs + 1 tuned
     assert_exported_model_predicts(tmp_path, out)
-    assert_features_match_default(tmp_path, data, train)
+    assert_features_match_default(tmp_path, data, {})
     assert out.count(" will be cached in ") == 2 and out.count(" read from " + str(tmp_path / "images")) == 2
     assert_complete_image_caches(tmp_path / "images")
     _, written, read = result(out)["weights_md5"]
@@ -203,14 +205,14 @@ def test_mirrored_on_two_logical_cpus(data, tmp_path):
 def test_multi_worker_with_two_local_workers(data, tmp_path):
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    train = {"strategy": "multi_worker", "image_cache": str(tmp_path / "images")}
+    runtime = {"strategy": "multi_worker", "image_cache": str(tmp_path / "images")}
     procs = []
     for index in (0, 1):  # the chief (worker 0) also exports, after training
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         folder = tmp_path / f"worker{index}"
         folder.mkdir()
         export = tmp_path / "exported" if index == 0 else None
-        procs.append(start(job(data, [run(tmp_path, train)], export), folder, {"TF_CONFIG": tf_config}))
+        procs.append(start(job(data, [run(tmp_path, {}, runtime)], export), folder, {"TF_CONFIG": tf_config}))
     chief, worker = finish(procs)
     assert "chief: True" in chief and "chief: False" in worker
     assert "2 replicas in sync" in chief
@@ -222,7 +224,7 @@ def test_multi_worker_with_two_local_workers(data, tmp_path):
     assert len(pd.read_csv(tmp_path / "live/plots/metrics/eval/loss.tsv", sep="\t")) == 3
     assert_complete_image_caches(tmp_path / "images")
     assert_exported_model_predicts(tmp_path, chief)
-    assert_features_match_default(tmp_path, data, train)
+    assert_features_match_default(tmp_path, data, {})
 
 
 def assert_complete_image_caches(folder: Path) -> None:
@@ -245,3 +247,17 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch, tf_config):
     monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(UserError, match="TF_CONFIG = .* is not a valid multi-worker configuration"):
         make_strategy("multi_worker")
+
+
+def test_keras_version_guard(monkeypatch):
+    """The multi-worker workarounds patch private Keras 3.15 code: any other Keras version is refused."""
+    check_keras_version(keras.__version__)  # the pinned Keras (requirements.txt) is the one they were written for
+    check_keras_version("3.15.9")
+    for version in ("3.16.0", "3.14.2", "4.0.0", "nightly"):
+        with pytest.raises(UserError, match=rf"this is Keras {re.escape(version)}; install keras==3\.15\.\*"):
+            check_keras_version(version)
+    # the guard runs before anything is patched, on the version Keras reports at run time
+    monkeypatch.setattr(keras, "__version__", "3.16.0")
+    strategy = object.__new__(tf.distribute.MultiWorkerMirroredStrategy)  # an instance, never started
+    with pytest.raises(UserError, match="this is Keras 3.16.0"), keras_multi_worker_fixes(strategy, []):
+        pass

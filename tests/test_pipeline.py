@@ -105,7 +105,8 @@ def test_plots_show_writes_html(pipeline, tmp_path):
 
 
 def test_forced_rerun_is_identical(pipeline):
-    """One seed drives everything: rerunning every stage gives the same weights and the same metrics."""
+    """One seed drives everything: rerunning every stage gives the same weights, SavedModel and metrics, so
+    `dvc.lock` and every file in git stay as they were (`git status` clean)."""
     files = [
         "models/trained.weights.h5",
         "models/model.weights.h5",
@@ -113,8 +114,11 @@ def test_forced_rerun_is_identical(pipeline):
         "metrics/train/metrics.json",
         "data/predictions/test.csv",
         "data/synthetic/train.csv",
+        *(str(f.relative_to(pipeline)) for f in sorted((pipeline / "models/saved_model").rglob("*")) if f.is_file()),
     ]
+    assert "models/saved_model/fingerprint.pb" in files
     before = {f: hashlib.md5((pipeline / f).read_bytes()).hexdigest() for f in files}
     run(["dvc", "repro", "--force"], pipeline)
     after = {f: hashlib.md5((pipeline / f).read_bytes()).hexdigest() for f in files}
     assert after == before
+    assert run(["git", "status", "--porcelain"], pipeline).stdout == ""

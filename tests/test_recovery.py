@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,39 +17,37 @@ from helpers import BIN, TINY_PARAMS, make_project, run
 pytestmark = pytest.mark.slow
 
 
-def repro_killed_at(root: Path, stage: str, delay: float, *args: str) -> None:
-    """Start `dvc repro`, wait until `stage` has run for `delay` seconds, SIGKILL dvc and the stage."""
+def repro_killed_when(root: Path, reached: Callable[[], bool], *args: str) -> None:
+    """Start `dvc repro`, wait until `reached()` (an observable point inside a stage), SIGKILL dvc and the stage."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = (root / f"repro-{stage}.log").open("w+")
-    proc = subprocess.Popen(
-        [str(BIN / "dvc"), "repro", *args],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = root / "repro.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "dvc"), "repro", *args], cwd=root, env=env, stdout=out, stderr=out, start_new_session=True
+        )
     deadline = time.monotonic() + 300
-    while f"Running stage '{stage}'" not in (root / f"repro-{stage}.log").read_text():
-        assert proc.poll() is None, (root / f"repro-{stage}.log").read_text()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(delay)
-    assert proc.poll() is None, f"the pipeline finished before it could be killed in {stage}"
+    while not reached():
+        assert proc.poll() is None, f"the pipeline ended before the point to kill it at:\n{log.read_text()}"
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
 def test_kill_during_train_and_export_then_recover(tmp_path):
     root = make_project(tmp_path, {**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 30, "patience": 30}})
-    repro_killed_at(root, "train", delay=8)
+    first_epoch = root / "metrics/train/plots/metrics/train/loss.tsv"  # dvclive writes it after each epoch
+    repro_killed_when(root, lambda: first_epoch.is_file() and len(first_epoch.read_text().splitlines()) >= 2)
+    assert len(first_epoch.read_text().splitlines()) < 31  # killed in the middle of the 30 epochs
     assert run(["dvc", "status"], root).stdout.strip() != "Data and pipelines are up to date."
-    assert not (root / "metrics/evaluate.json").exists()  # nothing presented as a result yet
+    assert not (root / "models/trained.weights.h5").exists()  # no half-trained weights left as a result
+    assert not (root / "metrics/evaluate.json").exists()
 
     run(["dvc", "repro"], root)  # recovers after the kill (a stale lock or half-written output would fail here)
     assert run(["dvc", "status"], root).stdout.strip() == "Data and pipelines are up to date."
 
-    repro_killed_at(root, "export", 6, "--force", "--single-item", "export")
+    # export writes into a temporary folder beside models/ first: kill once the model description is there
+    repro_killed_when(root, lambda: any(root.glob("models/.export.*/model.json")), "--force", "--single-item", "export")
     assert "export" in json.loads(run(["dvc", "status", "--json"], root).stdout)
 
     run(["dvc", "repro"], root)

@@ -14,11 +14,7 @@ from PIL import Image
 from steeldefect.errors import UserError
 from steeldefect.severstal import check_image_id, read_labels, read_masks, rle_decode, rle_encode
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SAMPLE = SHARED / "severstal-sample"
-TILES = SHARED / "magnetic-tile"
-
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent")
+from helpers import shared
 
 
 def _write(tmp_path: Path, text: str, name: str = "train.csv") -> Path:
@@ -119,10 +115,10 @@ def test_decode_error_without_where():
 # --- real data ----------------------------------------------------------------------------------------
 
 
-@needs_data
-@pytest.mark.parametrize("folder", [SAMPLE, TILES], ids=["severstal-sample", "magnetic-tile"])
-def test_real_rle_round_trip(folder):
-    df = read_masks(folder / "train.csv")
+@pytest.mark.parametrize("name", ["severstal-sample", "magnetic-tile"])
+def test_real_rle_round_trip(name):
+    folder = shared(name)
+    df = read_masks(folder / "train.csv").masks
     assert len(df) > 0
     sizes: dict[str, tuple[int, int]] = {}
     for image_id, cls, rle, row in df[["ImageId", "ClassId", "EncodedPixels", "row"]].itertuples(index=False):
@@ -136,14 +132,14 @@ def test_real_rle_round_trip(folder):
         assert rle_encode(mask) == rle, where
 
 
-@needs_data
 def test_read_masks_severstal_sample():
-    df = read_masks(SAMPLE / "train.csv")
-    assert df.attrs["format"] == "2019"
+    parsed = read_masks(shared("severstal-sample") / "train.csv")
+    df = parsed.masks
+    assert parsed.format == "2019"
     assert list(df.columns) == ["ImageId", "ClassId", "EncodedPixels", "row"]
     assert len(df) == 12
     assert df["ImageId"].nunique() == 11
-    images = df.attrs["images"]
+    images = parsed.images
     assert len(images) == 25 and images == sorted(images)
     assert set(df["ClassId"]) <= {1, 2, 3, 4}
     assert df["row"].is_monotonic_increasing and df["row"].min() >= 2
@@ -152,21 +148,21 @@ def test_read_masks_severstal_sample():
     assert (first.ImageId, first.ClassId, first.row) == ("f9d912044.jpg", 3, 4)
 
 
-@needs_data
 def test_read_masks_magnetic_tile():
-    df = read_masks(TILES / "train.csv")
-    assert df.attrs["format"] == "long"
+    tiles = shared("magnetic-tile")
+    parsed = read_masks(tiles / "train.csv")
+    df = parsed.masks
+    assert parsed.format == "long"
     assert set(df["ClassId"]) <= {1, 2, 3, 4, 5}
     assert list(df["row"]) == list(range(2, len(df) + 2))
-    labels = read_labels(TILES / "defect_and_no_defect.csv")
+    labels = read_labels(tiles / "defect_and_no_defect.csv")
     defective = set(labels.loc[labels["label"] == 1, "ImageId"])
-    assert set(df.attrs["images"]) <= defective
-    assert len(defective - set(df.attrs["images"])) == 4
+    assert set(parsed.images) <= defective
+    assert len(defective - set(parsed.images)) == 4
 
 
-@needs_data
 def test_read_labels_magnetic_tile():
-    labels = read_labels(TILES / "defect_and_no_defect.csv")
+    labels = read_labels(shared("magnetic-tile") / "defect_and_no_defect.csv")
     assert list(labels.columns) == ["ImageId", "label"]
     assert len(labels) == 1344
     assert int(labels["label"].sum()) == 392
@@ -184,9 +180,10 @@ def test_read_masks_2019_format(tmp_path):
         "NA_1,\nNA_2,\nNA_3,\nNA_4,5 1\n"
         "clean.jpg_1,\nclean.jpg_2,\nclean.jpg_3,\nclean.jpg_4,\n",
     )
-    df = read_masks(p)
-    assert df.attrs["format"] == "2019"
-    assert df.attrs["images"] == ["NA", "a.jpg", "clean.jpg"]
+    parsed = read_masks(p)
+    df = parsed.masks
+    assert parsed.format == "2019"
+    assert parsed.images == ["NA", "a.jpg", "clean.jpg"]
     assert df.to_dict("records") == [
         {"ImageId": "a.jpg", "ClassId": 2, "EncodedPixels": "1 3", "row": 3},
         {"ImageId": "NA", "ClassId": 4, "EncodedPixels": "5 1", "row": 9},
@@ -195,9 +192,10 @@ def test_read_masks_2019_format(tmp_path):
 
 def test_read_masks_long_format_with_blank_line(tmp_path):
     p = _write(tmp_path, "ImageId,ClassId,EncodedPixels\nb.jpg,2,1 1\n\nA_b.jpg,10,3 2\nc.jpg,1,\n")
-    df = read_masks(p)
-    assert df.attrs["format"] == "long"
-    assert df.attrs["images"] == ["A_b.jpg", "b.jpg", "c.jpg"]
+    parsed = read_masks(p)
+    df = parsed.masks
+    assert parsed.format == "long"
+    assert parsed.images == ["A_b.jpg", "b.jpg", "c.jpg"]
     assert df[["ImageId", "ClassId", "row"]].values.tolist() == [["b.jpg", 2, 2], ["A_b.jpg", 10, 4]]
 
 
@@ -253,7 +251,7 @@ def test_read_masks_duplicate_mask(tmp_path):
 
 def test_read_masks_duplicate_key_with_empty_mask_is_allowed(tmp_path):
     p = _write(tmp_path, "ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg_1,1 1\n")
-    assert len(read_masks(p)) == 1
+    assert len(read_masks(p).masks) == 1
 
 
 def test_read_masks_missing_and_empty_file(tmp_path):

@@ -131,19 +131,63 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
-def test_each_defect_class_changes_the_pixels_inside_its_mask(generated):
+def _contrast(img: np.ndarray, masks: dict[int, np.ndarray], cls: int) -> float:
+    union = np.logical_or.reduce(list(masks.values()))
+    ring = _dilate(masks[cls], 8) & ~_dilate(union, 2)
+    assert ring.sum() > 50
+    return abs(img[masks[cls]].mean() - img[ring].mean())
+
+
+def test_each_defect_class_changes_the_pixels_inside_its_mask():
+    cfg = SynthesizeParams(faint_fraction=0, edge_fraction=0, mark_fraction=0, class_weights=(1, 1, 1, 1))
     checked = set()
-    for img, masks in generated["kept"].values():
-        union = np.logical_or.reduce(list(masks.values())) if masks else None
-        for cls, mask in masks.items():
-            if cls in checked:
-                continue
-            ring = _dilate(mask, 8) & ~_dilate(union, 2)
-            assert ring.sum() > 50
-            inside, around = img[mask].mean(), img[ring].mean()
-            assert abs(inside - around) > 10, (cls, inside, around)
+    for i in range(40):
+        img, masks = make_image(cfg, SEED, i)
+        for cls in set(masks) - checked:
+            assert _contrast(img, masks, cls) > 10, (i, cls)
             checked.add(cls)
     assert checked == {1, 2, 3, 4}  # every class was seen among the generated images
+
+
+def test_faint_defects_have_the_faint_contrast():
+    """The same scratches (class 3 keeps its mask when faint), at full and at faint contrast."""
+    normal = SynthesizeParams(faint_fraction=0, edge_fraction=0, mark_fraction=0, class_weights=(0, 0, 1, 0))
+    faint = SynthesizeParams(**{**normal.__dict__, "faint_fraction": 1.0, "faint_contrast": 0.4})
+    ratios = []
+    for i in range(12):
+        (img, masks), (faint_img, faint_masks) = make_image(normal, SEED, i), make_image(faint, SEED, i)
+        assert masks.keys() == faint_masks.keys()
+        if masks:
+            assert np.array_equal(masks[3], faint_masks[3])
+            ratios.append(_contrast(faint_img.astype(float), masks, 3) / _contrast(img.astype(float), masks, 3))
+    assert len(ratios) >= 3 and 0.25 < np.median(ratios) < 0.55, ratios
+
+
+def _border_distance(mask: np.ndarray) -> int:
+    ys, xs = np.nonzero(mask)
+    return int(min(ys.min(), HEIGHT - 1 - ys.max(), xs.min(), WIDTH - 1 - xs.max()))
+
+
+def test_edge_defects_touch_a_border_and_others_mostly_do_not():
+    edge, inside = ([], [])
+    for fraction, out in ((1.0, edge), (0.0, inside)):
+        cfg = SynthesizeParams(edge_fraction=fraction, defect_fraction=0.99, mark_fraction=0, class_weights=(1,) * 4)
+        for i in range(24):
+            out += [_border_distance(m) for m in make_image(cfg, SEED, i)[1].values()]
+    assert max(edge) <= 16, edge
+    assert np.median(inside) > 30, inside  # cracks across the strip and big patches may reach a border too
+
+
+def test_harmless_marks_change_the_image_but_not_the_masks():
+    without, marked = SynthesizeParams(mark_fraction=0), SynthesizeParams(mark_fraction=1)
+    changed = 0
+    for i in range(10):
+        (img, masks), (marked_img, marked_masks) = make_image(without, SEED, i), make_image(marked, SEED, i)
+        assert masks.keys() == marked_masks.keys() and all(np.array_equal(masks[c], marked_masks[c]) for c in masks)
+        diff = np.abs(marked_img.astype(float) - img)
+        changed += diff.max() > 5
+        assert diff.max() <= 25  # faint: a harmless mark is no stronger than a faint defect
+    assert changed == 10
 
 
 # --- the written files ------------------------------------------------------------------------------------

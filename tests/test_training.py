@@ -12,13 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steeldefect.cache import feature_key, image_cache_key
 from steeldefect.dataset import prepare
 from steeldefect.export import MODEL_JSON, MODEL_WEIGHTS, export, load_model
 from steeldefect.model import build_model
 from steeldefect.params import FineTuneParams, HeadParams, SynthesizeParams, TrainParams
 from steeldefect.pipeline import image_dataset
+from steeldefect.runtime import Runtime
 from steeldefect.synthetic import write_dataset
-from steeldefect.training import feature_key, image_cache_key, train, unfreeze_last_stages
+from steeldefect.training import train, unfreeze_last_stages
 
 TINY = TrainParams(
     epochs=2,
@@ -37,20 +39,30 @@ def images(tmp_path_factory) -> pd.DataFrame:
     return prepare(root / "data")[0]
 
 
-def run_train(p: TrainParams, images: pd.DataFrame, tmp_path) -> tuple[np.ndarray, pd.DataFrame]:
-    p = dataclasses.replace(p, feature_cache=str(tmp_path / "cache"))
-    train(p, 0, images[:12], images[12:], tmp_path / "w.weights.h5", tmp_path / "live")
+def run_train(p: TrainParams, images: pd.DataFrame, tmp_path, image_cache=None) -> tuple[np.ndarray, pd.DataFrame]:
+    runtime = Runtime(feature_cache=tmp_path / "cache", image_cache=image_cache)
+    train(p, 0, images[:12], images[12:], tmp_path / "w.weights.h5", tmp_path / "live", runtime)
     model, _, _ = build_model(p, weights=None)
     model.load_weights(tmp_path / "w.weights.h5")
     curve = pd.read_csv(tmp_path / "live/plots/metrics/eval/loss.tsv", sep="\t")
     return model.get_layer("classifier").get_weights()[0], curve
 
 
-def test_feature_cache_is_written_then_reused(images, tmp_path):
-    first, curve = run_train(TINY, images, tmp_path)
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 and len(curve) == 2
-    second, _ = run_train(TINY, images, tmp_path)  # reads the cached features: same result
-    np.testing.assert_array_equal(first, second)
+def test_feature_cache_is_written_then_reused(images, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        first, curve = run_train(TINY, images, tmp_path)
+    assert "features of 12 images computed" in caplog.text and "features of 4 images computed" in caplog.text
+    files = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(files) == 2 and len(curve) == 2
+    written = {f: f.stat().st_mtime_ns for f in files}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second, _ = run_train(TINY, images, tmp_path)
+    # the second run read both files and computed nothing, and the files were left as they were
+    assert "computed" not in caplog.text
+    assert caplog.text.count("images read from") == 2 and all(f"images read from {f}" in caplog.text for f in files)
+    assert {f: f.stat().st_mtime_ns for f in files} == written
+    np.testing.assert_array_equal(first, second)  # the same features give the same training
 
 
 def test_feature_key_depends_on_what_changes_features(images):
@@ -102,13 +114,12 @@ def test_image_cache_gives_the_uncached_batches_and_is_read_without_decoding(ima
 def test_image_cache_is_written_then_read_with_the_uncached_result(images, tmp_path, caplog):
     p = dataclasses.replace(TINY, augment=True)  # trains on the images (the feature cache is off)
     uncached, _ = run_train(p, images, tmp_path / "uncached")
-    cached = dataclasses.replace(p, image_cache=str(tmp_path / "images"))
-    first, _ = run_train(cached, images, tmp_path / "first")
+    first, _ = run_train(p, images, tmp_path / "first", image_cache=tmp_path / "images")
     folders = sorted(path.name for path in (tmp_path / "images").iterdir())
     assert folders == sorted(image_cache_key(df, p.image_size) for df in (images[:12], images[12:]))
     assert all((tmp_path / "images" / name / "images.index").is_file() for name in folders)  # complete
-    with caplog.at_level(logging.INFO, logger="steeldefect.training"):
-        second, _ = run_train(cached, images, tmp_path / "second")
+    with caplog.at_level(logging.INFO, logger="steeldefect.cache"):
+        second, _ = run_train(p, images, tmp_path / "second", image_cache=tmp_path / "images")
     assert caplog.text.count("decoded images of") == 2 and caplog.text.count(" read from ") == 2
     np.testing.assert_array_equal(first, uncached)
     np.testing.assert_array_equal(second, uncached)

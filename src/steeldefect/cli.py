@@ -1,6 +1,7 @@
 """The `steeldefect` command.
 
     steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
+    steeldefect cache info | clear [--kind features|images]
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, and the image
 size from model_meta.json), through the same tf.data preprocessing and prediction code as the predict stage, and
@@ -99,7 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
         "defect map, the cells >= the map threshold outlined in yellow",
     )
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    cache = commands.add_parser(
+        "cache",
+        help="show or free the feature and image caches",
+        description="The caches shared by every run and experiment (frozen-backbone features, decoded images) "
+        "live in $STEELDEFECT_CACHE_DIR, else $XDG_CACHE_HOME/steeldefect, else ~/.cache/steeldefect.",
+    )
+    cache.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
+    cache.add_argument("--kind", choices=["features", "images"], help="clear only this kind (default: both)")
     return parser
+
+
+def cache_command(action: str, kind: str | None) -> None:
+    """`steeldefect cache info` / `steeldefect cache clear [--kind features|images]`."""
+    from steeldefect import cache
+
+    root = cache.default_root()
+    if action == "clear":
+        freed = cache.clear(root, (kind,) if kind else cache.KINDS)
+        print(f"cleared {kind or 'features and images'} in {root}: {freed / 2**20:.1f} MiB freed")
+        return
+    print(f"cache folder: {root}")
+    for name, stats in cache.info(root).items():
+        print(f"  {name:<9} {stats['entries']:>5} entries  {stats['bytes'] / 2**20:>10.1f} MiB")
 
 
 def expand_images(inputs: Sequence[str | Path]) -> list[str]:
@@ -227,6 +250,12 @@ def predict(
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
     value, source = resolve_threshold(threshold, model_dir)
     model, image_size, meta = load_for_inference(model_dir)
+    if meta.get("degenerate"):
+        print(
+            f"warning: {model_dir / 'model_meta.json'} says this model is degenerate (its training run learned "
+            "nothing: constant or chance-level predictions); its probabilities are meaningless.",
+            file=sys.stderr,
+        )
     if maps_dir is not None:
         if not has_defect_map(model):
             raise UserError(
@@ -271,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def command() -> None:
         nonlocal code
+        if args.command == "cache":
+            return cache_command(args.action, args.kind)
         code = predict(
             args.images,
             args.model_dir,

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from steeldefect.errors import UserError
-from steeldefect.severstal import read_labels, read_masks, rle_decode
+from steeldefect.severstal import MasksCsv, read_labels, read_masks, rle_decode
 
 IMAGE_COLUMNS = ["ImageId", "path", "label", "classes", "n_masks", "height", "width", "md5"]
 
@@ -38,42 +38,60 @@ def prepare(source: Path, on_bad_image: str = "fail") -> tuple[pd.DataFrame, pd.
     metrics. Every missing or undecodable image is found before reporting: with on_bad_image "fail" they are
     all listed in one UserError, with "skip" they are left out (with their masks) and listed in `excluded`.
     """
-    masks_csv, labels_csv, image_dir = (
-        source / "train.csv",
-        source / "defect_and_no_defect.csv",
-        source / "train_images",
-    )
+    masks_csv, labels_csv = source / "train.csv", source / "defect_and_no_defect.csv"
+    image_dir = source / "train_images"
     for p in (masks_csv, image_dir):
         if not p.exists():
             raise UserError(
                 f"{p}: not found. data.source must be a folder holding train_images/ and train.csv "
                 "(and optionally defect_and_no_defect.csv), or 'synthetic'."
             )
-    masks = read_masks(masks_csv)
+    parsed = read_masks(masks_csv)
     if labels_csv.exists():
-        labels = read_labels(labels_csv)
-        derived = set()
-        stray = sorted(set(masks.ImageId) - set(labels.ImageId))
-        if stray:
-            raise UserError(
-                f"{masks_csv}: ImageId {stray[0]} has a mask but is not in {labels_csv} "
-                f"({len(stray)} such images); add it to the labels file or remove its masks."
-            )
-        clean_with_mask = sorted(set(masks.ImageId) & set(labels.ImageId[labels.label == 0]))
-        if clean_with_mask:
-            raise UserError(
-                f"{labels_csv}: ImageId {clean_with_mask[0]} is labelled 0 (clean) but has a mask in "
-                f"{masks_csv} ({len(clean_with_mask)} such images); fix the label or the mask."
-            )
+        labels, derived = _checked_labels(parsed.masks, masks_csv, labels_csv), set()
     else:
-        on_disk = sorted(p.name for p in image_dir.glob("*.jpg"))
-        listed = set(masks.attrs["images"])
-        derived = set(on_disk) - listed  # clean because train.csv does not mention them
-        ids = sorted(listed | set(on_disk))
-        defective = set(masks.ImageId)
-        labels = pd.DataFrame({"ImageId": ids, "label": [int(i in defective) for i in ids]})
+        labels, derived = _labels_from_masks(parsed, image_dir)
+    by_image = parsed.masks.groupby("ImageId").ClassId.apply(lambda s: " ".join(map(str, sorted(s))))
+    images, excluded = _check_images(labels, image_dir, by_image, on_bad_image)
+    masks = parsed.masks[~parsed.masks.ImageId.isin(excluded.ImageId)]
+    masks = masks.assign(area=_mask_areas(masks, images, masks_csv))[["ImageId", "ClassId", "EncodedPixels", "area"]]
+    derived_clean = int(images.ImageId.isin(derived).sum())
+    return images, masks, excluded, data_metrics(images, masks, excluded, derived_clean)
 
-    by_image = masks.groupby("ImageId").ClassId.apply(lambda s: " ".join(map(str, sorted(s))))
+
+def _checked_labels(masks: pd.DataFrame, masks_csv: Path, labels_csv: Path) -> pd.DataFrame:
+    """The labels file (authoritative), checked against the masks: no mask without a label, no clean image
+    with a mask."""
+    labels = read_labels(labels_csv)
+    stray = sorted(set(masks.ImageId) - set(labels.ImageId))
+    if stray:
+        raise UserError(
+            f"{masks_csv}: ImageId {stray[0]} has a mask but is not in {labels_csv} "
+            f"({len(stray)} such images); add it to the labels file or remove its masks."
+        )
+    clean_with_mask = sorted(set(masks.ImageId) & set(labels.ImageId[labels.label == 0]))
+    if clean_with_mask:
+        raise UserError(
+            f"{labels_csv}: ImageId {clean_with_mask[0]} is labelled 0 (clean) but has a mask in "
+            f"{masks_csv} ({len(clean_with_mask)} such images); fix the label or the mask."
+        )
+    return labels
+
+
+def _labels_from_masks(parsed: MasksCsv, image_dir: Path) -> tuple[pd.DataFrame, set[str]]:
+    """Without a labels file: defective = has a mask; every other image listed or on disk is clean. Also
+    returns the images that are clean only because train.csv does not mention them."""
+    on_disk = {p.name for p in image_dir.glob("*.jpg")}
+    derived = on_disk - set(parsed.images)
+    ids = sorted(set(parsed.images) | on_disk)
+    defective = set(parsed.masks.ImageId)
+    return pd.DataFrame({"ImageId": ids, "label": [int(i in defective) for i in ids]}), derived
+
+
+def _check_images(
+    labels: pd.DataFrame, image_dir: Path, by_image: pd.Series, on_bad_image: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, excluded): one checked row per labelled image that decodes, and the ones that do not."""
     rows, problems = [], []
     for image_id, label in zip(labels.ImageId, labels.label, strict=True):
         path = image_dir / image_id
@@ -87,7 +105,6 @@ def prepare(source: Path, on_bad_image: str = "fail") -> tuple[pd.DataFrame, pd.
             continue
         classes = by_image.get(image_id, "")
         rows.append((image_id, str(path), int(label), classes, len(classes.split()), height, width, md5))
-    excluded = pd.DataFrame(problems, columns=["ImageId", "problem"])
     if problems and on_bad_image == "fail":
         listing = "; ".join(f"{i}: {why}" for i, why in problems[:20])
         more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -95,18 +112,18 @@ def prepare(source: Path, on_bad_image: str = "fail") -> tuple[pd.DataFrame, pd.
             f"{image_dir}: {len(problems)} listed image(s) are missing or unreadable: {listing}{more}. "
             "Restore the files, remove them from the CSV files, or set prepare.on_bad_image: skip."
         )
-    images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
-    derived_clean = int(images.ImageId.isin(derived).sum())
-    masks = masks[~masks.ImageId.isin(excluded.ImageId)]
+    return pd.DataFrame(rows, columns=IMAGE_COLUMNS), pd.DataFrame(problems, columns=["ImageId", "problem"])
 
+
+def _mask_areas(masks: pd.DataFrame, images: pd.DataFrame, masks_csv: Path) -> list[int]:
+    """Pixels of every mask, decoded (and so validated) at its image's own size."""
     size = images.set_index("ImageId")[["height", "width"]]
     areas = []
     for rec in masks.itertuples(index=False):
         h, w = size.loc[rec.ImageId]
         where = f"{masks_csv} row {rec.row} (ImageId {rec.ImageId}, ClassId {rec.ClassId})"
         areas.append(int(rle_decode(rec.EncodedPixels, int(h), int(w), where).sum()))
-    masks = masks.assign(area=areas)[["ImageId", "ClassId", "EncodedPixels", "area"]]
-    return images, masks, excluded, data_metrics(images, masks, excluded, derived_clean)
+    return areas
 
 
 def data_metrics(images: pd.DataFrame, masks: pd.DataFrame, excluded: pd.DataFrame, derived_clean: int) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -102,6 +103,22 @@ def distributed(ds: tf.data.Dataset, strategy: tf.distribute.Strategy) -> tf.dat
     return ds.with_options(options)
 
 
+PATCHED_KERAS = (3, 15)  # the Keras version (major, minor) whose private code keras_multi_worker_fixes replaces
+
+
+def check_keras_version(version: str) -> None:
+    """The multi-worker workarounds patch private Keras code read in Keras 3.15: refuse any other version rather
+    than patch code that may have changed."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if not found or (int(found[1]), int(found[2])) != PATCHED_KERAS:
+        raise UserError(
+            f"train.strategy = 'multi_worker' needs workarounds written for Keras "
+            f"{'.'.join(map(str, PATCHED_KERAS))}.x, and this is Keras {version}; install keras=="
+            f"{'.'.join(map(str, PATCHED_KERAS))}.* (requirements.txt) or check whether Keras now supports "
+            "MultiWorkerMirroredStrategy (keras-team/keras#20585) and update src/steeldefect/distribute.py."
+        )
+
+
 @contextmanager
 def keras_multi_worker_fixes(strategy: tf.distribute.Strategy, models: list[keras.Model]) -> Iterator[None]:
     """Work around two Keras 3 bugs that stop `fit` under MultiWorkerMirroredStrategy (keras-team/keras#20585,
@@ -117,17 +134,10 @@ def keras_multi_worker_fixes(strategy: tf.distribute.Strategy, models: list[kera
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         yield
         return
+    check_keras_version(keras.__version__)
     models = list({id(model): model for model in models}.values())
     from keras.src.backend.tensorflow import trainer as tf_trainer  # the module whose functions are patched
 
-    if not hasattr(tf_trainer, "reduce_per_replica") or not all(
-        hasattr(m, "_symbolic_build") and hasattr(m, "_maybe_symbolic_build") for m in models
-    ):
-        raise UserError(
-            f"train.strategy = 'multi_worker' needs workarounds written for Keras 3.15, and Keras "
-            f"{keras.__version__} changed the code they replace; use Keras 3.15 or check whether Keras now "
-            "supports MultiWorkerMirroredStrategy (keras-team/keras#20585)."
-        )
     original = tf_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):

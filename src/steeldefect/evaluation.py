@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -12,28 +13,15 @@ from steeldefect.localization import DICE_COLUMNS, localization_metrics
 from steeldefect.masks import resize_nearest
 from steeldefect.metrics import (
     binary_metrics,
-    choose_threshold,
+    pick_threshold,
     pr_points,
     recall_per_class,
     roc_points,
+    scored_metrics,
     threshold_sweep,
 )
 from steeldefect.params import EvaluateParams
 from steeldefect.plots import Tile, gallery
-
-
-def pick_threshold(p: EvaluateParams, val: pd.DataFrame) -> dict:
-    """The threshold in use and why: the number from params, or "auto" chosen on the validation split."""
-    if p.threshold != "auto":
-        return {"threshold": float(p.threshold), "policy": "fixed"}
-    t, recall, reached = choose_threshold(val.label.to_numpy(), val.probability.to_numpy(), p.target_recall)
-    return {
-        "threshold": t,
-        "policy": "auto",
-        "target_recall": p.target_recall,
-        "val_recall": recall,
-        "target_reached": reached,
-    }
 
 
 def _label(v: int) -> str:
@@ -136,3 +124,53 @@ def evaluate(
     atomic.write_json(threshold_path, choice)
     atomic.write_json(metrics_path, metrics)
     return metrics
+
+
+# Deep model against the classical baseline (stage `baseline`, steeldefect.baseline).
+COMPARED = ("roc_auc", "average_precision", "balanced_accuracy", "accuracy", "precision", "recall", "specificity", "f1")
+NAMES = {"roc_auc": "ROC AUC", "average_precision": "average precision", "balanced_accuracy": "balanced accuracy"}
+
+
+def compare_with_baseline(deep: dict, baseline: dict) -> dict:
+    """Deep model minus baseline for each metric in COMPARED (None where either is missing)."""
+    return {
+        k: None if deep.get(k) is None or baseline.get(k) is None else round(deep[k] - baseline[k], 6) for k in COMPARED
+    }
+
+
+def baseline_warning(deep: dict, baseline: dict) -> str | None:
+    """A warning naming each headline metric (NAMES) on which the deep model is below the baseline, or None."""
+    diff = compare_with_baseline(deep, baseline)
+    worse = [
+        f"{name} {deep[k]:.3f} vs {baseline[k]:.3f} ({diff[k]:+.3f})"
+        for k, name in NAMES.items()
+        if diff[k] is not None and diff[k] < 0
+    ]
+    if not worse:
+        return None
+    return (
+        "WARNING: the deep model is worse than the classical baseline (texture features + gradient boosting, "
+        f"metrics/baseline.json) on the test split: {'; '.join(worse)}. Train longer, use pretrained weights, or "
+        "keep the baseline."
+    )
+
+
+def evaluate_baseline(
+    p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame, metrics_path: Path, plots_dir: Path
+) -> dict:
+    """The baseline's metrics (same threshold policy as the deep model's) and its ROC / precision-recall data."""
+    metrics = scored_metrics(p, val, test)
+    y, prob = test.label.to_numpy(), test.probability.to_numpy()
+    both = len(set(y)) == 2
+    atomic.write_json(plots_dir / "roc_baseline.json", {"roc": roc_points(y, prob) if both else []})
+    pr = {"precision_recall": pr_points(y, prob) if both else []}
+    atomic.write_json(plots_dir / "precision_recall_baseline.json", pr)
+    atomic.write_json(metrics_path, metrics)
+    return metrics
+
+
+def add_baseline_comparison(metrics_path: Path, baseline: dict) -> str | None:
+    """Write `vs_baseline` (deep minus baseline) into the deep model's metrics file; return the warning, if any."""
+    deep = json.loads(Path(metrics_path).read_text())
+    atomic.write_json(metrics_path, {**deep, "vs_baseline": compare_with_baseline(deep, baseline)})
+    return baseline_warning(deep, baseline)

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from tensorflow.core.protobuf import fingerprint_pb2
 
 from steeldefect import atomic
 from steeldefect.errors import UserError
@@ -79,6 +80,17 @@ def save_serving_model(model: keras.Model, image_size: tuple[int, int], path: Pa
     module.model = model
     module.serve = tf.function(serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    _stable_fingerprint(path)
+
+
+def _stable_fingerprint(path: Path) -> None:
+    """TensorFlow writes a random `uuid` into fingerprint.pb, the only file of a SavedModel that differs between
+    two exports of the same weights (so DVC would see a new output, and `dvc.lock` would change, on every rerun).
+    Derive it from the fingerprint's content hashes instead: equal models, equal bytes."""
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString((Path(path) / "fingerprint.pb").read_bytes())
+    hashes = (fingerprint.saved_model_checksum, fingerprint.signature_def_hash, fingerprint.checkpoint_hash)
+    fingerprint.uuid = str(int(hashlib.md5(repr(hashes).encode()).hexdigest(), 16))
+    (Path(path) / "fingerprint.pb").write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def keras_outputs(model: keras.Model, images: tf.data.Dataset) -> dict[str, np.ndarray]:

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from steeldefect.params import EvaluateParams
+
 
 def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
     """Metrics at `threshold` (predicted defective when prob >= threshold); positive class = defect."""
@@ -97,3 +99,26 @@ def pointing_hit(defect_map: np.ndarray, true: np.ndarray) -> bool:
     """Whether the defect map's maximum (the first one, in row-major order) falls inside the true mask; both
     arrays on the same grid."""
     return bool(np.asarray(true, bool).flat[int(np.argmax(defect_map))])
+
+
+def pick_threshold(p: EvaluateParams, val: pd.DataFrame) -> dict:
+    """The threshold in use and why: the number from params, or "auto" chosen on the validation split."""
+    if p.threshold != "auto":
+        return {"threshold": float(p.threshold), "policy": "fixed"}
+    t, recall, reached = choose_threshold(val.label.to_numpy(), val.probability.to_numpy(), p.target_recall)
+    return {
+        "threshold": t,
+        "policy": "auto",
+        "target_recall": p.target_recall,
+        "val_recall": recall,
+        "target_reached": reached,
+    }
+
+
+def scored_metrics(p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """Metrics on `test` at the threshold chosen on `val` (both: label, probability), as evaluate's."""
+    choice = pick_threshold(p, val)
+    return {
+        **binary_metrics(test.label.to_numpy(), test.probability.to_numpy(), choice["threshold"]),
+        "threshold_choice": choice,
+    }

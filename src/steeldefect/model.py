@@ -48,9 +48,12 @@ def pool(features: keras.KerasTensor, p: HeadParams) -> keras.KerasTensor:
 
 
 def build_classifier(n_features: int, p: HeadParams) -> keras.Model:
-    """The head's trainable part: Dense(relu) -> Dropout -> Dense(1, sigmoid)."""
+    """The head's trainable part: [BatchNormalization ->] Dense(relu) -> Dropout -> Dense(1, sigmoid). The
+    normalisation makes the head independent of the features' scale (momentum 0.9: the running statistics
+    used at inference follow the batches within a few epochs)."""
     inputs = keras.Input((n_features,))
-    x = keras.layers.Dense(p.dense_units, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(inputs) if p.normalize == "batchnorm" else inputs
+    x = keras.layers.Dense(p.dense_units, activation="relu")(x)
     x = keras.layers.Dropout(p.dropout)(x)
     # float32 even under a mixed precision policy, so the probabilities (and the loss) stay float32
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x), name="classifier")

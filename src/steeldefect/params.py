@@ -27,10 +27,15 @@ class DataParams:
 
 @dataclass(frozen=True)
 class SynthesizeParams:
-    n_images: int = 400
-    defect_fraction: float = 0.53
-    class_weights: tuple[float, float, float, float] = (0.12, 0.03, 0.73, 0.12)
+    n_images: int = 600
+    defect_fraction: float = 0.53  # Severstal: 6,666 of 12,568 images
+    class_weights: tuple[float, float, float, float] = (0.12, 0.03, 0.73, 0.12)  # Severstal's class mix
     two_class_fraction: float = 0.05
+    # the difficulty (see synthetic.py): faint defects, defects at the borders, harmless marks
+    faint_fraction: float = 0.1  # share of defects drawn faint (and faint pits tiny)
+    faint_contrast: float = 0.5  # a faint defect's contrast relative to a normal one
+    edge_fraction: float = 0.15  # share of defects at an image border, partly cut off
+    mark_fraction: float = 0.4  # share of images (clean or defective) with oil stains, water spots or roll marks
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class HeadParams:
     pool_size: int = 4
     dense_units: int = 256
     dropout: float = 0.3
+    # batchnorm: BatchNormalization of the pooled features first, so the head does not depend on their scale
+    # (raw pooled activations of a random backbone have an arbitrary one); none: the notebook's head
+    normalize: Literal["batchnorm", "none"] = "batchnorm"
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class MaskParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 16
     image_size: tuple[int, int] = (128, 800)  # height, width fed to the network
     learning_rate: float = 0.001
@@ -88,18 +96,9 @@ class TrainParams:
     freeze_backbone: bool = True
     backbone_layer: str | None = "conv3_block4_out"  # cut ResNet50 after this layer; None = whole network
     head: HeadParams = field(default_factory=HeadParams)
-    patience: int = 8  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
+    patience: int = 10  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
     augment: bool = False  # random flips, brightness and contrast in the graph; turns the feature cache off
-    # frozen backbone: features computed once per image, kept in this folder keyed by everything they depend
-    # on (images, image size, weights, cut, pooling, seed), so later runs with other head params reuse them
-    feature_cache: str | None = ".cache/features"
     fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
-    # "default" (one device), "mirrored" (all GPUs of this machine, else its CPU devices) or "multi_worker"
-    # (several machines, configured by the TF_CONFIG environment variable); batch_size is the global batch
-    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
-    # decoded, resized images kept on disk (tf.data cache) so epochs after the first never decode a JPEG:
-    # False / None = off, True = ".cache/images", or a folder; keyed by the image list and image size
-    image_cache: bool | str | None = False
     # None (float32), "mixed_float16" (GPUs) or "mixed_bfloat16" (TPUs, recent CPUs / GPUs); the output stays float32
     mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
     # image: image labels only (frozen backbone + head, feature cache); mask: also the pixel masks, the whole
@@ -123,6 +122,15 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class BaselineParams:
+    # the classical baseline: texture features (LBP, HOG, intensity statistics) of the grey image resized to
+    # image_size (height, width), then scikit-learn's HistGradientBoostingClassifier
+    image_size: tuple[int, int] = (128, 128)
+    max_iter: int = 300
+    learning_rate: float = 0.05
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     data: DataParams = field(default_factory=DataParams)
@@ -132,6 +140,15 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     export: ExportParams = field(default_factory=ExportParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    baseline: BaselineParams = field(default_factory=BaselineParams)
+
+
+# runtime settings that were params: they choose how and where training runs, not the model (steeldefect.runtime)
+MOVED = {
+    "train.strategy": "STEELDEFECT_STRATEGY",
+    "train.feature_cache": "STEELDEFECT_FEATURE_CACHE (on / off) and STEELDEFECT_CACHE_DIR",
+    "train.image_cache": "STEELDEFECT_IMAGE_CACHE (on / off) and STEELDEFECT_CACHE_DIR",
+}
 
 
 def _bad(key: str, value: object, allowed: str) -> UserError:
@@ -184,6 +201,12 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
     unknown = sorted(map(str, set(raw) - names))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        if key in MOVED:
+            raise UserError(
+                f"params.yaml: {key} is no longer a param: it is a runtime setting (it does not change the model, "
+                f"so DVC does not track it). Remove it from params.yaml and set the environment variable "
+                f"{MOVED[key]} instead."
+            )
         raise UserError(f"params.yaml: unknown key {key!r}; known keys here: {', '.join(sorted(names))}.")
     return cls(**{k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in raw.items()})
 
@@ -202,7 +225,9 @@ def _check(p: Params) -> None:
         s.class_weights,
         "four non-negative weights, not all zero",
     )
-    need(0 <= s.two_class_fraction <= 1, "synthesize.two_class_fraction", s.two_class_fraction, "a fraction in [0, 1]")
+    for key in ("two_class_fraction", "faint_fraction", "edge_fraction", "mark_fraction"):
+        need(0 <= getattr(s, key) <= 1, f"synthesize.{key}", getattr(s, key), "a fraction in [0, 1]")
+    need(0 < s.faint_contrast <= 1, "synthesize.faint_contrast", s.faint_contrast, "a number in (0, 1]")
     need(p.prepare.sample_images >= 1, "prepare.sample_images", p.prepare.sample_images, "an integer >= 1")
     for key in ("test_size", "val_size"):
         v = getattr(p.split, key)
@@ -221,12 +246,6 @@ def _check(p: Params) -> None:
     need(t.fine_tune.epochs >= 0, "train.fine_tune.epochs", t.fine_tune.epochs, "an integer >= 0")
     need(1 <= t.fine_tune.stages <= 4, "train.fine_tune.stages", t.fine_tune.stages, "an integer from 1 to 4")
     need(t.fine_tune.learning_rate > 0, "train.fine_tune.learning_rate", t.fine_tune.learning_rate, "a number > 0")
-    need(
-        not isinstance(t.image_cache, str) or t.image_cache.strip() != "",
-        "train.image_cache",
-        t.image_cache,
-        "false, true (the folder .cache/images) or a non-empty folder path",
-    )
     need(t.head.pool_size >= 1, "train.head.pool_size", t.head.pool_size, "an integer >= 1")
     need(t.head.dense_units >= 1, "train.head.dense_units", t.head.dense_units, "an integer >= 1")
     need(0 <= t.head.dropout < 1, "train.head.dropout", t.head.dropout, "a fraction in [0, 1)")
@@ -248,6 +267,10 @@ def _check(p: Params) -> None:
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
     need(0 <= e.map_threshold <= 1, "evaluate.map_threshold", e.map_threshold, "a number in [0, 1]")
+    b = p.baseline
+    need(min(b.image_size) >= 32, "baseline.image_size", list(b.image_size), "[height, width], each >= 32")
+    need(b.max_iter >= 1, "baseline.max_iter", b.max_iter, "an integer >= 1")
+    need(b.learning_rate > 0, "baseline.learning_rate", b.learning_rate, "a number > 0")
 
 
 STAGE_STRIDES = {"conv1": 2, "pool1": 4, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
@@ -273,7 +296,6 @@ def _check_mask(t: TrainParams, need) -> None:
     need(0 <= m.bn_momentum < 1, "train.mask.bn_momentum", m.bn_momentum, "a fraction in [0, 1)")
     if t.supervision != "mask":
         return
-    need(t.strategy == "default", "train.strategy", t.strategy, "default with train.supervision mask")
     need(t.mixed_precision is None, "train.mixed_precision", t.mixed_precision, "null with train.supervision mask")
     stride = map_stride(t)
     need(

@@ -23,7 +23,7 @@ from steeldefect.atomic import path_for
 from steeldefect.model import OPTIMIZERS, build_mask_model
 from steeldefect.params import TrainParams, map_stride
 from steeldefect.pipeline import mask_eval_dataset, mask_training_dataset
-from steeldefect.training import set_seed, standard_callbacks
+from steeldefect.training import check_health, set_seed, standard_callbacks
 
 log = logging.getLogger(__name__)
 # The checkpoint, EarlyStopping and ReduceLROnPlateau follow the validation AUC of the image probability, not
@@ -88,6 +88,7 @@ def train(
             )
             model.load_weights(best)
             seconds = time.perf_counter() - start
+            check_health(model, val_ds, val_df.label.to_numpy(), live)
             scores = history.history[MONITOR]
             live.log_params({"supervision": "mask", "map_stride": stride, "training": crops})
             for name, value in {

@@ -10,6 +10,7 @@ message saying what is wrong, where (file and line), and how to fix it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 
 from steeldefect.errors import UserError
 
-__all__ = ["check_image_id", "read_labels", "read_masks", "rle_decode", "rle_encode"]
+__all__ = ["MasksCsv", "check_image_id", "read_labels", "read_masks", "rle_decode", "rle_encode"]
 
 # A whole RLE string made only of ASCII integers separated by whitespace (numpy alone would also accept
 # "1_000" or non-ASCII digits, which no RLE writer produces).
@@ -180,15 +181,24 @@ def _parse_class_id(text: str, where: str) -> int:
     return int(text)
 
 
-def read_masks(csv_path: Path) -> pd.DataFrame:
+@dataclass(frozen=True)
+class MasksCsv:
+    """A parsed ``train.csv``: the non-empty masks, every ImageId the file lists (with or without a mask, sorted)
+    and its format, ``"2019"`` or ``"long"``."""
+
+    masks: pd.DataFrame
+    images: list[str]
+    format: str
+
+
+def read_masks(csv_path: Path) -> MasksCsv:
     """Read ``train.csv`` in the 2019 competition format or the later long format (from the header).
 
     2019 format: ``ImageId_ClassId,EncodedPixels`` (ids like ``abc.jpg_3``, empty masks where absent).
     Long format: ``ImageId,ClassId,EncodedPixels`` (rows only for defects).
 
-    Returns columns ImageId (str), ClassId (int), EncodedPixels (str) and ``row`` (1-based line number in
-    the file; the header is line 1), one row per non-empty mask, in file order. ``df.attrs["images"]`` is
-    the sorted list of every ImageId in the file and ``df.attrs["format"]`` is ``"2019"`` or ``"long"``.
+    The masks table has columns ImageId (str), ClassId (int), EncodedPixels (str) and ``row`` (1-based line
+    number in the file; the header is line 1), one row per non-empty mask, in file order.
     """
     path = Path(csv_path)
     raw = _read_csv(path)
@@ -242,9 +252,7 @@ def read_masks(csv_path: Path) -> pd.DataFrame:
             f"{path} rows {rows[0]} and {rows[1]}: ImageId {first.ImageId} has two masks for ClassId "
             f"{first.ClassId}; keep one row per (image, class), merging the masks if both are needed."
         )
-    df.attrs["images"] = images
-    df.attrs["format"] = fmt
-    return df
+    return MasksCsv(df, images, fmt)
 
 
 def read_labels(csv_path: Path) -> pd.DataFrame:

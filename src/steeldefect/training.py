@@ -6,18 +6,19 @@ classifier is trained on them for every epoch. An optional fine-tuning phase the
 stages and trains the whole model on the images with a lower learning rate. The saved weights are always
 those of the whole model (backbone + head).
 
-`train.strategy` spreads the batches over several devices (`mirrored`) or machines (`multi_worker`, configured
-by TF_CONFIG; every worker runs the same `train` call, and only the chief writes the weights, the dvclive logs
-and the caches to their real paths). `train.image_cache` keeps decoded, resized images on disk between epochs
-and runs; `train.mixed_precision` computes in float16 / bfloat16 with float32 weights and output.
+The runtime settings (steeldefect.runtime: not params) choose the strategy, which spreads the batches over
+several devices (`mirrored`) or machines (`multi_worker`, configured by TF_CONFIG; every worker runs the same
+`train` call, and only the chief writes the weights, the dvclive logs and the caches to their real paths), and
+the caches (steeldefect.cache: features, and decoded images kept on disk between epochs and runs).
+`train.mixed_precision` computes in float16 / bfloat16 with float32 weights and output.
+
+After training, the model is checked on the validation split (steeldefect.health): a degenerate run (constant
+predictions, or ROC AUC no better than chance) is flagged in the metrics and by a warning.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -30,16 +31,16 @@ import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
+from steeldefect import health
 from steeldefect.atomic import path_for
+from steeldefect.cache import FeatureCache, ImageCache, feature_key
 from steeldefect.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
 from steeldefect.model import build_model, compile_for_training
 from steeldefect.params import TrainParams
 from steeldefect.pipeline import image_dataset
+from steeldefect.runtime import Runtime, load_runtime
 
 log = logging.getLogger(__name__)
-PREPROCESSING_VERSION = "decode-rgb/bilinear-antialias/resnet50-caffe/v1"
-IMAGE_CACHE_VERSION = "decode-rgb/bilinear-antialias/float32/v1"  # what the image cache holds (before preprocessing)
-DEFAULT_IMAGE_CACHE = ".cache/images"
 
 
 def set_seed(seed: int) -> None:
@@ -50,84 +51,7 @@ def set_seed(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-# --- caches -----------------------------------------------------------------------------------------------
-
-
-def feature_key(p: TrainParams, seed: int, df: pd.DataFrame) -> str:
-    """Everything the frozen features depend on: the images (their md5), the preprocessing and input size,
-    the backbone (weights file content, cut, seed of a random init), the pooling and the mixed precision."""
-    weights = p.weights
-    if weights not in (None, "imagenet"):
-        weights = hashlib.md5(Path(weights).read_bytes()).hexdigest()
-    key = {
-        "images": list(df.md5),
-        "image_size": list(p.image_size),
-        "preprocessing": PREPROCESSING_VERSION,
-        "weights": weights,
-        "seed": seed,
-        "cut": p.backbone_layer,
-        "pooling": p.head.pooling,
-        "pool_size": p.head.pool_size,
-        "versions": [tf.__version__, keras.__version__],
-    }
-    if p.mixed_precision:  # only when set, so float32 keys (and caches) stay as they were
-        key["mixed_precision"] = p.mixed_precision
-    return hashlib.md5(json.dumps(key).encode()).hexdigest()
-
-
-def image_cache_key(df: pd.DataFrame, image_size: tuple[int, int]) -> str:
-    """What the cached decoded images depend on: the images in order (their md5), the size, the decoding."""
-    key = {
-        "images": list(df.md5),
-        "image_size": list(image_size),
-        "decoding": IMAGE_CACHE_VERSION,
-        "tensorflow": tf.__version__,
-    }
-    return hashlib.md5(json.dumps(key).encode()).hexdigest()
-
-
-def image_cache_folder(p: TrainParams) -> Path | None:
-    if p.image_cache is None or p.image_cache is False:
-        return None
-    return Path(DEFAULT_IMAGE_CACHE if p.image_cache is True else p.image_cache)
-
-
-class ImageCache:
-    """Decoded, resized images of one image list in `folder/<key>/images.{index,data-*}` (tf.data's cache
-    format). A list not cached yet is written by its first full pass into a private `.<key>.*` folder, moved
-    into place by `close()` only when complete: an interrupted run or a concurrent one (same key) never leaves
-    or reads a partial cache, nor trips over tf.data's lock file."""
-
-    def __init__(self, folder: Path | None, image_size: tuple[int, int]):
-        self.folder, self.image_size = folder, image_size
-        self.pending: dict[str, Path] = {}
-
-    def prefix(self, df: pd.DataFrame) -> str | None:
-        """The tf.data cache prefix for the images of `df` (None when the cache is off)."""
-        if self.folder is None:
-            return None
-        key = image_cache_key(df, self.image_size)
-        final = self.folder / key
-        if (final / "images.index").is_file():
-            log.info("decoded images of %d images read from %s", len(df), final)
-            return str(final / "images")
-        if key not in self.pending:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.pending[key] = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
-            size = len(df) * self.image_size[0] * self.image_size[1] * 3 * 4
-            log.info("decoded images of %d images (%.0f MB) will be cached in %s", len(df), size / 2**20, final)
-        return str(self.pending[key] / "images")
-
-    def close(self) -> None:
-        """Move the complete caches into place; drop incomplete ones."""
-        for key, tmp in self.pending.items():
-            if (tmp / "images.index").is_file() and not (self.folder / key).exists():
-                try:
-                    os.replace(tmp, self.folder / key)
-                except OSError:  # another run moved the same cache into place first
-                    pass
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.pending.clear()
+# --- features ---------------------------------------------------------------------------------------------
 
 
 def cached_features(
@@ -135,6 +59,7 @@ def cached_features(
     df: pd.DataFrame,
     p: TrainParams,
     seed: int,
+    cache: FeatureCache | None,
     strategy: tf.distribute.Strategy | None = None,
     images: ImageCache | None = None,
     write: bool = True,
@@ -143,17 +68,17 @@ def cached_features(
     multi_worker the cache is read only when every worker has it (otherwise all compute the features
     together: predict is a collective op), and only the writer (`write`: the chief) stores it."""
     strategy = strategy or tf.distribute.get_strategy()
-    path = Path(p.feature_cache) / f"{feature_key(p, seed, df)}.npy" if p.feature_cache else None
-    if everyone(strategy, path is not None and path.is_file()):
-        log.info("features of %d images read from %s", len(df), path)
-        return np.load(path, allow_pickle=False)
+    key = feature_key(p, seed, df) if cache is not None else None
+    x = cache.load(key) if cache is not None else None
+    if everyone(strategy, x is not None):
+        log.info("features of %d images read from %s: no backbone work", len(df), cache.path(key))
+        return x
     start = time.perf_counter()
     ds = image_dataset(df.path, p.image_size, p.batch_size, cache=images.prefix(df) if images else None)
     x = np.asarray(features.predict(distributed(ds, strategy), verbose=0), dtype=np.float32)
     log.info("features of %d images computed in %.1f s", len(df), time.perf_counter() - start)
-    if path is not None and write:
-        with path_for(path) as tmp:
-            np.save(tmp, x, allow_pickle=False)
+    if cache is not None and write:
+        log.info("features written to %s", cache.save(key, x))
     return x
 
 
@@ -200,15 +125,19 @@ def train(
     val_df: pd.DataFrame,
     weights_out: Path,
     live_dir: Path,
+    runtime: Runtime | None = None,
     callbacks: list | None = None,
-) -> None:
-    """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`. `callbacks`
+) -> dict:
+    """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`. Returns the
+    health check of the saved model on the validation split (also in `live_dir`'s metrics.json). `callbacks`
     are added to the standard ones of the first fit (the real-data benchmark stops by wall clock with one).
 
-    Under `train.strategy` multi_worker every worker calls this with the same arguments; the chief writes
+    `runtime` (default: from the environment, see steeldefect.runtime) chooses the strategy and the caches.
+    Under the multi_worker strategy every worker calls this with the same arguments; the chief writes
     `weights_out`, `live_dir` and the caches, the other workers write theirs to a temporary folder (they
     still take part in every collective op: fit, predict, and the final save)."""
-    strategy = make_strategy(p.strategy)  # first: MultiWorkerMirroredStrategy needs a TensorFlow not yet started
+    runtime = runtime or load_runtime()
+    strategy = make_strategy(runtime.strategy)  # first: MultiWorkerMirroredStrategy needs a TensorFlow not yet started
     set_seed(seed)
     chief = is_chief(strategy)
     if strategy.num_replicas_in_sync > p.batch_size:
@@ -222,7 +151,7 @@ def train(
         scratch = Path(scratch)
         if not chief:
             weights_out, live_dir = scratch / "worker" / Path(weights_out).name, scratch / "worker_live"
-        cache_folder = worker_cache = image_cache_folder(p)
+        cache_folder = worker_cache = runtime.image_cache
         if cache_folder is not None and not chief:  # beside the real caches (same disk), removed at the end
             cache_folder.mkdir(parents=True, exist_ok=True)
             cache_folder = worker_cache = Path(tempfile.mkdtemp(prefix=".worker.", dir=cache_folder))
@@ -231,7 +160,9 @@ def train(
             if p.mixed_precision:
                 keras.mixed_precision.set_global_policy(p.mixed_precision)
                 log.info("mixed precision %s: float32 weights and output", p.mixed_precision)
-            _train(p, seed, train_df, val_df, Path(weights_out), Path(live_dir), strategy, images, scratch, callbacks)
+            features = FeatureCache(runtime.feature_cache) if runtime.feature_cache else None
+            args = (p, seed, train_df, val_df, Path(weights_out), Path(live_dir), strategy, images, features)
+            return _train(*args, scratch, callbacks)
         finally:
             images.close()
             if not chief and worker_cache is not None:
@@ -248,9 +179,10 @@ def _train(
     live_dir: Path,
     strategy: tf.distribute.Strategy,
     images: ImageCache,
+    features_cache: FeatureCache | None,
     scratch: Path,
     extra_callbacks: list | None = None,
-) -> None:
+) -> dict:
     chief = is_chief(strategy)
     with strategy.scope():
         model, features, classifier = build_model(p, p.weights)
@@ -277,13 +209,13 @@ def _train(
         fitted = classifier
         train_ds = (
             tf.data.Dataset.from_tensor_slices(
-                (cached_features(features, train_df, p, seed, strategy, images, write=chief), y_train)
+                (cached_features(features, train_df, p, seed, features_cache, strategy, images, chief), y_train)
             )
             .shuffle(len(train_df), seed=seed)
             .batch(p.batch_size)
         )
         val_ds = tf.data.Dataset.from_tensor_slices(
-            (cached_features(features, val_df, p, seed, strategy, images, write=chief), y_val)
+            (cached_features(features, val_df, p, seed, features_cache, strategy, images, chief), y_val)
         ).batch(p.batch_size)
         train_ds, val_ds = distributed(train_ds, strategy), distributed(val_ds, strategy)
     else:
@@ -306,7 +238,10 @@ def _train(
             callbacks=[*(extra_callbacks or []), *callbacks],
             verbose=2,
         )
-        fitted.load_weights(best)
+        if best.exists():
+            fitted.load_weights(best)
+        else:  # no finite validation loss in any epoch: keep the last weights, the health check flags them
+            log.warning("no epoch reached a finite validation loss: keeping the last weights")
         log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, len(history.epoch))
 
         if p.fine_tune.epochs:
@@ -334,6 +269,29 @@ def _train(
             improved = best_tuned.exists()
             log.info("fine-tuning %s the validation loss", "improved" if improved else "did not improve")
             model.load_weights(best_tuned if improved else best)
+            fitted = model  # the whole model, on the images
+        report = check_health(fitted, val_ds, y_val, live)
     with path_for(weights_out) as tmp_weights:
         model.save_weights(tmp_weights)
     log.info("weights written to %s", weights_out)
+    return report
+
+
+def check_health(model: keras.Model, val_ds: tf.data.Dataset, y_val: np.ndarray, live: Live) -> dict:
+    """The health check of the trained model on the validation split, added to the training metrics; a
+    warning naming the params to look at when the run is degenerate. A mask model is judged by its probability."""
+    predicted = model.predict(val_ds, verbose=0)
+    report = health.check(y_val, predicted["probability"] if isinstance(predicted, dict) else predicted)
+    live.summary["degenerate"] = report["degenerate"]
+    for key in ("val_roc_auc", "val_prob_spread"):
+        if report[key] is not None:
+            live.summary[key] = report[key]
+    if report["degenerate"]:
+        log.warning(health.warning(report))
+    else:
+        log.info(
+            "health check: validation ROC AUC %s, probabilities spread %.3f",
+            report["val_roc_auc"],
+            report["val_prob_spread"],
+        )
+    return report

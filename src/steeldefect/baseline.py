@@ -1,0 +1,115 @@
+"""The classical baseline the deep model must beat: texture features + gradient boosting.
+
+Each image is read, made grey and resized to `image_size`, then described by
+- uniform LBP histograms at two scales (8 points radius 1, 16 points radius 2): 10 + 18 values;
+- HOG with 8 orientations in 16x16-pixel cells, 1x1 blocks: 8 values per cell (512 at 128x128);
+- 5 intensity statistics: mean, standard deviation, 1st, 50th and 99th percentile.
+Images are streamed one at a time: only the feature vectors are kept. The classifier is scikit-learn's
+HistGradientBoostingClassifier, seeded, trained on the train split; the threshold is chosen on the validation
+split with the same policy as `evaluate` (steeldefect.metrics.pick_threshold).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from skimage.feature import hog, local_binary_pattern
+from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
+
+from steeldefect import atomic
+from steeldefect.errors import UserError
+from steeldefect.metrics import scored_metrics
+from steeldefect.params import BaselineParams, EvaluateParams
+
+LBP_SCALES = ((8, 1), (16, 2))  # (points, radius); "uniform" LBP has points + 2 distinct codes
+HOG_ORIENTATIONS, HOG_CELL = 8, 16
+PERCENTILES = (1, 50, 99)
+
+
+def grey_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
+    """The image as uint8 grey, resized (antialiased bilinear) to image_size (height, width)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L").resize(image_size[::-1], Image.Resampling.BILINEAR))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image for the baseline ({e}).") from e
+
+
+def image_features(grey: np.ndarray) -> np.ndarray:
+    """The feature vector (float32) of one uint8 grey image."""
+    parts = []
+    for points, radius in LBP_SCALES:
+        codes = local_binary_pattern(grey, points, radius, method="uniform")
+        parts.append(np.bincount(codes.astype(int).ravel(), minlength=points + 2) / codes.size)
+    parts.append(hog(grey, orientations=HOG_ORIENTATIONS, pixels_per_cell=(HOG_CELL, HOG_CELL), cells_per_block=(1, 1)))
+    values = grey.astype(np.float64) / 255
+    parts.append([values.mean(), values.std(), *np.percentile(values, PERCENTILES)])
+    return np.concatenate(parts).astype(np.float32)
+
+
+def features(paths: Iterable[str | Path], image_size: tuple[int, int]) -> np.ndarray:
+    """One feature row per image, read one image at a time (no decoded image is kept)."""
+    rows = [image_features(grey_image(Path(p), image_size)) for p in paths]
+    if not rows:
+        return np.empty((0, len(image_features(np.zeros(image_size, np.uint8)))), np.float32)
+    return np.stack(rows)
+
+
+def classifier(p: BaselineParams, seed: int) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(
+        max_iter=p.max_iter, learning_rate=p.learning_rate, early_stopping=False, random_state=seed
+    )
+
+
+@dataclass
+class BaselineResult:
+    val: pd.DataFrame  # ImageId, label, probability
+    test: pd.DataFrame  # ImageId, label, probability
+    metrics: dict  # as evaluate's: binary_metrics at the threshold chosen on val + threshold_choice
+    feature_seconds: float  # features of all three splits
+    fit_seconds: float
+
+
+def run_baseline(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    p: BaselineParams | None = None,
+    seed: int = 42,
+    threshold: EvaluateParams | None = None,
+) -> BaselineResult:
+    """Train on `train`, choose the threshold on `val` (policy of `threshold`, as evaluate does), score `test`.
+    Each DataFrame needs ImageId, path (readable from the working folder) and label (0 clean, 1 defect);
+    None params mean the defaults (params.yaml's)."""
+    p, threshold = p or BaselineParams(), threshold or EvaluateParams()
+    if train.label.nunique() != 2:
+        raise UserError(
+            f"baseline: the train split has {len(train)} images, all labelled {sorted(set(train.label))}; "
+            "the classifier needs clean and defective images."
+        )
+    start = time.perf_counter()
+    x = {name: features(df.path, p.image_size) for name, df in (("train", train), ("val", val), ("test", test))}
+    features_done = time.perf_counter()
+    # one OpenMP thread: on a busy machine the booster's threads wait for each other (a fit of seconds took
+    # minutes with 2 threads at load 12); one thread costs at most 2x on an idle one
+    with threadpool_limits(1, "openmp"):
+        model = classifier(p, seed).fit(x["train"], train.label.to_numpy())
+        prob = {n: model.predict_proba(x[n])[:, 1] if len(x[n]) else np.empty(0) for n in ("val", "test")}
+    seconds = (features_done - start, time.perf_counter() - features_done)
+    val_out = val[["ImageId", "label"]].assign(probability=prob["val"])
+    test_out = test[["ImageId", "label"]].assign(probability=prob["test"])
+    return BaselineResult(val_out, test_out, scored_metrics(threshold, val_out, test_out), *seconds)
+
+
+def save(result: BaselineResult, predictions_dir: Path) -> None:
+    """The baseline's validation and test probabilities: {val,test}.csv with ImageId, label, probability."""
+    with atomic.atomic_dir(predictions_dir) as tmp:
+        result.val.to_csv(tmp / "val.csv", index=False)
+        result.test.to_csv(tmp / "test.csv", index=False)

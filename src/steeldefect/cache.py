@@ -1,0 +1,176 @@
+"""Caches of work that does not depend on the experiment: frozen-backbone features and decoded images.
+
+Both live under one folder per user, shared by every run and every experiment of every repository (queued
+`dvc exp run --queue` experiments run in temporary copies of the repository, so a folder inside it would be
+empty there): `$STEELDEFECT_CACHE_DIR`, else `$XDG_CACHE_HOME/steeldefect`, else `~/.cache/steeldefect`.
+Entries are keyed by the content they depend on (the images' md5, input size, preprocessing, backbone, ...),
+never by a path or an experiment name, so any run that needs the same work finds it. Every entry is written
+under a private temporary name and renamed into place when complete: a crash never leaves a partial entry,
+and two runs writing the same key at once leave one valid entry (the last rename wins; both are equal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from steeldefect.atomic import path_for
+from steeldefect.params import TrainParams
+
+log = logging.getLogger(__name__)
+PREPROCESSING_VERSION = "decode-rgb/bilinear-antialias/resnet50-caffe/v1"
+IMAGE_CACHE_VERSION = "decode-rgb/bilinear-antialias/float32/v1"  # what the image cache holds (before preprocessing)
+KINDS = ("features", "images")  # the sub-folders of the cache folder
+
+
+def default_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """The cache folder: $STEELDEFECT_CACHE_DIR, else $XDG_CACHE_HOME/steeldefect, else ~/.cache/steeldefect."""
+    if environ.get("STEELDEFECT_CACHE_DIR"):
+        return Path(environ["STEELDEFECT_CACHE_DIR"]).expanduser()
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "steeldefect"
+
+
+def _versions() -> list[str]:
+    import keras
+    import tensorflow as tf
+
+    return [tf.__version__, keras.__version__]
+
+
+def feature_key(p: TrainParams, seed: int, df: pd.DataFrame) -> str:
+    """Everything the frozen features depend on: the images (their md5), the preprocessing and input size,
+    the backbone (weights file content, cut, seed of a random init), the pooling and the mixed precision."""
+    weights = p.weights
+    if weights not in (None, "imagenet"):
+        weights = hashlib.md5(Path(weights).read_bytes()).hexdigest()
+    key = {
+        "images": list(df.md5),
+        "image_size": list(p.image_size),
+        "preprocessing": PREPROCESSING_VERSION,
+        "weights": weights,
+        "seed": seed,
+        "cut": p.backbone_layer,
+        "pooling": p.head.pooling,
+        "pool_size": p.head.pool_size,
+        "versions": _versions(),
+    }
+    if p.mixed_precision:  # only when set, so float32 keys (and caches) stay as they were
+        key["mixed_precision"] = p.mixed_precision
+    return hashlib.md5(json.dumps(key).encode()).hexdigest()
+
+
+def image_cache_key(df: pd.DataFrame, image_size: tuple[int, int]) -> str:
+    """What the cached decoded images depend on: the images in order (their md5), the size, the decoding."""
+    key = {
+        "images": list(df.md5),
+        "image_size": list(image_size),
+        "decoding": IMAGE_CACHE_VERSION,
+        "tensorflow": _versions()[0],
+    }
+    return hashlib.md5(json.dumps(key).encode()).hexdigest()
+
+
+class FeatureCache:
+    """Arrays in `folder/<key>.npy`, written atomically (temporary file, then rename)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.npy"
+
+    def load(self, key: str) -> np.ndarray | None:
+        """The array stored under `key`, or None when there is none (an unreadable entry is reported and
+        treated as missing: it will be written again)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            log.warning("feature cache entry %s is unreadable (%s): computing the features again", path, e)
+            return None
+
+    def save(self, key: str, array: np.ndarray) -> Path:
+        path = self.path(key)
+        with path_for(path) as tmp:
+            np.save(tmp, array, allow_pickle=False)
+        return path
+
+
+class ImageCache:
+    """Decoded, resized images of one image list in `folder/<key>/images.{index,data-*}` (tf.data's cache
+    format). A list not cached yet is written by its first full pass into a private `.<key>.*` folder, moved
+    into place by `close()` only when complete: an interrupted run or a concurrent one (same key) never leaves
+    or reads a partial cache, nor trips over tf.data's lock file."""
+
+    def __init__(self, folder: Path | None, image_size: tuple[int, int]):
+        self.folder, self.image_size = folder, image_size
+        self.pending: dict[str, Path] = {}
+
+    def prefix(self, df: pd.DataFrame) -> str | None:
+        """The tf.data cache prefix for the images of `df` (None when the cache is off)."""
+        if self.folder is None:
+            return None
+        key = image_cache_key(df, self.image_size)
+        final = self.folder / key
+        if (final / "images.index").is_file():
+            log.info("decoded images of %d images read from %s", len(df), final)
+            return str(final / "images")
+        if key not in self.pending:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.pending[key] = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
+            size = len(df) * self.image_size[0] * self.image_size[1] * 3 * 4
+            log.info("decoded images of %d images (%.0f MB) will be cached in %s", len(df), size / 2**20, final)
+        return str(self.pending[key] / "images")
+
+    def close(self) -> None:
+        """Move the complete caches into place; drop incomplete ones."""
+        for key, tmp in self.pending.items():
+            if (tmp / "images.index").is_file() and not (self.folder / key).exists():
+                try:
+                    os.replace(tmp, self.folder / key)
+                except OSError:  # another run moved the same cache into place first
+                    pass
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.pending.clear()
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def info(root: Path) -> dict[str, dict[str, int]]:
+    """Per kind (features, images): the number of complete entries and the bytes used (temporary entries of
+    running or interrupted writers included)."""
+    out = {}
+    for kind in KINDS:
+        folder = Path(root) / kind
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+        complete = [e for e in entries if not e.name.startswith(".")]
+        out[kind] = {"entries": len(complete), "bytes": sum(_size(e) for e in entries)}
+    return out
+
+
+def clear(root: Path, kinds: tuple[str, ...] = KINDS) -> int:
+    """Delete the entries of the given kinds; returns the bytes freed. Runs in progress recompute what they
+    need (a feature entry read before the deletion stays valid in their memory)."""
+    freed = 0
+    for kind in kinds:
+        folder = Path(root) / kind
+        if folder.is_dir():
+            freed += _size(folder)
+            shutil.rmtree(folder)
+    return freed

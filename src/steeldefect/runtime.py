@@ -1,0 +1,61 @@
+"""Runtime settings: how and where training runs, not what it learns, so they are not params (DVC does not
+track them, and changing one never invalidates a trained model). Each is an environment variable with a default:
+
+    STEELDEFECT_STRATEGY       default | mirrored | multi_worker      (default: default)
+    STEELDEFECT_FEATURE_CACHE  on | off                              (default: on)
+    STEELDEFECT_IMAGE_CACHE    on | off                              (default: off)
+    STEELDEFECT_CACHE_DIR      the cache folder                      (default: $XDG_CACHE_HOME/steeldefect,
+                                                                      else ~/.cache/steeldefect)
+
+The caches are content-keyed (see steeldefect.cache), so where they live or whether they are used changes the
+time a run takes, never its result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from steeldefect.cache import default_root
+from steeldefect.errors import UserError
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+SWITCH = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    # "default" (one device), "mirrored" (all GPUs of this machine, else its CPU devices) or "multi_worker"
+    # (several machines, configured by TF_CONFIG); train.batch_size stays the global batch
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    # frozen backbone: features computed once per image, kept in this folder (None = recompute every run)
+    feature_cache: Path | None = None
+    # decoded, resized images kept on disk between epochs and runs (None = off)
+    image_cache: Path | None = None
+
+
+def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in SWITCH:
+        raise UserError(f"environment: {name} = {environ[name]!r} is not allowed; expected on or off.")
+    return SWITCH[value]
+
+
+def load_runtime(environ: Mapping[str, str] = os.environ) -> Runtime:
+    """The runtime settings from the environment variables above (defaults for those not set)."""
+    strategy = environ.get("STEELDEFECT_STRATEGY", "").strip() or "default"
+    if strategy not in STRATEGIES:
+        raise UserError(
+            f"environment: STEELDEFECT_STRATEGY = {strategy!r} is not allowed; expected one of {', '.join(STRATEGIES)}."
+        )
+    root = default_root(environ)
+    return Runtime(
+        strategy=strategy,
+        feature_cache=root / "features" if _switch(environ, "STEELDEFECT_FEATURE_CACHE", True) else None,
+        image_cache=root / "images" if _switch(environ, "STEELDEFECT_IMAGE_CACHE", False) else None,
+    )
