@@ -160,6 +160,9 @@ def full_page_png(driver) -> bytes:
 
 def test_every_declared_plot_renders_in_chromium(browser, pipeline, tmp_path, monkeypatch):
     vega_plots, image_plots = declared_plots(pipeline)
+    # the localization plot has data only with train.supervision: mask (the pipeline here is the default image
+    # model: its CSV holds only the header), and DVC draws no plot without data
+    vega_plots = [name for name in vega_plots if not name.startswith("Localization (mask models)")]
     assert vega_plots and image_plots, "dvc.yaml declares no vega or no image plots"
     page = plots_page(pipeline, browser["vega_dir"], tmp_path / "plots")
 

@@ -140,6 +140,13 @@ def test_defective_without_mask_is_left_out_and_missing_maps_are_an_error(hand_m
     assert m["images_with_mask"] == 2 and m["defective_without_mask"] == 1 and m["dice"] == pytest.approx(0.25)
 
 
+def test_a_mask_lost_in_the_resize_is_counted_not_scored(hand_made):
+    test, masks, maps = hand_made
+    # b.jpg's single defect pixel (row 6, column 15) is skipped by the nearest resize to 4x8 (stride 2, map 2x4)
+    m, _ = localization_metrics(test, masks, maps, stride=2, threshold=0.5)
+    assert m["masks_lost_at_input_size"] == 1 and m["images_with_mask"] == 1 and m["pointing_accuracy"] == 1
+
+
 def test_no_image_with_a_mask_gives_no_scores(hand_made):
     test, _, maps = hand_made
     empty = pd.DataFrame(columns=["ImageId", "ClassId", "EncodedPixels"])
@@ -172,8 +179,9 @@ def run_evaluate(out, data, maps=None):
 def test_evaluate_with_maps_adds_localization_and_outlines(tmp_path, synthetic):
     m = run_evaluate(tmp_path, synthetic, synthetic[3])
     loc = m["localization"]
-    n_masked = int(synthetic[1].label.sum())
-    assert loc["images_with_mask"] == n_masked > 0 and loc["dice"] == loc["iou"] == loc["pointing_accuracy"] == 1
+    lost = sum(not synthetic[3][i].any() for i in synthetic[1].ImageId[synthetic[1].label == 1])
+    assert loc["masks_lost_at_input_size"] == lost and loc["images_with_mask"] + lost == synthetic[1].label.sum()
+    assert loc["images_with_mask"] > 0 and loc["dice"] == loc["iou"] == loc["pointing_accuracy"] == 1
     assert loc["clean_area_share"] == 0 and set(loc["dice_per_class"]) <= {"1", "2", "3", "4"}
     assert json.loads((tmp_path / "metrics.json").read_text())["localization"] == loc
     assert json.loads((tmp_path / "threshold.json").read_text())["map_threshold"] == 0.5

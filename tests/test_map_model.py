@@ -221,10 +221,14 @@ def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
     write_dataset(SynthesizeParams(n_images=20), seed=1, out_dir=tmp_path / "data/synthetic")
     images, masks, _, _ = prepare(tmp_path / "data/synthetic")
     parts, _ = split(images, 0.25, 0.25, seed=0)
-    (tmp_path / "data/split").mkdir()
-    (tmp_path / "data/prepared").mkdir()
+    for folder in ("split", "prepared", "baseline"):
+        (tmp_path / "data" / folder).mkdir()
     for name in ("val", "test"):
         parts[name].to_csv(tmp_path / f"data/split/{name}.csv", index=False)
+        # the evaluate stage also scores the classical baseline stage's probabilities: any will do here
+        parts[name][["ImageId", "label"]].assign(probability=0.5).to_csv(
+            tmp_path / f"data/baseline/{name}.csv", index=False
+        )
     masks.to_csv(tmp_path / "data/prepared/masks.csv", index=False)
     meta = {"image_size": [32, 200], "batch_size": 4}
     export_model(two_output_model(), (32, 200), tmp_path / "models", list(images.path[:2]), meta, saved_model=False)

@@ -18,7 +18,8 @@ DICE_COLUMNS = ["map_threshold", "dice", "iou"]
 
 
 def targets(test: pd.DataFrame, masks: pd.DataFrame, maps: dict[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
-    """{ImageId: true target on the map's grid} of the test images that have at least one mask."""
+    """{ImageId: true target on the map's grid} of the test images that have at least one mask. A target can be
+    empty: a defect thinner than the downscale can vanish in the nearest resize to the input size."""
     out = {}
     for r in test[test.ImageId.isin(set(masks.ImageId))].itertuples():
         h, w = maps[r.ImageId].shape
@@ -56,12 +57,14 @@ def localization_metrics(
 ) -> tuple[dict, pd.DataFrame]:
     """(metrics, the Dice-across-thresholds table). `test` holds ImageId, label, classes, height, width for
     every test image; `maps` the test maps by ImageId. Dice, IoU and pointing accuracy are means over the test
-    images with a mask (None when there is none); `clean_area_share` is the mean share of map cells >=
-    `threshold` on clean test images (defect area predicted where there is none)."""
+    images with a mask that still covers a map cell at the input size (None when there is none; the others are
+    counted in `masks_lost_at_input_size`); `clean_area_share` is the mean share of map cells >= `threshold` on
+    clean test images (defect area predicted where there is none)."""
     missing = sorted(set(test.ImageId) - set(maps))
     if missing:
         raise ValueError(f"no defect map for {len(missing)} test images, e.g. {missing[0]}")
-    true = targets(test, masks, maps, stride)
+    with_mask = targets(test, masks, maps, stride)
+    true = {image_id: t for image_id, t in with_mask.items() if t.any()}  # nothing to find or point at otherwise
     scores = per_image(maps, true, threshold)
     clean = test.ImageId[test.label == 0]
     mean = lambda values: float(np.mean(values)) if len(values) else None  # noqa: E731
@@ -69,7 +72,8 @@ def localization_metrics(
         "map_threshold": float(threshold),
         "map_stride": int(stride),
         "images_with_mask": len(scores),
-        "defective_without_mask": int(((test.label == 1) & ~test.ImageId.isin(true)).sum()),
+        "masks_lost_at_input_size": len(with_mask) - len(true),
+        "defective_without_mask": int(((test.label == 1) & ~test.ImageId.isin(with_mask)).sum()),
         "dice": mean(scores.dice),
         "iou": mean(scores.iou),
         "pointing_accuracy": mean(scores.hit),

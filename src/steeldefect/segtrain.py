@@ -2,8 +2,9 @@
 on crops (or whole images) with a pixel loss on the defect map and an image loss on the probability.
 
 Seeded like image supervision; logged with dvclive (`loss` and `accuracy` as for image supervision, plus the
-per-output losses and the AUC); the weights of the epoch with the lowest validation loss are kept;
-EarlyStopping and ReduceLROnPlateau as for image supervision. Validation predicts whole images at image_size.
+per-output losses and the AUC); the weights of the epoch with the best validation AUC are kept (see
+MONITOR); EarlyStopping and ReduceLROnPlateau as for image supervision, on the same metric. Validation
+predicts whole images at image_size.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from steeldefect.pipeline import mask_eval_dataset, mask_training_dataset
 from steeldefect.training import check_health, set_seed, standard_callbacks
 
 log = logging.getLogger(__name__)
+# The checkpoint, EarlyStopping and ReduceLROnPlateau follow the validation AUC of the image probability, not
+# val_loss: trained on crops, the classifier is miscalibrated on whole images early on (its loss soars while its
+# ranking improves), and val_loss then keeps the first epoch's weights.
+MONITOR = "val_probability_auc"
 
 
 class AliasMetrics(keras.callbacks.Callback):
@@ -57,7 +62,7 @@ def train(
     live_dir: Path,
     callbacks: list | None = None,
 ) -> keras.callbacks.History:
-    """Fit and save the best (lowest val_loss) weights of the whole model to `weights_out`. `masks` is the
+    """Fit and save the best (highest validation AUC) weights of the whole model to `weights_out`. `masks` is the
     prepared masks table (ImageId, ClassId, EncodedPixels); `callbacks` are added to the standard ones (the
     real-data benchmark stops by wall clock with one)."""
     set_seed(seed)
@@ -72,7 +77,7 @@ def train(
     with tempfile.TemporaryDirectory(prefix="steeldefect-segtrain.") as scratch:
         best = Path(scratch) / "best.weights.h5"
         with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-            standard = standard_callbacks(best, p, live)
+            standard = standard_callbacks(best, p, live, monitor=MONITOR)
             history = model.fit(
                 train_ds,
                 validation_data=val_ds,
@@ -84,16 +89,16 @@ def train(
             model.load_weights(best)
             seconds = time.perf_counter() - start
             check_health(model, val_ds, val_df.label.to_numpy(), live)
-            losses = history.history["val_loss"]
+            scores = history.history[MONITOR]
             live.log_params({"supervision": "mask", "map_stride": stride, "training": crops})
             for name, value in {
                 "train_seconds": round(seconds, 1),
-                "epochs_run": len(losses),
-                "best_epoch": losses.index(min(losses)) + 1,
+                "epochs_run": len(scores),
+                "best_epoch": scores.index(max(scores)) + 1,
                 "training_examples": len(history.epoch) * steps * p.batch_size,
             }.items():
                 live.log_metric(name, value, plot=False)
-        log.info("trained in %.1f s (%d epochs, best %d)", seconds, len(losses), losses.index(min(losses)) + 1)
+        log.info("trained in %.1f s (%d epochs, best %d)", seconds, len(scores), scores.index(max(scores)) + 1)
         with path_for(weights_out) as tmp_weights:
             model.save_weights(tmp_weights)
     log.info("weights written to %s", weights_out)

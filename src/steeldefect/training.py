@@ -85,17 +85,23 @@ def cached_features(
 # --- training ---------------------------------------------------------------------------------------------
 
 
-def standard_callbacks(best: Path, p: TrainParams, live: Live, best_so_far: float | None = None) -> list:
+def standard_callbacks(
+    best: Path, p: TrainParams, live: Live, best_so_far: float | None = None, monitor: str = "val_loss"
+) -> list:
+    """Best checkpoint, EarlyStopping and ReduceLROnPlateau on `monitor` (a loss: lower is better; an AUC:
+    higher), and the dvclive logger."""
+    mode = "max" if monitor.endswith("auc") else "min"
     return [
         keras.callbacks.ModelCheckpoint(
             str(best),
-            monitor="val_loss",
+            monitor=monitor,
+            mode=mode,
             save_best_only=True,
             save_weights_only=True,
             initial_value_threshold=best_so_far,
         ),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, p.patience // 2)),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=p.patience),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=max(1, p.patience // 2)),
         DVCLiveCallback(live=live),
     ]
 
