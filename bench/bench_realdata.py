@@ -2,6 +2,7 @@
 on whole images (the squash) and on crops, each from random init, on the same seeded stratified split, each
 trained for the same wall-clock budget (the weights of the best validation epoch are kept).
 
+The first row is the pipeline's classical baseline (steeldefect.baseline) on the same split.
 Prints per run: test balanced accuracy (threshold chosen on validation), ROC AUC, average precision, and for
 mask supervision the mean Dice and pointing accuracy of the map on defective test images with masks (on the
 map's grid: prediction >= 0.5 against `masks.target_map`).
@@ -28,6 +29,7 @@ import yaml
 from sklearn import metrics as skm
 
 from steeldefect import segtrain, training
+from steeldefect.baseline import run_baseline
 from steeldefect.dataset import prepare, split
 from steeldefect.masks import image_mask, target_map
 from steeldefect.metrics import dice_iou, pointing_hit
@@ -117,7 +119,29 @@ def localization(maps: np.ndarray, df: pd.DataFrame, masks: pd.DataFrame, p: Par
     return {"dice": float(np.mean(dice)), "pointing": float(np.mean(hits)), "images_with_masks": len(dice)}
 
 
+def scores(name: str, parts: dict, val_prob: np.ndarray, prob: np.ndarray) -> dict:
+    """Test balanced accuracy at the best validation threshold, ROC AUC and average precision."""
+    y, threshold = parts["test"].label.to_numpy(), best_threshold(parts["val"].label.to_numpy(), val_prob)
+    both = len(set(y)) == 2
+    return {
+        "run": name,
+        "threshold": threshold,
+        "balanced_accuracy": skm.balanced_accuracy_score(y, prob >= threshold),
+        "roc_auc": skm.roc_auc_score(y, prob) if both else None,
+        "average_precision": skm.average_precision_score(y, prob) if both else None,
+    }
+
+
+def run_classical(parts: dict, seed: int) -> dict:
+    """The pipeline's baseline stage (texture features + gradient boosting, params.yaml's settings) on the split."""
+    result = run_baseline(parts["train"], parts["val"], parts["test"], seed=seed)
+    row = scores("baseline", parts, result.val.probability.to_numpy(), result.test.probability.to_numpy())
+    return {**row, "train_seconds": round(result.feature_seconds + result.fit_seconds, 1)}
+
+
 def run(name: str, parts: dict, masks: pd.DataFrame, raw: dict, seconds: float, work: Path) -> dict:
+    if name == "baseline":
+        return run_classical(parts, raw["seed"])
     p = parse_params(raw)
     weights, live = work / f"{name}.weights.h5", work / f"{name}-live"
     clock = WallClock(seconds)
@@ -131,17 +155,7 @@ def run(name: str, parts: dict, masks: pd.DataFrame, raw: dict, seconds: float, 
     model.load_weights(weights)
     val_prob, _ = predict(model, parts["val"], masks, p)
     prob, maps = predict(model, parts["test"], masks, p)
-    y, threshold = parts["test"].label.to_numpy(), best_threshold(parts["val"].label.to_numpy(), val_prob)
-    both = len(set(y)) == 2
-    result = {
-        "run": name,
-        "train_seconds": round(trained, 1),
-        "epochs": clock.epochs,
-        "threshold": threshold,
-        "balanced_accuracy": skm.balanced_accuracy_score(y, prob >= threshold),
-        "roc_auc": skm.roc_auc_score(y, prob) if both else None,
-        "average_precision": skm.average_precision_score(y, prob) if both else None,
-    }
+    result = {**scores(name, parts, val_prob, prob), "train_seconds": round(trained, 1), "epochs": clock.epochs}
     if maps is not None:
         result.update(localization(maps, parts["test"], masks, p))
     return result
@@ -151,7 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a Severstal-layout folder, or 'synthetic' (the default data)")
     parser.add_argument("--minutes", type=float, default=12, help="training budget per run (wall clock)")
-    parser.add_argument("--runs", default="image,squash,crops", help=f"comma-separated, of {', '.join(RUNS)}")
+    parser.add_argument(
+        "--runs", default="baseline,image,squash,crops", help=f"comma-separated, of baseline, {', '.join(RUNS)}"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="params override for every run, KEY=YAML")
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
