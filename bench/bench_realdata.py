@@ -140,8 +140,6 @@ def run_classical(parts: dict, seed: int) -> dict:
 
 
 def run(name: str, parts: dict, masks: pd.DataFrame, raw: dict, seconds: float, work: Path) -> dict:
-    if name == "baseline":
-        return run_classical(parts, raw["seed"])
     p = parse_params(raw)
     weights, live = work / f"{name}.weights.h5", work / f"{name}-live"
     clock = WallClock(seconds)
@@ -184,6 +182,10 @@ def main() -> None:
         print(f"{source}: {report['sizes']} images, defective {report['defective']}", flush=True)
         results = []
         for name in args.runs.split(","):
+            if name == "baseline":
+                results.append(run_classical(parts, args.seed))
+                print(json.dumps(results[-1]), flush=True)
+                continue
             raw = {"seed": args.seed, "train": merge(COMMON, RUNS[name])}
             for text in args.set:
                 raw = merge(raw, setting(text))
