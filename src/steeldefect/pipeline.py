@@ -199,18 +199,8 @@ def mask_eval_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def mask_training_dataset(
-    df: pd.DataFrame, masks: pd.DataFrame, p, stride: int, seed: int, steps_per_epoch: int
-) -> tf.data.Dataset:
-    """Endless training batches for train.supervision mask (p: TrainParams), reproducible from `seed`.
-
-    Crops (p.mask.crop_size): a share p.mask.crop_defect_share of them holds a pixel of a defective image's
-    mask (label 1); the rest are cut anywhere from clean images (label 0). A defective image whose mask is
-    unknown (or vanishes at image_size) cannot be cropped safely (the crop might miss the defect), so its
-    "crop" is the whole image resized to the crop size, with label 1 and pixel-loss weight 0. Without crops
-    (null: the squash), every training image in turn, reshuffled per pass. With p.augment the image and its
-    mask get the same random flips (and the image small brightness / contrast changes). The classification
-    weight ramps from 0 to p.mask.cls_loss_weight over p.mask.cls_ramp_epochs epochs."""
+def _crops(df: pd.DataFrame, masks: pd.DataFrame, p, seed: int) -> tf.data.Dataset:
+    """Endless (image, mask, label, pixel-loss weight) examples before augmentation: see mask_training_dataset."""
     m, crop = p.mask, p.mask.crop_size
     load = _loader(masks, p.image_size)
 
@@ -237,17 +227,31 @@ def mask_training_dataset(
 
     defective, clean = df[df.label == 1], df[df.label == 0]
     if crop is None:
-        ds = stream(df, 0, anywhere)
-    elif len(clean) == 0 or m.crop_defect_share == 1:
-        ds = stream(defective, 1, positive)
-    elif len(defective) == 0 or m.crop_defect_share == 0:
-        ds = stream(clean, 2, anywhere)
-    else:
-        ds = tf.data.Dataset.sample_from_datasets(
-            [stream(defective, 1, positive), stream(clean, 2, anywhere)],
-            weights=[m.crop_defect_share, 1 - m.crop_defect_share],
-            seed=seed,
-        )
+        return stream(df, 0, anywhere)
+    if len(clean) == 0 or m.crop_defect_share == 1:
+        return stream(defective, 1, positive)
+    if len(defective) == 0 or m.crop_defect_share == 0:
+        return stream(clean, 2, anywhere)
+    return tf.data.Dataset.sample_from_datasets(
+        [stream(defective, 1, positive), stream(clean, 2, anywhere)],
+        weights=[m.crop_defect_share, 1 - m.crop_defect_share],
+        seed=seed,
+    )
+
+
+def mask_training_dataset(
+    df: pd.DataFrame, masks: pd.DataFrame, p, stride: int, seed: int, steps_per_epoch: int
+) -> tf.data.Dataset:
+    """Endless training batches for train.supervision mask (p: TrainParams), reproducible from `seed`.
+
+    Crops (p.mask.crop_size): a share p.mask.crop_defect_share of them holds a pixel of a defective image's
+    mask (label 1); the rest are cut anywhere from clean images (label 0). A defective image whose mask is
+    unknown (or vanishes at image_size) cannot be cropped safely (the crop might miss the defect), so its
+    "crop" is the whole image resized to the crop size, with label 1 and pixel-loss weight 0. Without crops
+    (null: the squash), every training image in turn, reshuffled per pass. With p.augment the image and its
+    mask get the same random flips (and the image small brightness / contrast changes). The classification
+    weight ramps from 0 to p.mask.cls_loss_weight over p.mask.cls_ramp_epochs epochs."""
+    m = p.mask
 
     def finish(example, seed):
         image, mask, label, seg_weight = example
@@ -258,7 +262,7 @@ def mask_training_dataset(
         return _example(image, mask, label, seg_weight, stride, m)
 
     seeds = tf.data.Dataset.random(seed=seed + 3, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip(ds, seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE).batch(p.batch_size)
+    ds = tf.data.Dataset.zip(_crops(df, masks, p, seed), seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     ramp = max(m.cls_ramp_epochs * steps_per_epoch, 1)
 
     def ramp_up(step, batch):
@@ -266,4 +270,4 @@ def mask_training_dataset(
         share = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / ramp) if m.cls_ramp_epochs else 1.0
         return x, y, {**w, "probability": w["probability"] * share}
 
-    return ds.enumerate().map(ramp_up).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(p.batch_size).enumerate().map(ramp_up).prefetch(tf.data.AUTOTUNE)
