@@ -81,3 +81,9 @@ def test_info_and_clear(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "images").exists() and (tmp_path / "features").is_dir()
     assert main(["cache", "clear"]) == 0
     assert cache.info(tmp_path) == {k: {"entries": 0, "bytes": 0} for k in cache.KINDS}
+
+
+def test_an_entry_that_cannot_be_written_is_reported_and_skipped(tmp_path, caplog):
+    (tmp_path / "features").write_text("a file where the folder should be")
+    assert FeatureCache(tmp_path / "features").save("k", np.zeros(3)) is None
+    assert "could not write the feature cache entry" in caplog.text

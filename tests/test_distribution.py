@@ -30,7 +30,7 @@ from steeldefect.params import SynthesizeParams, parse_params
 from steeldefect.synthetic import write_dataset
 from steeldefect.training import cached_features, set_seed
 
-TIMEOUT = 240  # seconds for one run (both workers of a multi_worker run)
+TIMEOUT = 600  # seconds for one run (both workers of a multi_worker run); generous: 2 cores are often shared
 TINY = {
     "epochs": 2,
     "batch_size": 4,

@@ -101,10 +101,16 @@ class FeatureCache:
             log.warning("feature cache entry %s is unreadable (%s): computing the features again", path, e)
             return None
 
-    def save(self, key: str, array: np.ndarray) -> Path:
+    def save(self, key: str, array: np.ndarray) -> Path | None:
+        """Store `array` under `key`; returns its path, or None when it could not be written (reported: the
+        cache only saves time, so a full disk or a `steeldefect cache clear` meanwhile does not stop a run)."""
         path = self.path(key)
-        with path_for(path) as tmp:
-            np.save(tmp, array, allow_pickle=False)
+        try:
+            with path_for(path) as tmp:
+                np.save(tmp, array, allow_pickle=False)
+        except OSError as e:
+            log.warning("could not write the feature cache entry %s (%s): continuing without it", path, e)
+            return None
         return path
 
 

@@ -77,8 +77,8 @@ def cached_features(
     ds = image_dataset(df.path, p.image_size, p.batch_size, cache=images.prefix(df) if images else None)
     x = np.asarray(features.predict(distributed(ds, strategy), verbose=0), dtype=np.float32)
     log.info("features of %d images computed in %.1f s", len(df), time.perf_counter() - start)
-    if cache is not None and write:
-        log.info("features written to %s", cache.save(key, x))
+    if cache is not None and write and (written := cache.save(key, x)):
+        log.info("features written to %s", written)
     return x
 
 
