@@ -78,15 +78,7 @@ def evaluate(
         "threshold_choice": choice,
         "recall_per_class": recall_per_class(test, test.predicted.to_numpy()),
     }
-
-    fp = test[(test.predicted == 1) & (test.label == 0)].sort_values("probability", ascending=False)
-    fn = test[(test.predicted == 0) & (test.label == 1)].sort_values("probability")
-    columns = ["ImageId", "label", "classes", "probability", "predicted"]
-    with atomic.atomic_dir(results_dir) as tmp:
-        test[columns].to_csv(tmp / "predictions.csv", index=False)
-        fp[columns].to_csv(tmp / "false_positives.csv", index=False)
-        fn[columns].to_csv(tmp / "false_negatives.csv", index=False)
-
+    write_results(test, results_dir)
     atomic.write_text(
         plots_dir / "confusion.csv",
         pd.DataFrame({"actual": test.label.map(_label), "predicted": test.predicted.map(_label)}).to_csv(index=False),
@@ -97,17 +89,49 @@ def evaluate(
     atomic.write_text(
         plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False)
     )
-
     localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
     if localization is not None:  # threshold.json also gives the command its default map threshold
         metrics["localization"], choice = localization, {**choice, "map_threshold": p.map_threshold}
+    write_galleries(test, masks, p.gallery_size, seed, choice["threshold"], outlines, note, plots_dir)
+    atomic.write_json(threshold_path, choice)
+    atomic.write_json(metrics_path, metrics)
+    return metrics
 
-    n, t = p.gallery_size, choice["threshold"]
+
+def mistakes(test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(false positives, most confident first; false negatives, most confidently missed first)."""
+    fp = test[(test.predicted == 1) & (test.label == 0)].sort_values("probability", ascending=False)
+    fn = test[(test.predicted == 0) & (test.label == 1)].sort_values("probability")
+    return fp, fn
+
+
+def write_results(test: pd.DataFrame, results_dir: Path) -> None:
+    """predictions.csv, false_positives.csv and false_negatives.csv in `results_dir`, replaced whole."""
+    fp, fn = mistakes(test)
+    columns = ["ImageId", "label", "classes", "probability", "predicted"]
+    with atomic.atomic_dir(results_dir) as tmp:
+        test[columns].to_csv(tmp / "predictions.csv", index=False)
+        fp[columns].to_csv(tmp / "false_positives.csv", index=False)
+        fn[columns].to_csv(tmp / "false_negatives.csv", index=False)
+
+
+def write_galleries(
+    test: pd.DataFrame,
+    masks: pd.DataFrame,
+    n: int,
+    seed: int,
+    threshold: float,
+    outlines: dict | None,
+    note: str,
+    plots_dir: Path,
+) -> None:
+    """Three PNGs of up to `n` test images each: a random sample, the false negatives, the false positives."""
+    fp, fn = mistakes(test)
     sample = test.sample(n=min(n, len(test)), random_state=seed).sort_values("ImageId")
     gallery(
         _tiles(sample, masks, with_masks=outlines is not None, outlines=outlines),
         plots_dir / "gallery_random.png",
-        f"Random test images (threshold {t:.3g}{'; true mask overlaid' if note else ''}{note})",
+        f"Random test images (threshold {threshold:.3g}{'; true mask overlaid' if note else ''}{note})",
     )
     gallery(
         _tiles(fn.head(n), masks, with_masks=True, outlines=outlines),
@@ -121,9 +145,6 @@ def evaluate(
         f"False alarms: {len(fp)} false positives (showing {min(n, len(fp))})",
         empty="No false positives: no clean test image was flagged.",
     )
-    atomic.write_json(threshold_path, choice)
-    atomic.write_json(metrics_path, metrics)
-    return metrics
 
 
 # Deep model against the classical baseline (stage `baseline`, steeldefect.baseline).
