@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from dvclive import Live
 
 from steeldefect import atomic
 from steeldefect.dataset import load_masks
@@ -14,9 +18,7 @@ from steeldefect.masks import resize_nearest
 from steeldefect.metrics import (
     binary_metrics,
     pick_threshold,
-    pr_points,
     recall_per_class,
-    roc_points,
     scored_metrics,
     threshold_sweep,
 )
@@ -79,13 +81,7 @@ def evaluate(
         "recall_per_class": recall_per_class(test, test.predicted.to_numpy()),
     }
     write_results(test, results_dir)
-    atomic.write_text(
-        plots_dir / "confusion.csv",
-        pd.DataFrame({"actual": test.label.map(_label), "predicted": test.predicted.map(_label)}).to_csv(index=False),
-    )
-    if len(set(y)) == 2:
-        atomic.write_json(plots_dir / "roc.json", {"roc": roc_points(y, prob)})
-        atomic.write_json(plots_dir / "precision_recall.json", {"precision_recall": pr_points(y, prob)})
+    write_curves(plots_dir, y, prob, predicted=test.predicted.to_numpy())
     atomic.write_text(
         plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False)
     )
@@ -113,6 +109,35 @@ def write_results(test: pd.DataFrame, results_dir: Path) -> None:
         test[columns].to_csv(tmp / "predictions.csv", index=False)
         fp[columns].to_csv(tmp / "false_positives.csv", index=False)
         fn[columns].to_csv(tmp / "false_negatives.csv", index=False)
+
+
+def write_curves(
+    plots_dir: Path, y: np.ndarray, prob: np.ndarray, suffix: str = "", predicted: np.ndarray | None = None
+) -> None:
+    """roc{suffix}.json and precision_recall{suffix}.json in `plots_dir` (and with `predicted`, confusion.json),
+    written by dvclive's `log_sklearn_plot` into a temporary folder, then moved into place. scikit-learn's ROC
+    starts at threshold inf, which dvclive writes as `Infinity` (not JSON: Vega rejects it), so it becomes 1.
+    With one class only there is no curve: the two files hold an empty list."""
+    both = len(set(y)) == 2
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".live.", dir=plots_dir) as tmp:
+        with Live(tmp, dvcyaml=False, save_dvc_exp=False) as live:
+            if both:
+                live.log_sklearn_plot("roc", y, prob, name=f"roc{suffix}")
+                live.log_sklearn_plot("precision_recall", y, prob, name=f"precision_recall{suffix}")
+            if predicted is not None:
+                actual, said = [_label(v) for v in y], [_label(v) for v in predicted]
+                live.log_sklearn_plot("confusion_matrix", actual, said, name="confusion")
+        written = Path(live.plots_dir) / "sklearn"
+        if both:
+            roc = written / f"roc{suffix}.json"
+            points = [{**r, "threshold": min(r["threshold"], 1.0)} for r in json.loads(roc.read_text())["roc"]]
+            roc.write_text(json.dumps({"roc": points}, indent=4))
+        for path in written.glob("*.json"):
+            os.replace(path, plots_dir / path.name)
+    if not both:
+        atomic.write_json(plots_dir / f"roc{suffix}.json", {"roc": []})
+        atomic.write_json(plots_dir / f"precision_recall{suffix}.json", {"precision_recall": []})
 
 
 def write_galleries(
@@ -181,11 +206,7 @@ def evaluate_baseline(
 ) -> dict:
     """The baseline's metrics (same threshold policy as the deep model's) and its ROC / precision-recall data."""
     metrics = scored_metrics(p, val, test)
-    y, prob = test.label.to_numpy(), test.probability.to_numpy()
-    both = len(set(y)) == 2
-    atomic.write_json(plots_dir / "roc_baseline.json", {"roc": roc_points(y, prob) if both else []})
-    pr = {"precision_recall": pr_points(y, prob) if both else []}
-    atomic.write_json(plots_dir / "precision_recall_baseline.json", pr)
+    write_curves(plots_dir, test.label.to_numpy(), test.probability.to_numpy(), suffix="_baseline")
     atomic.write_json(metrics_path, metrics)
     return metrics
 
