@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -115,12 +114,12 @@ def write_curves(
     plots_dir: Path, y: np.ndarray, prob: np.ndarray, suffix: str = "", predicted: np.ndarray | None = None
 ) -> None:
     """roc{suffix}.json and precision_recall{suffix}.json in `plots_dir` (and with `predicted`, confusion.json),
-    written by dvclive's `log_sklearn_plot` into a temporary folder, then moved into place. scikit-learn's ROC
-    starts at threshold inf, which dvclive writes as `Infinity` (not JSON: Vega rejects it), so it becomes 1.
-    With one class only there is no curve: the two files hold an empty list."""
+    written by dvclive's `log_sklearn_plot` into a temporary folder outside the project (so that `dvc exp run`
+    does not `git add` it), then copied into place. scikit-learn's ROC starts at threshold inf, which dvclive
+    writes as `Infinity` (not JSON: Vega rejects it), so it becomes 1. With one class only there is no curve:
+    the two files hold an empty list."""
     both = len(set(y)) == 2
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".live.", dir=plots_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="steeldefect-curves.") as tmp:
         with Live(tmp, dvcyaml=False, save_dvc_exp=False) as live:
             if both:
                 live.log_sklearn_plot("roc", y, prob, name=f"roc{suffix}")
@@ -134,7 +133,7 @@ def write_curves(
             points = [{**r, "threshold": min(r["threshold"], 1.0)} for r in json.loads(roc.read_text())["roc"]]
             roc.write_text(json.dumps({"roc": points}, indent=4))
         for path in written.glob("*.json"):
-            os.replace(path, plots_dir / path.name)
+            atomic.write_text(plots_dir / path.name, path.read_text())
     if not both:
         atomic.write_json(plots_dir / f"roc{suffix}.json", {"roc": []})
         atomic.write_json(plots_dir / f"precision_recall{suffix}.json", {"precision_recall": []})
