@@ -9,6 +9,19 @@ model is loaded) on the image files: tf.data reading, decoding, resizing and pre
 Prints img/s for both and the ratio b/a (goal >= 0.9), plus the whole command (model loading and the CSV
 included) for reference. The runs alternate (a, a', b, a, a', b, ...) and the best of each is kept, so that load from
 other processes on a shared CPU penalises both alike.
+
+    .venv/bin/python bench/bench_predict.py engines [--split data/split/test.csv] [--repeat 3]
+
+compares the engines side by side in one process, each through the real predict path on the image files
+(`predict_files`: tf.data reading, JPEG decoding, resizing, preprocess_input, then the engine): Keras, OpenVINO
+fp32 and OpenVINO int8 (both built here from the exported Keras model the way the export stage builds them:
+`openvino_engine.convert`, then `quantize` on the same seeded sample of training images), and the fp32 IR
+computed in bfloat16 (OpenVINO's own default on CPUs with AMX), each with the LATENCY hint (one inference on
+all cores) and the THROUGHPUT hint (CPU streams: each batch split across them). It prints img/s, the ratio
+to Keras, the agreement with Keras (largest probability difference, decisions identical at the threshold in
+MODEL_DIR/threshold.json, ROC AUC when the CSV has labels), and decoding alone (the same tf.data path without a
+model): the ceiling for any engine. Set OMP_NUM_THREADS or other environment variables on the command line to
+try them (ratios stay comparable within one run).
 """
 
 from __future__ import annotations
@@ -25,12 +38,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=("path", "engines"), default="path")
+    parser.add_argument("--split", type=Path, default=Path("data/split/test.csv"), help="engines: images + labels")
     parser.add_argument("--n", type=int, default=200, help="number of images (default 200)")
     parser.add_argument("--images", type=Path, default=Path("data/synthetic/train_images"))
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
     parser.add_argument("--batch-size", type=int, default=None, help="default: the one in model_meta.json")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of (a) and (b); best kept")
     args = parser.parse_args()
+    if args.mode == "engines":
+        return engines(args)
 
     needed = [args.model_dir / name for name in ("model.json", "model.weights.h5", "model_meta.json")]
     if not all(p.is_file() for p in needed):
@@ -94,6 +111,72 @@ def main() -> int:
     )
     print(f"whole command (model loading + CSV included): {n / whole:6.2f} img/s ({whole:.1f} s)")
     print(f"max |(a) - (b)| probability difference: {float(np.max(np.abs(raw - result.probability))):.2g}")
+    return 0
+
+
+def best_runs(runners: dict, repeat: int) -> dict[str, tuple[float, object]]:
+    """{name: (best wall seconds, last result)}; the runners alternate so that load from other processes on a
+    shared CPU penalises all alike."""
+    best: dict[str, tuple[float, object]] = {}
+    for _ in range(repeat):
+        for name, fn in runners.items():
+            t = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t
+            best[name] = (min(seconds, best.get(name, (seconds, None))[0]), out)
+    return best
+
+
+def engines(args) -> int:
+    from importlib.metadata import version
+
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from steeldefect import openvino_engine  # imports openvino only once it has declined OpenVINO's telemetry
+    from steeldefect.cli import load_for_inference, resolve_threshold
+    from steeldefect.inference import indexed_dataset, predict_files
+    from steeldefect.params import load_params
+
+    df = pd.read_csv(args.split, keep_default_na=False)[: args.n]
+    files, labels = list(df.path), df.label.to_numpy() if "label" in df else None
+    model, size, meta = load_for_inference(args.model_dir, "keras")
+    batch_size = args.batch_size or int(meta.get("batch_size") or 16)
+    threshold, _ = resolve_threshold(None, args.model_dir)
+    p = load_params()
+    train = pd.read_csv(args.split.parent / "train.csv", keep_default_na=False).path
+    calibration = list(train.sample(min(p.export.openvino_calibration_images, len(train)), random_state=p.seed))
+    print(f"{len(files)} images from {args.split}, {size[0]}x{size[1]}, batch {batch_size}, threshold {threshold:g}")
+    omp = os.environ.get("OMP_NUM_THREADS", "(unset)")
+    print(f"OMP_NUM_THREADS={omp}, {os.cpu_count()} CPUs, openvino {version('openvino')}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = openvino_engine.convert(model, size)
+        openvino_engine.save(fp32, Path(tmp) / "fp32.xml")
+        openvino_engine.save(openvino_engine.quantize(fp32, calibration, size), Path(tmp) / "int8.xml")
+        runners = {"Keras (TensorFlow)": model}
+        for precision, compute in (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32")):
+            for hint in ("LATENCY", "THROUGHPUT"):
+                config = {"INFERENCE_PRECISION_HINT": compute}
+                engine = openvino_engine.OpenVINOEngine(Path(tmp) / f"{precision}.xml", hint, config)
+                label = precision if compute == "f32" else f"{precision} as {compute}"
+                runners[f"OpenVINO {label} {hint} ({engine.n_requests} req.)"] = engine
+        calls = {name: (lambda m=m: predict_files(m, files, batch_size, size)) for name, m in runners.items()}
+        calls["decode + preprocess only"] = lambda: sum(len(i) for i, _ in indexed_dataset(files, size, batch_size))
+        for m in runners.values():  # warm-up: tracing, first inference
+            predict_files(m, files[:batch_size], batch_size, size)
+        best = best_runs(calls, args.repeat)
+    keras_rate, keras = len(files) / best["Keras (TensorFlow)"][0], best["Keras (TensorFlow)"][1].probability
+    decode_rate = len(files) / best.pop("decode + preprocess only")[0]
+    print(f"{'engine':42s} {'img/s':>7s} {'ratio':>6s} {'/decode':>7s} {'max dp':>7s} {'same':>7s} {'AUC':>6s}")
+    for name, (seconds, result) in best.items():
+        prob, rate = result.probability, len(files) / seconds
+        same = np.mean((prob >= threshold) == (keras >= threshold))
+        auc = f"{roc_auc_score(labels, prob):.4f}" if labels is not None and len(set(labels)) == 2 else "-"
+        dp = float(np.max(np.abs(prob - keras)))
+        ratios = f"{rate / keras_rate:6.2f} {rate / decode_rate:7.2f}"
+        print(f"{name:42s} {rate:7.1f} {ratios} {dp:7.4f} {same:7.2%} {auc:>6s}")
+    print(f"{'decode + preprocess only (tf.data, no model)':42s} {decode_rate:7.1f} {decode_rate / keras_rate:6.2f}")
     return 0
 
 

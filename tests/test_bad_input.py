@@ -18,6 +18,8 @@ from steeldefect.synthetic import write_dataset
 
 from helpers import REPO, run
 
+pytestmark = pytest.mark.slow  # a prepare process per case
+
 
 @pytest.fixture(scope="module")
 def good_data(tmp_path_factory) -> Path:

@@ -112,6 +112,15 @@ def test_stage_runs_in_the_pipeline(pipeline):
     assert plots[0] == {"fpr": 0.0, "tpr": 0.0, "threshold": 1.0}
 
 
+@pytest.mark.slow
+def test_roc_and_precision_recall_plots_show_both_models(pipeline):
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], pipeline).stdout)["data"]
+    for title, stem in (("ROC", "roc"), ("Precision-recall", "precision_recall")):
+        (plot,) = [p for name, p in shown.items() if name.startswith(title)]
+        values = plot[0]["content"]["data"]["values"]
+        assert {v["filename"] for v in values} == {f"{stem}.json", f"{stem}_baseline.json"}
+
+
 def _evaluate_copy(pipeline: Path, tmp_path: Path, probability) -> tuple[str, dict]:
     """Run stages/evaluate.py in a copy of the pipeline whose deep test probabilities are replaced."""
     root = tmp_path / "copy"

@@ -17,6 +17,7 @@ from steeldefect.errors import UserError
 from steeldefect.export import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, export, load_model, model_meta
 from steeldefect.inference import predict_paths
 from steeldefect.model import build_model
+from steeldefect.openvino_engine import IR_DIR
 from steeldefect.params import ExportParams, HeadParams, Params, TrainParams, parse_params
 
 TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
@@ -40,7 +41,7 @@ def exported(tmp_path_factory):
 def test_export_round_trip(exported):
     root, model, paths = exported
     # exactly the outputs: no temporary folder left behind
-    assert {p.name for p in (root / "models").iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL}
+    assert {p.name for p in (root / "models").iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL, IR_DIR}
     reloaded = load_model(root / "models")
     np.testing.assert_array_equal(predict_paths(reloaded, paths, 2), predict_paths(model, paths, 2))
     meta = json.loads((root / "models" / MODEL_META).read_text())
@@ -75,6 +76,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # a second TensorFlow process
 def test_saved_model_serves_jpeg_bytes_like_the_command(exported, tmp_path):
     root, _, paths = exported
     assert predict(paths, root / "models", tmp_path / "out.csv", progress=False) == 0
@@ -97,7 +99,8 @@ def test_saved_model_can_be_disabled(exported, tmp_path):
     export(TINY, root / "trained.weights.h5", tmp_path, paths[:2], {"image_size": [64, 96]}, saved_model=False)
     assert [p.name for p in (tmp_path / SAVED_MODEL).iterdir()] == ["README.txt"]
     assert "export.saved_model is false" in (tmp_path / SAVED_MODEL / "README.txt").read_text()
-    assert {p.name for p in tmp_path.iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL}
+    assert "export.openvino is none" in (tmp_path / IR_DIR / "README.txt").read_text()  # no IR asked for
+    assert {p.name for p in tmp_path.iterdir()} == {MODEL_JSON, MODEL_WEIGHTS, MODEL_META, SAVED_MODEL, IR_DIR}
 
 
 def test_model_meta_says_what_inference_needs():
@@ -107,7 +110,7 @@ def test_model_meta_says_what_inference_needs():
     assert meta["class_meaning"] == {"0": "clean", "1": "defect"}
     assert meta["batch_size"] == Params().train.batch_size
     assert meta["saved_model"]["signature"] == "serving_default"
-    assert "threshold" not in meta  # evaluate.threshold is not a dependency of the export stage
+    assert "threshold" not in meta  # the evaluate stage writes it (threshold.json)
     assert json.loads(json.dumps(meta)) == meta
     assert model_meta(Params(export=ExportParams(saved_model=False)), train)["saved_model"] is None
 

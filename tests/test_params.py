@@ -193,6 +193,7 @@ def test_unknown_key_is_named_with_its_full_path(raw, key):
         ({"synthesize": {"faint_contrast": 0}}, "synthesize.faint_contrast", "0.0"),
         ({"synthesize": {"edge_fraction": -0.1}}, "synthesize.edge_fraction", "-0.1"),
         ({"synthesize": {"mark_fraction": 2}}, "synthesize.mark_fraction", "2.0"),
+        ({"synthesize": {"mark_contrast": 4}}, "synthesize.mark_contrast", "4.0"),
         ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold", "1.5"),
         ({"evaluate": {"threshold": -0.1}}, "evaluate.threshold", "-0.1"),
         ({"evaluate": {"threshold": "high"}}, "evaluate.threshold", "'high'"),

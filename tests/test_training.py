@@ -74,6 +74,7 @@ def test_feature_key_depends_on_what_changes_features(images):
     assert key != feature_key(TINY, 0, images[1:])
 
 
+@pytest.mark.slow
 def test_fine_tuning_continues_the_curves(images, tmp_path):
     p = dataclasses.replace(TINY, fine_tune=FineTuneParams(epochs=2, stages=1), augment=True)
     _, curve = run_train(p, images, tmp_path)
@@ -111,6 +112,7 @@ def test_image_cache_gives_the_uncached_batches_and_is_read_without_decoding(ima
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_image_cache_is_written_then_read_with_the_uncached_result(images, tmp_path, caplog):
     p = dataclasses.replace(TINY, augment=True)  # trains on the images (the feature cache is off)
     uncached, _ = run_train(p, images, tmp_path / "uncached")
@@ -132,6 +134,7 @@ def test_image_cache_key_depends_on_the_images_and_size(images):
     assert key != image_cache_key(images[::-1], (64, 400))  # the cache holds the images in order
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_and_the_weights_export_and_load(images, tmp_path):
     p = dataclasses.replace(TINY, mixed_precision="mixed_bfloat16")
     run_train(p, images, tmp_path)  # also loads the weights into a model built in float32

@@ -1,16 +1,17 @@
 """The `steeldefect` command.
 
     steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
+                        [--engine keras|openvino] [--maps DIR]
     steeldefect cache info | clear [--kind features|images]
 
-predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, and the image
-size from model_meta.json), through the same tf.data preprocessing and prediction code as the predict stage, and
-writes one CSV row per image: path, probability, predicted (0 clean / 1 defect), error. A mask-supervised model
-(one with a defect map) adds defect_area_share and box_x0, box_y0, box_x1, box_y1 (the defect's bounding box
-in the original image's pixels) before the error column, and `--maps DIR` writes each image with its map
-overlaid. An unreadable image gets its error text instead of a probability and does not stop the run. Exit code:
-0 when every image was predicted, 1 when some could not be read, 2 for a usage error (bad arguments, no model,
-no images).
+predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, or the OpenVINO
+IR in openvino/, the default when it exists; the image size from model_meta.json), through the same tf.data
+preprocessing and prediction code as the predict stage, and writes one CSV row per image: path, probability,
+predicted (0 clean / 1 defect), error. A mask-supervised model (one with a defect map) adds defect_area_share and
+box_x0, box_y0, box_x1, box_y1 (the defect's bounding box in the original image's pixels) before the error
+column, and `--maps DIR` writes each image with its map overlaid. An unreadable image gets its error text
+instead of a probability and does not stop the run. Exit code: 0 when every image was predicted, 1 when some
+could not be read, 2 for a usage error (bad arguments, no model, no images).
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="mask models: write one PNG per image into DIR (<image stem>_map.png): the image tinted red by its "
         "defect map, the cells >= the map threshold outlined in yellow",
+    )
+    predict.add_argument(
+        "--engine",
+        choices=("keras", "openvino"),
+        default=None,
+        help="keras (model.json + weights) or openvino (the IR in MODEL_DIR/openvino/, fast on CPUs); "
+        "default: openvino when that IR exists, else keras",
     )
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     cache = commands.add_parser(
@@ -199,10 +207,11 @@ def map_columns(result, map_threshold: float | None, model_dir: Path, maps_dir: 
     return map_table(result.paths, result.maps, value)
 
 
-def load_for_inference(model_dir: Path):
+def load_for_inference(model_dir: Path, engine: str | None = "keras"):
     """(model, image size, metadata) from the exported files only; UserError when they are missing or
-    inconsistent."""
-    from steeldefect.export import MODEL_JSON, load_model, read_meta
+    inconsistent. `engine` "openvino" gives an OpenVINOEngine on the IR instead of the Keras model; None
+    picks it when the IR exists."""
+    from steeldefect.export import MODEL_JSON, read_meta
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -216,14 +225,30 @@ def load_for_inference(model_dir: Path):
         raise UserError(
             f"{model_dir / 'model_meta.json'}: image_size = {size!r} is not [height, width]; export the model again."
         )
-    model = load_model(model_dir)
+    model, name = _load_engine(model_dir, engine)
     expected = tuple(model.input_shape[1:3])
     if None not in expected and expected != tuple(size):
         raise UserError(
-            f"{model_dir}: model_meta.json says image_size {size} but {MODEL_JSON} takes {list(expected)}; "
+            f"{model_dir}: model_meta.json says image_size {size} but {name} takes {list(expected)}; "
             "the files do not belong together: export the model again."
         )
     return model, tuple(size), meta
+
+
+def _load_engine(model_dir: Path, engine: str | None):
+    """(Keras model or OpenVINOEngine, the file it came from)."""
+    from steeldefect.export import MODEL_JSON, load_model
+    from steeldefect.openvino_engine import IR_DIR, IR_XML, OpenVINOEngine
+
+    ir = model_dir / IR_DIR / IR_XML
+    if engine == "openvino" or (engine is None and ir.is_file()):
+        if not ir.is_file():
+            raise UserError(
+                f"--engine openvino: {ir} not found; export it (export.openvino: int8 or fp32 in params.yaml, then "
+                "`dvc repro export`) or use --engine keras."
+            )
+        return OpenVINOEngine(ir), f"{IR_DIR}/{IR_XML}"
+    return load_model(model_dir), MODEL_JSON
 
 
 def predict(
@@ -235,6 +260,7 @@ def predict(
     progress: bool = True,
     map_threshold: float | None = None,
     maps_dir: Path | None = None,
+    engine: str | None = None,
 ) -> int:
     """The `predict` command: writes `output` and returns the exit code (0 all predicted, 1 some unreadable)."""
     import numpy as np
@@ -244,12 +270,13 @@ def predict(
     from steeldefect import atomic
     from steeldefect.inference import has_defect_map, predict_files
     from steeldefect.maps import check_maps_dir
+    from steeldefect.openvino_engine import OpenVINOEngine
 
     paths = expand_images(inputs)
     if not paths:
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
     value, source = resolve_threshold(threshold, model_dir)
-    model, image_size, meta = load_for_inference(model_dir)
+    model, image_size, meta = load_for_inference(model_dir, engine)
     if meta.get("degenerate"):
         print(
             f"warning: {model_dir / 'model_meta.json'} says this model is degenerate (its training run learned "
@@ -263,10 +290,12 @@ def predict(
                 "train.supervision: image); export a model trained with train.supervision: mask."
             )
         check_maps_dir(Path(maps_dir), paths)
+    precision = (meta.get("openvino") or {}).get("precision", "?")
+    engine = f"OpenVINO {precision} IR" if isinstance(model, OpenVINOEngine) else "Keras"
     batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
     print(f"threshold {value:g} from {source}")
     print(
-        f"predicting {len(paths)} images with the model in {model_dir} "
+        f"predicting {len(paths)} images with the model in {model_dir} ({engine}) "
         f"(image size {image_size[0]}x{image_size[1]}, batch size {batch_size})"
     )
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
@@ -311,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             map_threshold=args.map_threshold,
             maps_dir=args.maps,
+            engine=args.engine,
         )
 
     run(command)

@@ -19,6 +19,8 @@ from tensorflow.core.protobuf import fingerprint_pb2
 from steeldefect import atomic
 from steeldefect.errors import UserError
 from steeldefect.model import build_model
+from steeldefect.openvino_engine import DISABLED as OPENVINO_DISABLED
+from steeldefect.openvino_engine import IR_DIR, IRRequest, export_ir
 from steeldefect.params import Params, TrainParams, map_stride
 from steeldefect.pipeline import decode_and_preprocess, image_dataset
 
@@ -161,11 +163,12 @@ def export(
     check_paths: list[str],
     meta: dict,
     saved_model: bool = True,
+    openvino: IRRequest | None = None,
 ) -> float:
     """Build the model of `p`, load `trained_weights` and export it (see `export_model`)."""
     model, _, _ = build_model(p, weights=None)
     model.load_weights(trained_weights)
-    return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model)
+    return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model, openvino)
 
 
 def export_model(
@@ -175,17 +178,20 @@ def export_model(
     check_paths: list[str],
     meta: dict,
     saved_model: bool = True,
+    openvino: IRRequest | None = None,
 ) -> float:
-    """Write model.json, model.weights.h5 (no optimizer state), model_meta.json (`meta` + `output_meta`) and the
-    saved_model/ folder (a serving SavedModel, or only a README.txt when `saved_model` is false) into `out_dir`.
-    Everything is written to temporary paths first, reloaded from there, and moved into place only if the
-    reloaded models' outputs (probability, and the defect map of a mask model) on `check_paths` (images
-    resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph differs).
-    Returns the largest difference seen."""
+    """Write model.json, model.weights.h5 (no optimizer state), model_meta.json (`meta` + `output_meta`), the
+    saved_model/ folder (a serving SavedModel, or only a README.txt when `saved_model` is false) and the openvino/
+    folder (the IR `openvino` asks for, whose check figures go into model_meta.json, or only a README.txt) into
+    `out_dir`. Everything is written to temporary paths first, reloaded from there, and moved into place only if
+    the reloaded models' outputs (probability, and the defect map of a mask model) on `check_paths` (images
+    resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph differs) and the IR
+    passes its check. Returns the largest difference seen (the IR's excepted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp,
         atomic.atomic_dir(out_dir / SAVED_MODEL) as tmp_saved,
+        atomic.atomic_dir(out_dir / IR_DIR) as tmp_ir,
     ):
         tmp = Path(tmp)
         images = image_dataset(check_paths, image_size, batch_size=len(check_paths))
@@ -196,7 +202,6 @@ def export_model(
             meta["saved_model"] = {**meta["saved_model"], "outputs": served}
         (tmp / MODEL_JSON).write_text(model.to_json())
         model.save_weights(tmp / MODEL_WEIGHTS)
-        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         diff = max_difference(expected, keras_outputs(load_model(tmp), images))
         if diff > 1e-6:
             raise UserError(
@@ -207,6 +212,11 @@ def export_model(
             diff = max(diff, _check_serving(model, image_size, tmp_saved, check_paths, expected))
         else:
             (tmp_saved / "README.txt").write_text(SAVED_MODEL_DISABLED)
+        if openvino is not None:
+            meta = {**meta, "openvino": export_ir(model, image_size, tmp_ir, openvino)}
+        else:
+            (tmp_ir / "README.txt").write_text(OPENVINO_DISABLED)
+        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META):
             os.replace(tmp / name, out_dir / name)
     return diff

@@ -60,17 +60,19 @@ def indexed_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size:
 
 def split_outputs(outputs) -> tuple[np.ndarray, np.ndarray | None]:
     """(probabilities (n,), defect maps (n, h, w) or None) from a model's batch output: an array of
-    probabilities, or a mask model's dict of `probability` and `defect_map`."""
-    if isinstance(outputs, dict):
-        return np.asarray(outputs["probability"]).reshape(-1), np.asarray(outputs["defect_map"])[..., 0]
-    return np.asarray(outputs).reshape(-1), None
+    probabilities, or a dict of `probability` and (a mask model's) `defect_map`."""
+    if not isinstance(outputs, dict):
+        return np.asarray(outputs).reshape(-1), None
+    maps = outputs.get("defect_map")
+    return np.asarray(outputs["probability"]).reshape(-1), None if maps is None else np.asarray(maps)[..., 0]
 
 
 def iter_predictions(
     model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """(indices into `paths`, defect probabilities, defect maps or None) batch by batch; unreadable images are
-    skipped. Each batch goes through `model.predict_on_batch`, the same compiled function `model.predict` uses."""
+    skipped. Each batch goes through `model.predict_on_batch`: for Keras the same compiled function
+    `model.predict` uses; an `openvino_engine.OpenVINOEngine` returns a dict of named outputs, as a mask model does."""
     if not len(paths):
         return
     size = tuple(image_size) if image_size is not None else model_image_size(model)
@@ -125,9 +127,9 @@ def predict_files(
     return Predictions(paths, probability, errors, maps)
 
 
-def has_defect_map(model: keras.Model) -> bool:
-    """Whether the model also outputs a defect map (a mask-supervised model)."""
-    return isinstance(model.output, dict) and "defect_map" in model.output
+def has_defect_map(model) -> bool:
+    """Whether the model (Keras, or an OpenVINOEngine) also outputs a defect map (a mask-supervised model)."""
+    return "defect_map" in model.output_names
 
 
 def keep_maps(maps: list, indices: np.ndarray, batch_maps: np.ndarray | None) -> None:

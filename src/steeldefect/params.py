@@ -35,7 +35,8 @@ class SynthesizeParams:
     faint_fraction: float = 0.1  # share of defects drawn faint (and faint pits tiny)
     faint_contrast: float = 0.5  # a faint defect's contrast relative to a normal one
     edge_fraction: float = 0.15  # share of defects at an image border, partly cut off
-    mark_fraction: float = 0.4  # share of images (clean or defective) with oil stains, water spots or roll marks
+    mark_fraction: float = 0.5  # share of images (clean or defective) with oil stains, water spots or roll marks
+    mark_contrast: float = 2.0  # contrast of the harmless marks relative to their base (6-18 grey levels)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ class TrainParams:
 @dataclass(frozen=True)
 class ExportParams:
     saved_model: bool = True  # also write models/saved_model: a TensorFlow SavedModel serving encoded JPEG bytes
+    # models/openvino/model.xml + .bin, an OpenVINO IR for `steeldefect predict --engine openvino`: "none", "fp32",
+    # or "int8" (NNCF post-training quantization calibrated on a seeded sample of training images)
+    openvino: Literal["none", "fp32", "int8"] = "fp32"
+    openvino_calibration_images: int = 128
+    # the IR is refused (nothing exported) when, on the validation images, more than this share of decisions at
+    # the evaluate threshold change against Keras, or a probability moves by more than openvino_tolerance
+    openvino_max_changed: float = 0.005
+    openvino_tolerance: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -211,12 +220,13 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
     return cls(**{k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in raw.items()})
 
 
-def _check(p: Params) -> None:
-    def need(ok: bool, key: str, value: object, allowed: str) -> None:
-        if not ok:
-            raise _bad(key, value, allowed)
+def _need(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise _bad(key, value, allowed)
 
-    s, t = p.synthesize, p.train
+
+def _check(p: Params) -> None:
+    need, s, t = _need, p.synthesize, p.train
     need(s.n_images >= 10, "synthesize.n_images", s.n_images, "an integer >= 10")
     need(0 < s.defect_fraction < 1, "synthesize.defect_fraction", s.defect_fraction, "a fraction in (0, 1)")
     need(
@@ -228,6 +238,7 @@ def _check(p: Params) -> None:
     for key in ("two_class_fraction", "faint_fraction", "edge_fraction", "mark_fraction"):
         need(0 <= getattr(s, key) <= 1, f"synthesize.{key}", getattr(s, key), "a fraction in [0, 1]")
     need(0 < s.faint_contrast <= 1, "synthesize.faint_contrast", s.faint_contrast, "a number in (0, 1]")
+    need(0 <= s.mark_contrast <= 3, "synthesize.mark_contrast", s.mark_contrast, "a number in [0, 3]")
     need(p.prepare.sample_images >= 1, "prepare.sample_images", p.prepare.sample_images, "an integer >= 1")
     for key in ("test_size", "val_size"):
         v = getattr(p.split, key)
@@ -257,6 +268,7 @@ def _check(p: Params) -> None:
             t.weights,
             "null, 'imagenet', or the path of an existing local .h5 weights file",
         )
+    _check_export(p.export)
     e = p.evaluate
     need(
         e.threshold == "auto" or 0 <= e.threshold <= 1,
@@ -318,6 +330,16 @@ def _check_mask(t: TrainParams, need) -> None:
             list(m.crop_size),
             f"a crop no larger than train.image_size {list(t.image_size)}, or null (the whole image)",
         )
+
+
+def _check_export(x: ExportParams) -> None:
+    for key, ok, allowed in [
+        ("openvino_calibration_images", x.openvino_calibration_images >= 1, "an integer >= 1"),
+        ("openvino_max_changed", 0 <= x.openvino_max_changed <= 1, "a share in [0, 1]"),
+        ("openvino_tolerance", x.openvino_tolerance >= 0, "a number >= 0"),
+    ]:
+        if not ok:
+            raise _bad(f"export.{key}", getattr(x, key), allowed)
 
 
 def parse_params(raw: object) -> Params:

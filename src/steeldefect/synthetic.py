@@ -9,7 +9,8 @@ Defective images carry one or two of four defect classes in Severstal's mix (`cl
 - `edge_fraction` of the defects sit at an image border, partly cut off;
 - `mark_fraction` of the images, clean or defective alike, carry harmless marks that are *not* defects:
   oil stains (large, soft-edged, slightly dark), water spots (small faint rings) and roll marks (the same
-  small soft dent repeated along the strip at the roll's pitch).
+  small soft dent repeated along the strip at the roll's pitch), at `mark_contrast` times their base
+  contrast (at 2, about as strong as a faint defect).
 Masks are exact (the pixels a defect changed) and written as RLE; harmless marks have no mask.
 """
 
@@ -108,7 +109,7 @@ def _crack(rng, h, w, edge, faint):  # class 2: a thin jagged dark crack, roughl
     y0, x0 = (rng.uniform(0, h - n / 2), rng.uniform(20, w - 20)) if not edge else _place(rng, h, w, 0, 40, True)
     angle = rng.uniform(-0.6, 0.6)
     ys = y0 + np.arange(n) * np.cos(angle) * (1 if y0 < h / 2 else -1)  # from the start into the image
-    xs = x0 + np.cumsum(np.sin(angle) + rng.normal(0, 0.7, n)) * (1 if x0 < w / 2 else -1)
+    xs = x0 + np.cumsum(abs(np.sin(angle)) + rng.normal(0, 0.7, n)) * (1 if x0 < w / 2 else -1)
     keep = (ys >= 0) & (ys < h - 1) & (xs >= 0) & (xs < w - 1)
     mask = np.zeros((h, w), bool)
     for dy in (0, 1):
@@ -140,24 +141,24 @@ def _patch(rng, h, w, edge, faint):  # class 4: a large dark patch with a ragged
 DEFECTS = {1: _pits, 2: _crack, 3: _scratch, 4: _patch}
 
 
-def _oil_stain(rng: np.random.Generator, img: np.ndarray) -> None:  # large, soft-edged, slightly dark
+def _oil_stain(rng: np.random.Generator, img: np.ndarray, k: float) -> None:  # large, soft-edged, slightly dark
     h, w = img.shape
-    _add(img, _ellipse(rng, h, w, rng.uniform(30, 120), rng.uniform(15, 60)), -rng.uniform(6, 16), soft=15)
+    _add(img, _ellipse(rng, h, w, rng.uniform(30, 120), rng.uniform(15, 60)), -k * rng.uniform(6, 16), soft=15)
 
 
-def _water_spots(rng: np.random.Generator, img: np.ndarray) -> None:  # a few small faint rings
+def _water_spots(rng: np.random.Generator, img: np.ndarray, k: float) -> None:  # a few small faint rings
     h, w = img.shape
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
     for _ in range(rng.integers(2, 7)):
         y, x, r = cy + rng.normal(0, 25), cx + rng.normal(0, 60), rng.uniform(4, 12)
         ring = _ellipse(rng, h, w, r, r, y, x) & ~_ellipse(rng, h, w, r - 1.5, r - 1.5, y, x)
-        _add(img, ring, rng.choice([-1, 1]) * rng.uniform(8, 18), soft=3)
+        _add(img, ring, k * rng.choice([-1, 1]) * rng.uniform(8, 18), soft=3)
 
 
-def _roll_marks(rng: np.random.Generator, img: np.ndarray) -> None:  # one small soft dent, once per roll turn
+def _roll_marks(rng: np.random.Generator, img: np.ndarray, k: float) -> None:  # one small soft dent, once per roll turn
     h, w = img.shape
     pitch, y = rng.uniform(180, 420), rng.uniform(10, h - 10)
-    rx, ry, delta = rng.uniform(3, 8), rng.uniform(6, 20), rng.choice([-1, 1]) * rng.uniform(6, 14)
+    rx, ry, delta = rng.uniform(3, 8), rng.uniform(6, 20), k * rng.choice([-1, 1]) * rng.uniform(6, 14)
     for x in np.arange(rng.uniform(0, pitch), w, pitch):
         _add(img, _ellipse(rng, h, w, rx, ry, y, x), delta, soft=5)
 
@@ -182,7 +183,7 @@ def make_image(cfg: SynthesizeParams, seed: int, index: int) -> tuple[np.ndarray
             masks[cls] = mask
     if marks_rng.random() < cfg.mark_fraction:
         for i in sorted(marks_rng.choice(len(MARKS), size=marks_rng.integers(1, 3), replace=False)):
-            MARKS[i](marks_rng, img)
+            MARKS[i](marks_rng, img, cfg.mark_contrast)
     return np.clip(img, 0, 255).astype(np.uint8), masks
 
 
