@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from steeldefect.dataset import prepare
-from steeldefect.evaluation import evaluate
+from steeldefect.evaluation import evaluate, write_curves
 from steeldefect.params import EvaluateParams, SynthesizeParams
 from steeldefect.synthetic import write_dataset
 
@@ -70,3 +71,29 @@ def test_auto_threshold_reaches_target_recall_on_validation(tmp_path, data):
     flagged = val.probability >= choice["threshold"]
     assert flagged[val.label == 1].all()
     assert choice["threshold"] == val.probability[val.label == 1].min()  # highest threshold keeping every defect
+
+
+def test_curves_come_from_dvclive_in_place_and_without_infinity(tmp_path):
+    y, prob = np.array([0, 1, 1, 0, 1, 0]), np.array([0.1, 0.9, 0.4, 0.5, 0.8, 0.2])
+    predicted = (prob >= 0.5).astype(int)
+    write_curves(tmp_path, y, prob, suffix="_baseline", predicted=predicted)
+    names = sorted(path.name for path in tmp_path.iterdir())  # no temporary dvclive folder left behind
+    assert names == ["confusion.json", "precision_recall_baseline.json", "roc_baseline.json"]
+    text = (tmp_path / "roc_baseline.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    fpr, tpr, thresholds = roc_curve(y, prob)
+    roc = json.loads(text)["roc"]
+    assert [(r["fpr"], r["tpr"]) for r in roc] == list(zip(fpr, tpr))
+    assert [r["threshold"] for r in roc] == [1.0, *thresholds[1:]]  # scikit-learn's first threshold is inf
+    precision, recall, _ = precision_recall_curve(y, prob)
+    pr = json.loads((tmp_path / "precision_recall_baseline.json").read_text())["precision_recall"]
+    assert [(r["precision"], r["recall"]) for r in pr] == list(zip(precision, recall))[: len(pr)]
+    names = {0: "clean", 1: "defect"}
+    confusion = json.loads((tmp_path / "confusion.json").read_text())
+    assert confusion == [{"actual": names[a], "predicted": names[b]} for a, b in zip(y, predicted)]
+
+
+def test_curves_of_one_class_are_empty(tmp_path):
+    write_curves(tmp_path, np.array([1, 1, 1]), np.array([0.2, 0.6, 0.9]))
+    assert json.loads((tmp_path / "roc.json").read_text()) == {"roc": []}
+    assert json.loads((tmp_path / "precision_recall.json").read_text()) == {"precision_recall": []}

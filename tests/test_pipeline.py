@@ -39,7 +39,7 @@ OUTPUTS = [
     "plots/gallery_random.png",
     "plots/gallery_false_negatives.png",
     "plots/gallery_false_positives.png",
-    "plots/confusion.csv",
+    "plots/confusion.json",
     "plots/roc.json",
     "plots/precision_recall.json",
     "plots/threshold_sweep.csv",

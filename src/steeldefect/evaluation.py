@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from dvclive import Live
 
 from steeldefect import atomic
 from steeldefect.dataset import load_masks
@@ -14,9 +17,7 @@ from steeldefect.masks import resize_nearest
 from steeldefect.metrics import (
     binary_metrics,
     pick_threshold,
-    pr_points,
     recall_per_class,
-    roc_points,
     scored_metrics,
     threshold_sweep,
 )
@@ -78,36 +79,83 @@ def evaluate(
         "threshold_choice": choice,
         "recall_per_class": recall_per_class(test, test.predicted.to_numpy()),
     }
+    write_results(test, results_dir)
+    write_curves(plots_dir, y, prob, predicted=test.predicted.to_numpy())
+    atomic.write_text(
+        plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False)
+    )
+    localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
+    if localization is not None:  # threshold.json also gives the command its default map threshold
+        metrics["localization"], choice = localization, {**choice, "map_threshold": p.map_threshold}
+    write_galleries(test, masks, p.gallery_size, seed, choice["threshold"], outlines, note, plots_dir)
+    atomic.write_json(threshold_path, choice)
+    atomic.write_json(metrics_path, metrics)
+    return metrics
 
+
+def mistakes(test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(false positives, most confident first; false negatives, most confidently missed first)."""
     fp = test[(test.predicted == 1) & (test.label == 0)].sort_values("probability", ascending=False)
     fn = test[(test.predicted == 0) & (test.label == 1)].sort_values("probability")
+    return fp, fn
+
+
+def write_results(test: pd.DataFrame, results_dir: Path) -> None:
+    """predictions.csv, false_positives.csv and false_negatives.csv in `results_dir`, replaced whole."""
+    fp, fn = mistakes(test)
     columns = ["ImageId", "label", "classes", "probability", "predicted"]
     with atomic.atomic_dir(results_dir) as tmp:
         test[columns].to_csv(tmp / "predictions.csv", index=False)
         fp[columns].to_csv(tmp / "false_positives.csv", index=False)
         fn[columns].to_csv(tmp / "false_negatives.csv", index=False)
 
-    atomic.write_text(
-        plots_dir / "confusion.csv",
-        pd.DataFrame({"actual": test.label.map(_label), "predicted": test.predicted.map(_label)}).to_csv(index=False),
-    )
-    if len(set(y)) == 2:
-        atomic.write_json(plots_dir / "roc.json", {"roc": roc_points(y, prob)})
-        atomic.write_json(plots_dir / "precision_recall.json", {"precision_recall": pr_points(y, prob)})
-    atomic.write_text(
-        plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False)
-    )
 
-    localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
-    if localization is not None:  # threshold.json also gives the command its default map threshold
-        metrics["localization"], choice = localization, {**choice, "map_threshold": p.map_threshold}
+def write_curves(
+    plots_dir: Path, y: np.ndarray, prob: np.ndarray, suffix: str = "", predicted: np.ndarray | None = None
+) -> None:
+    """roc{suffix}.json and precision_recall{suffix}.json in `plots_dir` (and with `predicted`, confusion.json),
+    written by dvclive's `log_sklearn_plot` into a temporary folder outside the project (so that `dvc exp run`
+    does not `git add` it), then copied into place. scikit-learn's ROC starts at threshold inf, which dvclive
+    writes as `Infinity` (not JSON: Vega rejects it), so it becomes 1. With one class only there is no curve:
+    the two files hold an empty list."""
+    both = len(set(y)) == 2
+    with tempfile.TemporaryDirectory(prefix="steeldefect-curves.") as tmp:
+        with Live(tmp, dvcyaml=False, save_dvc_exp=False) as live:
+            if both:
+                live.log_sklearn_plot("roc", y, prob, name=f"roc{suffix}")
+                live.log_sklearn_plot("precision_recall", y, prob, name=f"precision_recall{suffix}")
+            if predicted is not None:
+                actual, said = [_label(v) for v in y], [_label(v) for v in predicted]
+                live.log_sklearn_plot("confusion_matrix", actual, said, name="confusion")
+        written = Path(live.plots_dir) / "sklearn"
+        if both:
+            roc = written / f"roc{suffix}.json"
+            points = [{**r, "threshold": min(r["threshold"], 1.0)} for r in json.loads(roc.read_text())["roc"]]
+            roc.write_text(json.dumps({"roc": points}, indent=4))
+        for path in written.glob("*.json"):
+            atomic.write_text(plots_dir / path.name, path.read_text())
+    if not both:
+        atomic.write_json(plots_dir / f"roc{suffix}.json", {"roc": []})
+        atomic.write_json(plots_dir / f"precision_recall{suffix}.json", {"precision_recall": []})
 
-    n, t = p.gallery_size, choice["threshold"]
+
+def write_galleries(
+    test: pd.DataFrame,
+    masks: pd.DataFrame,
+    n: int,
+    seed: int,
+    threshold: float,
+    outlines: dict | None,
+    note: str,
+    plots_dir: Path,
+) -> None:
+    """Three PNGs of up to `n` test images each: a random sample, the false negatives, the false positives."""
+    fp, fn = mistakes(test)
     sample = test.sample(n=min(n, len(test)), random_state=seed).sort_values("ImageId")
     gallery(
         _tiles(sample, masks, with_masks=outlines is not None, outlines=outlines),
         plots_dir / "gallery_random.png",
-        f"Random test images (threshold {t:.3g}{'; true mask overlaid' if note else ''}{note})",
+        f"Random test images (threshold {threshold:.3g}{'; true mask overlaid' if note else ''}{note})",
     )
     gallery(
         _tiles(fn.head(n), masks, with_masks=True, outlines=outlines),
@@ -121,9 +169,6 @@ def evaluate(
         f"False alarms: {len(fp)} false positives (showing {min(n, len(fp))})",
         empty="No false positives: no clean test image was flagged.",
     )
-    atomic.write_json(threshold_path, choice)
-    atomic.write_json(metrics_path, metrics)
-    return metrics
 
 
 # Deep model against the classical baseline (stage `baseline`, steeldefect.baseline).
@@ -160,11 +205,7 @@ def evaluate_baseline(
 ) -> dict:
     """The baseline's metrics (same threshold policy as the deep model's) and its ROC / precision-recall data."""
     metrics = scored_metrics(p, val, test)
-    y, prob = test.label.to_numpy(), test.probability.to_numpy()
-    both = len(set(y)) == 2
-    atomic.write_json(plots_dir / "roc_baseline.json", {"roc": roc_points(y, prob) if both else []})
-    pr = {"precision_recall": pr_points(y, prob) if both else []}
-    atomic.write_json(plots_dir / "precision_recall_baseline.json", pr)
+    write_curves(plots_dir, test.label.to_numpy(), test.probability.to_numpy(), suffix="_baseline")
     atomic.write_json(metrics_path, metrics)
     return metrics
 

@@ -50,6 +50,18 @@ def rle_decode(rle: str, height: int, width: int, where: str = "") -> np.ndarray
     text = rle.strip()
     if not text:
         return np.zeros((height, width), dtype=bool)
+    starts, lengths = _rle_numbers(text, p, n)
+    ends = starts + lengths  # 1-based, exclusive
+    _check_runs(starts, lengths, ends, p, height, width)
+    # +1 at each run start, -1 just after each run end; the running sum is 1 inside runs.
+    delta = np.bincount(starts - 1, minlength=n + 1) - np.bincount(ends - 1, minlength=n + 1)
+    flat = np.cumsum(delta[:n]) > 0
+    return flat.reshape((height, width), order="F")
+
+
+def _rle_numbers(text: str, p: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of a non-empty RLE string; UserError (message prefixed by `p`) unless it holds
+    "start length" pairs of whole numbers small enough to be pixel indices of an image of `n` pixels."""
     tokens = text.split()
     if len(tokens) % 2:
         raise UserError(
@@ -69,8 +81,13 @@ def rle_decode(rle: str, height: int, width: int, where: str = "") -> np.ndarray
         too_large = True
     if too_large:
         raise UserError(f"{p}RLE holds a number too large to be a pixel index; the image has only {n} pixels.")
-    starts, lengths = values[0::2], values[1::2]
-    ends = starts + lengths  # 1-based, exclusive
+    return values[0::2], values[1::2]
+
+
+def _check_runs(starts: np.ndarray, lengths: np.ndarray, ends: np.ndarray, p: str, height: int, width: int) -> None:
+    """UserError (message prefixed by `p`) for the first bad run: a length below 1, a start below 1, starts
+    that do not strictly increase, overlapping runs, a run past the image's height * width pixels."""
+    n = height * width
 
     def _first(bad: np.ndarray) -> int:
         return int(np.flatnonzero(bad)[0])
@@ -109,10 +126,6 @@ def rle_decode(rle: str, height: int, width: int, where: str = "") -> np.ndarray
             f"past the image's {n} pixels ({width}x{height}, width x height); check that the mask "
             "belongs to this image and that the image has its original size."
         )
-    # +1 at each run start, -1 just after each run end; the running sum is 1 inside runs.
-    delta = np.bincount(starts - 1, minlength=n + 1) - np.bincount(ends - 1, minlength=n + 1)
-    flat = np.cumsum(delta[:n]) > 0
-    return flat.reshape((height, width), order="F")
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -202,17 +215,37 @@ def read_masks(csv_path: Path) -> MasksCsv:
     """
     path = Path(csv_path)
     raw = _read_csv(path)
+    fmt = _masks_format(raw, path)
+    image_ids, class_ids = _image_and_class_ids(raw, fmt, path)
+    df = pd.DataFrame(
+        {
+            "ImageId": pd.Series(image_ids, dtype=str),
+            "ClassId": pd.Series(class_ids, dtype=np.int64),
+            "EncodedPixels": raw["EncodedPixels"].astype(str).to_numpy(),
+            "row": raw["row"].to_numpy(dtype=np.int64),
+        }
+    )
+    images = sorted(set(image_ids))
+    df = df.loc[df["EncodedPixels"] != ""].reset_index(drop=True)
+    _check_one_mask_per_class(df, path)
+    return MasksCsv(df, images, fmt)
+
+
+def _masks_format(raw: pd.DataFrame, path: Path) -> str:
+    """The format of ``train.csv``, "2019" or "long", from its header."""
     header = tuple(c for c in raw.columns if c != "row")
     if header == _HEADER_2019:
-        fmt = "2019"
-    elif header == _HEADER_LONG:
-        fmt = "long"
-    else:
-        raise UserError(
-            f"{path}: unknown header {','.join(header)!r}; expected "
-            f"{','.join(_HEADER_2019)!r} (2019 format) or {','.join(_HEADER_LONG)!r} (later format)."
-        )
+        return "2019"
+    if header == _HEADER_LONG:
+        return "long"
+    raise UserError(
+        f"{path}: unknown header {','.join(header)!r}; expected "
+        f"{','.join(_HEADER_2019)!r} (2019 format) or {','.join(_HEADER_LONG)!r} (later format)."
+    )
 
+
+def _image_and_class_ids(raw: pd.DataFrame, fmt: str, path: Path) -> tuple[list[str], list[int]]:
+    """The ImageId and ClassId of every row, checked (UserError naming the row)."""
     image_ids: list[str] = []
     class_ids: list[int] = []
     for rec in raw.itertuples(index=False):
@@ -231,18 +264,11 @@ def read_masks(csv_path: Path) -> MasksCsv:
         check_image_id(image_id, where)
         class_ids.append(_parse_class_id(cls, where))
         image_ids.append(image_id)
+    return image_ids, class_ids
 
-    df = pd.DataFrame(
-        {
-            "ImageId": pd.Series(image_ids, dtype=str),
-            "ClassId": pd.Series(class_ids, dtype=np.int64),
-            "EncodedPixels": raw["EncodedPixels"].astype(str).to_numpy(),
-            "row": raw["row"].to_numpy(dtype=np.int64),
-        }
-    )
-    images = sorted(set(image_ids))
-    df = df.loc[df["EncodedPixels"] != ""].reset_index(drop=True)
 
+def _check_one_mask_per_class(df: pd.DataFrame, path: Path) -> None:
+    """UserError naming the first two rows that give one image two masks of one class."""
     dup = df.duplicated(["ImageId", "ClassId"], keep=False)
     if dup.any():
         first = df.loc[dup].iloc[0]
@@ -252,7 +278,6 @@ def read_masks(csv_path: Path) -> MasksCsv:
             f"{path} rows {rows[0]} and {rows[1]}: ImageId {first.ImageId} has two masks for ClassId "
             f"{first.ClassId}; keep one row per (image, class), merging the masks if both are needed."
         )
-    return MasksCsv(df, images, fmt)
 
 
 def read_labels(csv_path: Path) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -161,8 +162,8 @@ def train(
                 keras.mixed_precision.set_global_policy(p.mixed_precision)
                 log.info("mixed precision %s: float32 weights and output", p.mixed_precision)
             features = FeatureCache(runtime.feature_cache) if runtime.feature_cache else None
-            args = (p, seed, train_df, val_df, Path(weights_out), Path(live_dir), strategy, images, features)
-            return _train(*args, scratch, callbacks)
+            job = Job(p, seed, train_df, val_df, strategy, images, features)
+            return _train(job, Path(weights_out), Path(live_dir), scratch, callbacks)
         finally:
             images.close()
             if not chief and worker_cache is not None:
@@ -170,57 +171,42 @@ def train(
             keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(
-    p: TrainParams,
-    seed: int,
-    train_df: pd.DataFrame,
-    val_df: pd.DataFrame,
-    weights_out: Path,
-    live_dir: Path,
-    strategy: tf.distribute.Strategy,
-    images: ImageCache,
-    features_cache: FeatureCache | None,
-    scratch: Path,
-    extra_callbacks: list | None = None,
-) -> dict:
-    chief = is_chief(strategy)
+@dataclass(frozen=True)
+class Job:
+    """What the training steps share: the params, the seed, the two splits, the strategy and the caches."""
+
+    p: TrainParams
+    seed: int
+    train_df: pd.DataFrame
+    val_df: pd.DataFrame
+    strategy: tf.distribute.Strategy
+    images: ImageCache
+    features: FeatureCache | None
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return self.train_df.label.to_numpy("float32")
+
+    @property
+    def y_val(self) -> np.ndarray:
+        return self.val_df.label.to_numpy("float32")
+
+
+def _train(job: Job, weights_out: Path, live_dir: Path, scratch: Path, extra_callbacks: list | None = None) -> dict:
+    """Fit the head (on cached features when the backbone is frozen and nothing is augmented, else the whole
+    model on the images), optionally fine-tune, check the health, save the whole model's weights."""
+    p, strategy = job.p, job.strategy
     with strategy.scope():
         model, features, classifier = build_model(p, p.weights)
-    y_train, y_val = train_df.label.to_numpy("float32"), val_df.label.to_numpy("float32")
     start = time.perf_counter()
-    use_cache = p.freeze_backbone and not p.augment
+    on_features = p.freeze_backbone and not p.augment
     if p.freeze_backbone and p.augment:
         log.info("augmentation is on, so the feature cache is off: augmented images change the features every epoch")
-
-    def image_datasets(augment: bool) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-        train_ds = image_dataset(
-            train_df.path,
-            p.image_size,
-            p.batch_size,
-            y_train,
-            shuffle_seed=seed,
-            augment_seed=seed if augment else None,
-            cache=images.prefix(train_df),
-        )
-        val_ds = image_dataset(val_df.path, p.image_size, p.batch_size, y_val, cache=images.prefix(val_df))
-        return distributed(train_ds, strategy), distributed(val_ds, strategy)
-
-    if use_cache:
-        fitted = classifier
-        train_ds = (
-            tf.data.Dataset.from_tensor_slices(
-                (cached_features(features, train_df, p, seed, features_cache, strategy, images, chief), y_train)
-            )
-            .shuffle(len(train_df), seed=seed)
-            .batch(p.batch_size)
-        )
-        val_ds = tf.data.Dataset.from_tensor_slices(
-            (cached_features(features, val_df, p, seed, features_cache, strategy, images, chief), y_val)
-        ).batch(p.batch_size)
-        train_ds, val_ds = distributed(train_ds, strategy), distributed(val_ds, strategy)
+    if on_features:
+        fitted, image_ds, (train_ds, val_ds) = classifier, None, feature_datasets(job, features)
     else:
-        fitted = model
-        train_ds, val_ds = image_datasets(p.augment)
+        fitted, image_ds = model, image_datasets(job, p.augment)
+        train_ds, val_ds = image_ds
     with strategy.scope():
         compile_for_training(fitted, p.learning_rate, p.optimizer)
 
@@ -229,52 +215,114 @@ def _train(
         keras_multi_worker_fixes(strategy, [fitted, model]),
         Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live,
     ):
-        best, best_tuned = scratch / "best.weights.h5", scratch / "best_tuned.weights.h5"
-        callbacks = standard_callbacks(best, p, live)
-        history = fitted.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=p.epochs,
-            callbacks=[*(extra_callbacks or []), *callbacks],
-            verbose=2,
-        )
-        if best.exists():
-            fitted.load_weights(best)
-        else:  # no finite validation loss in any epoch: keep the last weights, the health check flags them
-            log.warning("no epoch reached a finite validation loss: keeping the last weights")
-        log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, len(history.epoch))
-
+        epochs, best_loss = fit_head(fitted, train_ds, val_ds, p, scratch / "best.weights.h5", live, extra_callbacks)
+        log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, epochs)
         if p.fine_tune.epochs:
-            model.save_weights(best)  # the whole model at the head's best
-            stages = unfreeze_last_stages(model, p.fine_tune.stages)
-            log.info(
-                "fine-tuning %s for up to %d epochs at learning rate %g",
-                stages,
-                p.fine_tune.epochs,
-                p.fine_tune.learning_rate,
-            )
-            with strategy.scope():
-                compile_for_training(model, p.fine_tune.learning_rate, p.optimizer)
-            if use_cache:
-                train_ds, val_ds = image_datasets(augment=False)
-            done = len(history.epoch)
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                initial_epoch=done,
-                epochs=done + p.fine_tune.epochs,
-                callbacks=standard_callbacks(best_tuned, p, live, best_so_far=callbacks[0].best),
-                verbose=2,
-            )
-            improved = best_tuned.exists()
-            log.info("fine-tuning %s the validation loss", "improved" if improved else "did not improve")
-            model.load_weights(best_tuned if improved else best)
+            val_ds = fine_tune(job, model, image_ds, epochs, best_loss, live, scratch)
             fitted = model  # the whole model, on the images
-        report = check_health(fitted, val_ds, y_val, live)
+        report = check_health(fitted, val_ds, job.y_val, live)
+    write_weights(model, weights_out)
+    return report
+
+
+def image_datasets(job: Job, augment: bool) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """(train, validation) batches of images and labels; the training images shuffled (and augmented)."""
+    p, train_df, val_df = job.p, job.train_df, job.val_df
+    train_ds = image_dataset(
+        train_df.path,
+        p.image_size,
+        p.batch_size,
+        job.y_train,
+        shuffle_seed=job.seed,
+        augment_seed=job.seed if augment else None,
+        cache=job.images.prefix(train_df),
+    )
+    val_ds = image_dataset(val_df.path, p.image_size, p.batch_size, job.y_val, cache=job.images.prefix(val_df))
+    return distributed(train_ds, job.strategy), distributed(val_ds, job.strategy)
+
+
+def feature_datasets(job: Job, features: keras.Model) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """(train, validation) batches of the backbone's features (computed once, or read from the cache) and labels."""
+    p, chief = job.p, is_chief(job.strategy)
+
+    def features_of(df: pd.DataFrame) -> np.ndarray:
+        return cached_features(features, df, p, job.seed, job.features, job.strategy, job.images, chief)
+
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((features_of(job.train_df), job.y_train))
+        .shuffle(len(job.train_df), seed=job.seed)
+        .batch(p.batch_size)
+    )
+    val_ds = tf.data.Dataset.from_tensor_slices((features_of(job.val_df), job.y_val)).batch(p.batch_size)
+    return distributed(train_ds, job.strategy), distributed(val_ds, job.strategy)
+
+
+def fit_head(
+    fitted: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    p: TrainParams,
+    best: Path,
+    live: Live,
+    extra_callbacks: list | None,
+) -> tuple[int, float | None]:
+    """The first phase: fit `fitted` (the classifier on features, or the whole model), then load its best
+    weights (lowest val_loss, kept in `best`). Returns (epochs run, best validation loss)."""
+    callbacks = standard_callbacks(best, p, live)
+    history = fitted.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=p.epochs,
+        callbacks=[*(extra_callbacks or []), *callbacks],
+        verbose=2,
+    )
+    if best.exists():
+        fitted.load_weights(best)
+    else:  # no finite validation loss in any epoch: keep the last weights, the health check flags them
+        log.warning("no epoch reached a finite validation loss: keeping the last weights")
+    return len(history.epoch), callbacks[0].best
+
+
+def fine_tune(
+    job: Job,
+    model: keras.Model,
+    image_ds: tuple[tf.data.Dataset, tf.data.Dataset] | None,
+    done: int,
+    best_so_far: float | None,
+    live: Live,
+    scratch: Path,
+) -> tf.data.Dataset:
+    """The second phase: unfreeze the last ResNet stages and train the whole model on the images (the first
+    phase's `image_ds`, or new ones after training on features), continuing its epochs and curves. Keeps the
+    best weights only if they beat the first phase's validation loss. Returns the validation images."""
+    p = job.p
+    best, best_tuned = scratch / "best.weights.h5", scratch / "best_tuned.weights.h5"
+    model.save_weights(best)  # the whole model at the head's best
+    stages = unfreeze_last_stages(model, p.fine_tune.stages)
+    log.info(
+        "fine-tuning %s for up to %d epochs at learning rate %g", stages, p.fine_tune.epochs, p.fine_tune.learning_rate
+    )
+    with job.strategy.scope():
+        compile_for_training(model, p.fine_tune.learning_rate, p.optimizer)
+    train_ds, val_ds = image_ds or image_datasets(job, augment=False)
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        initial_epoch=done,
+        epochs=done + p.fine_tune.epochs,
+        callbacks=standard_callbacks(best_tuned, p, live, best_so_far=best_so_far),
+        verbose=2,
+    )
+    improved = best_tuned.exists()
+    log.info("fine-tuning %s the validation loss", "improved" if improved else "did not improve")
+    model.load_weights(best_tuned if improved else best)
+    return val_ds
+
+
+def write_weights(model: keras.Model, weights_out: Path) -> None:
     with path_for(weights_out) as tmp_weights:
         model.save_weights(tmp_weights)
     log.info("weights written to %s", weights_out)
-    return report
 
 
 def check_health(model: keras.Model, val_ds: tf.data.Dataset, y_val: np.ndarray, live: Live) -> dict:
