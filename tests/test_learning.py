@@ -20,6 +20,7 @@ from steeldefect.params import HeadParams, SynthesizeParams, TrainParams
 from steeldefect.synthetic import HEIGHT, WIDTH, make_image, write_dataset
 from steeldefect.synthetic import _pits as paint_pits
 from steeldefect.synthetic import _scratch as paint_scratch
+from steeldefect.runtime import Runtime
 from steeldefect.training import train
 
 # easy data (no faint defects, no harmless marks): learning, not the difficulty of the default dataset
@@ -31,7 +32,6 @@ TRAIN = TrainParams(
     backbone_layer="conv2_block3_out",
     head=HeadParams(dense_units=32, dropout=0.1),
     patience=60,
-    feature_cache=None,  # features computed once, in memory
 )
 SEED = 3
 FLIP_MEAN_TOLERANCE = 0.1  # mean |p(image) - p(flipped image)| over the validation images
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     write_dataset(DATA, SEED, root / "data")
     images = prepare(root / "data")[0]
     train_df, val_df = images[:64], images[64:]
-    train(TRAIN, SEED, train_df, val_df, root / "w.weights.h5", root / "live")
+    train(TRAIN, SEED, train_df, val_df, root / "w.weights.h5", root / "live", Runtime())  # no disk cache
     model, _, _ = build_model(TRAIN, weights=None)
     model.load_weights(root / "w.weights.h5")
     loss = pd.read_csv(root / "live/plots/metrics/train/loss.tsv", sep="\t").loss.to_numpy()
