@@ -17,10 +17,10 @@ from steeldefect.dataset import prepare
 from steeldefect.inference import predict_paths
 from steeldefect.model import build_model
 from steeldefect.params import HeadParams, SynthesizeParams, TrainParams
+from steeldefect.runtime import Runtime
 from steeldefect.synthetic import HEIGHT, WIDTH, make_image, write_dataset
 from steeldefect.synthetic import _pits as paint_pits
 from steeldefect.synthetic import _scratch as paint_scratch
-from steeldefect.runtime import Runtime
 from steeldefect.training import train
 
 # easy data (no faint defects, no harmless marks): learning, not the difficulty of the default dataset
