@@ -32,7 +32,7 @@ class SynthesizeParams:
     class_weights: tuple[float, float, float, float] = (0.12, 0.03, 0.73, 0.12)  # Severstal's class mix
     two_class_fraction: float = 0.05
     # the difficulty (see synthetic.py): faint defects, defects at the borders, harmless marks
-    faint_fraction: float = 0.1  # share of defects drawn faint (and faint pits tiny)
+    faint_fraction: float = 0.06  # share of defects drawn faint (and faint pits tiny)
     faint_contrast: float = 0.5  # a faint defect's contrast relative to a normal one
     edge_fraction: float = 0.15  # share of defects at an image border, partly cut off
     mark_fraction: float = 0.5  # share of images (clean or defective) with oil stains, water spots or roll marks
