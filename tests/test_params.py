@@ -202,6 +202,20 @@ def test_unknown_key_is_named_with_its_full_path(raw, key):
         ({"baseline": {"image_size": 16}}, "baseline.image_size", "[16, 16]"),
         ({"baseline": {"max_iter": 0}}, "baseline.max_iter", "0"),
         ({"baseline": {"learning_rate": 0}}, "baseline.learning_rate", "0.0"),
+        ({"train": {"supervision": "pixel"}}, "train.supervision", "'pixel'"),
+        ({"train": {"mask": {"crop_defect_share": 1.5}}}, "train.mask.crop_defect_share", "1.5"),
+        ({"train": {"mask": {"seg_loss_weight": -1}}}, "train.mask.seg_loss_weight", "-1.0"),
+        ({"train": {"mask": {"seg_positive_weight": 0}}}, "train.mask.seg_positive_weight", "0.0"),
+        (
+            {"train": {"mask": {"seg_loss_weight": 0, "cls_loss_weight": 0}}},
+            "train.mask.seg_loss_weight + train.mask.cls_loss_weight",
+            "0.0",
+        ),
+        ({"train": {"mask": {"bn_momentum": 1}}}, "train.mask.bn_momentum", "1.0"),
+        ({"train": {"supervision": "mask", "image_size": [130, 800]}}, "train.image_size", "[130, 800]"),
+        ({"train": {"supervision": "mask", "mask": {"crop_size": [100, 128]}}}, "train.mask.crop_size", "[100, 128]"),
+        ({"train": {"supervision": "mask", "mask": {"crop_size": [256, 128]}}}, "train.mask.crop_size", "[256, 128]"),
+        ({"train": {"supervision": "mask", "backbone_layer": "avg_pool"}}, "train.backbone_layer", "'avg_pool'"),
     ],
 )
 def test_bad_value_names_key_and_value(raw, key, shown):

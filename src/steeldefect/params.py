@@ -301,7 +301,12 @@ def _check_mask(t: TrainParams, need) -> None:
     need(0 <= m.crop_defect_share <= 1, "train.mask.crop_defect_share", m.crop_defect_share, "a fraction in [0, 1]")
     for key in ("seg_loss_weight", "cls_loss_weight"):
         need(getattr(m, key) >= 0, f"train.mask.{key}", getattr(m, key), "a number >= 0")
-    need(m.seg_loss_weight + m.cls_loss_weight > 0, "train.mask loss weights", 0, "at least one weight > 0")
+    need(
+        m.seg_loss_weight + m.cls_loss_weight > 0,
+        "train.mask.seg_loss_weight + train.mask.cls_loss_weight",
+        m.seg_loss_weight + m.cls_loss_weight,
+        "a sum > 0 (at least one loss must count)",
+    )
     need(m.cls_ramp_epochs >= 0, "train.mask.cls_ramp_epochs", m.cls_ramp_epochs, "an integer >= 0")
     need(m.seg_positive_weight > 0, "train.mask.seg_positive_weight", m.seg_positive_weight, "a number > 0")
     need(m.seg_channels >= 1, "train.mask.seg_channels", m.seg_channels, "an integer >= 1")
