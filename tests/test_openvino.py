@@ -104,7 +104,7 @@ def test_engine_openvino_without_ir_is_a_usage_error(pipeline, tmp_path, capsys)
 def test_ir_beyond_the_limit_is_refused_and_nothing_written(pipeline, tmp_path):
     """The real export stage, int8, with an absurd tolerance: it must fail before replacing any model file."""
     project = tmp_path / "project"
-    for name in ("data/split", "data/synthetic", "models"):
+    for name in ("data/split", "data/synthetic", "models", "metrics/train"):
         shutil.copytree(pipeline / name, project / name)
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     params["export"].update(openvino="int8", openvino_tolerance=1e-12, openvino_calibration_images=8)
