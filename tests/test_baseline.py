@@ -113,8 +113,9 @@ def test_stage_runs_in_the_pipeline(pipeline):
 
 
 @pytest.mark.slow
-def test_roc_and_precision_recall_plots_show_both_models(pipeline):
-    shown = json.loads(run(["dvc", "plots", "show", "--json"], pipeline).stdout)["data"]
+def test_roc_and_precision_recall_plots_show_both_models(pipeline, tmp_path):
+    # -o: the images of the plots go there, not into the shared pipeline project (left dirty otherwise)
+    shown = json.loads(run(["dvc", "plots", "show", "--json", "-o", str(tmp_path / "plots")], pipeline).stdout)["data"]
     for title, stem in (("ROC", "roc"), ("Precision-recall", "precision_recall")):
         (plot,) = [p for name, p in shown.items() if name.startswith(title)]
         values = plot[0]["content"]["data"]["values"]
