@@ -53,6 +53,20 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steeldefect", description="Steel-defect classifier commands.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_predict(commands)
+    cache = commands.add_parser(
+        "cache",
+        help="show or free the feature and image caches",
+        description="The caches shared by every run and experiment (frozen-backbone features, decoded images) "
+        "live in $STEELDEFECT_CACHE_DIR, else $XDG_CACHE_HOME/steeldefect, else ~/.cache/steeldefect.",
+    )
+    cache.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
+    cache.add_argument("--kind", choices=["features", "images"], help="clear only this kind (default: both)")
+    return parser
+
+
+def _add_predict(commands) -> None:
+    """The `predict` subcommand and its options."""
     predict = commands.add_parser(
         "predict",
         help="defect probability of images with the exported model",
@@ -108,15 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
         "default: openvino when that IR exists, else keras",
     )
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
-    cache = commands.add_parser(
-        "cache",
-        help="show or free the feature and image caches",
-        description="The caches shared by every run and experiment (frozen-backbone features, decoded images) "
-        "live in $STEELDEFECT_CACHE_DIR, else $XDG_CACHE_HOME/steeldefect, else ~/.cache/steeldefect.",
-    )
-    cache.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
-    cache.add_argument("--kind", choices=["features", "images"], help="clear only this kind (default: both)")
-    return parser
 
 
 def cache_command(action: str, kind: str | None) -> None:
@@ -251,6 +256,26 @@ def _load_engine(model_dir: Path, engine: str | None):
     return load_model(model_dir), MODEL_JSON
 
 
+def check_model_use(model, meta: dict, model_dir: Path, maps_dir: Path | None, paths: list[str]) -> None:
+    """Warn about a degenerate model; refuse --maps for a model without a defect map or a bad DIR."""
+    from steeldefect.inference import has_defect_map
+    from steeldefect.maps import check_maps_dir
+
+    if meta.get("degenerate"):
+        print(
+            f"warning: {Path(model_dir) / 'model_meta.json'} says this model is degenerate (its training run learned "
+            "nothing: constant or chance-level predictions); its probabilities are meaningless.",
+            file=sys.stderr,
+        )
+    if maps_dir is not None:
+        if not has_defect_map(model):
+            raise UserError(
+                f"--maps {maps_dir}: the model in {model_dir} has no defect map (it was trained with "
+                "train.supervision: image); export a model trained with train.supervision: mask."
+            )
+        check_maps_dir(Path(maps_dir), paths)
+
+
 def predict(
     inputs: Sequence[str | Path],
     model_dir: Path = Path("models"),
@@ -268,8 +293,7 @@ def predict(
     from tqdm import tqdm
 
     from steeldefect import atomic
-    from steeldefect.inference import has_defect_map, predict_files
-    from steeldefect.maps import check_maps_dir
+    from steeldefect.inference import predict_files
     from steeldefect.openvino_engine import OpenVINOEngine
 
     paths = expand_images(inputs)
@@ -277,19 +301,7 @@ def predict(
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
     value, source = resolve_threshold(threshold, model_dir)
     model, image_size, meta = load_for_inference(model_dir, engine)
-    if meta.get("degenerate"):
-        print(
-            f"warning: {model_dir / 'model_meta.json'} says this model is degenerate (its training run learned "
-            "nothing: constant or chance-level predictions); its probabilities are meaningless.",
-            file=sys.stderr,
-        )
-    if maps_dir is not None:
-        if not has_defect_map(model):
-            raise UserError(
-                f"--maps {maps_dir}: the model in {model_dir} has no defect map (it was trained with "
-                "train.supervision: image); export a model trained with train.supervision: mask."
-            )
-        check_maps_dir(Path(maps_dir), paths)
+    check_model_use(model, meta, model_dir, maps_dir, paths)
     precision = (meta.get("openvino") or {}).get("precision", "?")
     engine = f"OpenVINO {precision} IR" if isinstance(model, OpenVINOEngine) else "Keras"
     batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
