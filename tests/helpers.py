@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,3 +75,16 @@ def make_project(root: Path, params: dict) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "init"], root)
     return root
+
+
+def run_clean_python(script: str, *args: str) -> dict:
+    """Run `script` with `args` in a fresh Python with no PATH and no project on sys.path (a SavedModel must
+    serve without this package); returns the JSON object its last output line prints."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,6 +17,8 @@ from steeldefect.inference import predict_paths
 from steeldefect.model import build_model
 from steeldefect.openvino_engine import IR_DIR
 from steeldefect.params import ExportParams, HeadParams, Params, TrainParams, parse_params
+
+from helpers import run_clean_python
 
 TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
 
@@ -81,14 +81,7 @@ def test_saved_model_serves_jpeg_bytes_like_the_command(exported, tmp_path):
     root, _, paths = exported
     assert predict(paths, root / "models", tmp_path / "out.csv", progress=False) == 0
     expected = pd.read_csv(tmp_path / "out.csv").probability.to_numpy()
-    proc = subprocess.run(
-        [sys.executable, "-c", SERVE, str(root / "models" / SAVED_MODEL), *paths],
-        capture_output=True,
-        text=True,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    served = run_clean_python(SERVE, str(root / "models" / SAVED_MODEL), *paths)
     assert served["inputs"] == {"image_bytes": ["string", [None]]}
     assert served["outputs"] == ["probability"]  # an image model has no defect map
     np.testing.assert_allclose(served["probability"], expected, rtol=0, atol=1e-5)

@@ -6,7 +6,6 @@ hand-made fully convolutional Keras model with the mask model's interface: input
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from steeldefect.model import build_model
 from steeldefect.params import MaskParams, Params, SynthesizeParams, TrainParams
 from steeldefect.synthetic import write_dataset
 
-from helpers import REPO, run
+from helpers import REPO, run, run_clean_python
 
 SIZE = (64, 96)  # the meta's image_size: every image is resized to it, maps are 16 x 24
 META = {
@@ -107,14 +106,7 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
 
 def test_saved_model_returns_both_outputs_like_keras(project):
     root, _, paths = project
-    proc = subprocess.run(
-        [sys.executable, "-c", SERVE, str(root / "models" / SAVED_MODEL), *paths],
-        capture_output=True,
-        text=True,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    served = run_clean_python(SERVE, str(root / "models" / SAVED_MODEL), *paths)
     assert sorted(served) == ["defect_map", "probability"]
     expected = predict_all(load_model(root / "models"), paths, 2, SIZE)
     np.testing.assert_allclose(served["probability"], expected.probability, rtol=0, atol=1e-5)
