@@ -16,7 +16,6 @@ Masks are exact (the pixels a defect changed) and written as RLE; harmless marks
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -188,17 +187,16 @@ def make_image(cfg: SynthesizeParams, seed: int, index: int) -> tuple[np.ndarray
 
 
 def write_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path) -> None:
-    """Write train_images/*.jpg, train.csv (ImageId,ClassId,EncodedPixels) and defect_and_no_defect.csv."""
-    with atomic_dir(out_dir) as tmp:
+    """Write train_images/*.jpg, train.csv (ImageId,ClassId,EncodedPixels) and defect_and_no_defect.csv,
+    one image at a time: rows go straight to the open CSV files, so memory does not grow with n_images."""
+    with atomic_dir(out_dir) as tmp, open(tmp / "train.csv", "w") as masks_csv, \
+            open(tmp / "defect_and_no_defect.csv", "w") as labels_csv:
         (tmp / "train_images").mkdir()
-        masks_rows, label_rows = ["ImageId,ClassId,EncodedPixels"], ["ImageID,label"]
+        masks_csv.write("ImageId,ClassId,EncodedPixels\n")
+        labels_csv.write("ImageID,label\n")
         for i in range(cfg.n_images):
             name = f"synth_{i:05d}.jpg"
             img, masks = make_image(cfg, seed, i)
-            buf = io.BytesIO()
-            Image.fromarray(img).convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
-            (tmp / "train_images" / name).write_bytes(buf.getvalue())
-            masks_rows += [f"{name},{cls},{rle_encode(m)}" for cls, m in masks.items()]
-            label_rows.append(f"{name},{int(bool(masks))}")
-        (tmp / "train.csv").write_text("\n".join(masks_rows) + "\n")
-        (tmp / "defect_and_no_defect.csv").write_text("\n".join(label_rows) + "\n")
+            Image.fromarray(img).convert("RGB").save(tmp / "train_images" / name, "JPEG", quality=JPEG_QUALITY)
+            masks_csv.writelines(f"{name},{cls},{rle_encode(m)}\n" for cls, m in masks.items())
+            labels_csv.write(f"{name},{int(bool(masks))}\n")
