@@ -2,20 +2,18 @@
 
 It writes the baseline's probabilities; `evaluate` applies the same threshold policy to both models."""
 
-from pathlib import Path
-
 import pandas as pd
 
 from steeldefect.baseline import run_baseline, save
-from steeldefect.errors import run
+from steeldefect.errors import paths, run
 from steeldefect.params import load_params
 
 
 def main() -> None:
-    p = load_params()
-    train, val, test = (pd.read_csv(f"data/split/{n}.csv", keep_default_na=False) for n in ("train", "val", "test"))
+    a, p = paths("split", "out"), load_params()
+    train, val, test = (pd.read_csv(a.split / f"{n}.csv", keep_default_na=False) for n in ("train", "val", "test"))
     result = run_baseline(train, val, test, p.baseline, p.seed)
-    save(result, Path("data/baseline"))
+    save(result, a.out)
     auc = result.metrics["roc_auc"]
     print(
         f"baseline: features of {len(train) + len(val) + len(test)} images in {result.feature_seconds:.1f} s, "

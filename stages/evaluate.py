@@ -2,36 +2,36 @@
 metrics for a mask model, and the comparison with the classical baseline."""
 
 import sys
-from pathlib import Path
 
 import pandas as pd
 
-from steeldefect.errors import run
+from steeldefect.errors import paths, run
 from steeldefect.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
 from steeldefect.maps import load_maps
 from steeldefect.params import load_params
 
-TEST_MAPS = Path("data/predictions/test_maps.npz")  # written by the predict stage for a mask model only
+TEST_MAPS = "test_maps.npz"  # written by the predict stage for a mask model only
 
 
 def main() -> None:
+    a = paths("predictions", "test", "masks", "baseline", "metrics", "baseline_metrics", "threshold", "plots", "out")
     p = load_params()
     read = lambda path: pd.read_csv(path, keep_default_na=False, dtype={"classes": str})  # noqa: E731
-    val = read("data/predictions/val.csv")
-    test = read("data/split/test.csv").merge(
-        read("data/predictions/test.csv")[["ImageId", "probability"]], on="ImageId", validate="one_to_one"
+    val = read(a.predictions / "val.csv")
+    test = read(a.test).merge(
+        read(a.predictions / "test.csv")[["ImageId", "probability"]], on="ImageId", validate="one_to_one"
     )
-    maps, stride = load_maps(TEST_MAPS) if TEST_MAPS.exists() else (None, None)
+    maps, stride = load_maps(a.predictions / TEST_MAPS) if (a.predictions / TEST_MAPS).exists() else (None, None)
     m = evaluate(
         p.evaluate,
         p.seed,
         val,
         test,
-        read("data/prepared/masks.csv"),
-        Path("metrics/evaluate.json"),
-        Path("models/threshold.json"),
-        Path("plots"),
-        Path("data/evaluation"),
+        read(a.masks),
+        a.metrics,
+        a.threshold,
+        a.plots,
+        a.out,
         maps,
         stride,
     )
@@ -49,13 +49,13 @@ def main() -> None:
 
     base = evaluate_baseline(
         p.evaluate,
-        read("data/baseline/val.csv"),
-        read("data/baseline/test.csv"),
-        Path("metrics/baseline.json"),
-        Path("plots"),
+        read(a.baseline / "val.csv"),
+        read(a.baseline / "test.csv"),
+        a.baseline_metrics,
+        a.plots,
     )
     print(f"baseline test accuracy {base['accuracy']:.3f} at threshold {base['threshold']:.3g}")
-    warning = add_baseline_comparison(Path("metrics/evaluate.json"), base)
+    warning = add_baseline_comparison(a.metrics, base)
     if warning:
         print(warning, file=sys.stderr)
 

@@ -3,11 +3,10 @@ models/saved_model/ and the OpenVINO IR models/openvino/, all checked against th
 
 import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 
-from steeldefect.errors import run
+from steeldefect.errors import paths, run
 from steeldefect.export import export, model_meta, read_meta
 from steeldefect.metrics import choose_threshold
 from steeldefect.openvino_engine import IRRequest
@@ -15,14 +14,12 @@ from steeldefect.params import load_params
 
 
 def main() -> None:
-    p = load_params()
-    test = pd.read_csv("data/split/test.csv", keep_default_na=False)
-    train = pd.read_csv("data/split/train.csv", keep_default_na=False)
+    a, p = paths("split", "weights", "train_metrics", "out"), load_params()
+    train, val, test = (pd.read_csv(a.split / f"{n}.csv", keep_default_na=False) for n in ("train", "val", "test"))
     # the train stage's health check travels with the model: `steeldefect predict` warns about a degenerate one
-    degenerate = bool(json.loads(Path("metrics/train/metrics.json").read_text()).get("degenerate", False))
+    degenerate = bool(json.loads(a.train_metrics.read_text()).get("degenerate", False))
     if degenerate:
-        print("WARNING: exporting a degenerate model (metrics/train/metrics.json: degenerate: true)", file=sys.stderr)
-    val = pd.read_csv("data/split/val.csv", keep_default_na=False)
+        print(f"WARNING: exporting a degenerate model ({a.train_metrics}: degenerate: true)", file=sys.stderr)
     x, e = p.export, p.evaluate
 
     def threshold(prob):  # the evaluate stage's: fixed, or chosen on the validation split
@@ -41,19 +38,19 @@ def main() -> None:
     )
     diff = export(
         p.train,
-        Path("models/trained.weights.h5"),
-        Path("models"),
+        a.weights,
+        a.out,
         list(test.path[:4]),
         {**model_meta(p, train), "degenerate": degenerate},
         saved_model=x.saved_model,
         openvino=ir if x.openvino != "none" else None,
     )
-    saved = "models/saved_model (SavedModel)" if x.saved_model else "no SavedModel (export.saved_model: false)"
-    print(f"exported models/model.json + models/model.weights.h5 and {saved}; reload check: max difference {diff:.2g}")
-    ir = read_meta(Path("models")).get("openvino")
+    saved = f"{a.out}/saved_model (SavedModel)" if x.saved_model else "no SavedModel (export.saved_model: false)"
+    print(f"exported {a.out}/model.json + model.weights.h5 and {saved}; reload check: max difference {diff:.2g}")
+    ir = read_meta(a.out).get("openvino")
     if ir:
         print(
-            f"OpenVINO {ir['precision']} IR models/{ir['path']}: {ir['decisions_changed']} of {ir['images_checked']} "
+            f"OpenVINO {ir['precision']} IR {a.out}/{ir['path']}: {ir['decisions_changed']} of {ir['images_checked']} "
             f"validation decisions changed, largest probability difference {ir['max_probability_difference']:.2g}"
         )
 

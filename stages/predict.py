@@ -1,13 +1,11 @@
 """Stage predict: defect probability of every validation and test image, from the exported model only, and the
 test images' defect maps when the model has them (a mask-supervised model)."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from steeldefect import atomic
-from steeldefect.errors import run
+from steeldefect.errors import paths, run
 from steeldefect.export import load_model, read_meta
 from steeldefect.inference import predict_all
 from steeldefect.maps import save_maps
@@ -17,12 +15,12 @@ TEST_MAPS = "test_maps.npz"  # only for a model with a defect map: what the eval
 
 
 def main() -> None:
-    p = load_params()
-    model = load_model(Path("models"))
-    meta = read_meta(Path("models"))  # a mask model takes any size: predict at the trained one
-    with atomic.atomic_dir(Path("data/predictions")) as tmp:
+    a, p = paths("models", "split", "out"), load_params()
+    model = load_model(a.models)
+    meta = read_meta(a.models)  # a mask model takes any size: predict at the trained one
+    with atomic.atomic_dir(a.out) as tmp:
         for name in ("val", "test"):
-            df = pd.read_csv(f"data/split/{name}.csv", keep_default_na=False)
+            df = pd.read_csv(a.split / f"{name}.csv", keep_default_na=False)
             result = predict_all(model, df.path, p.train.batch_size, meta["image_size"])
             df[["ImageId", "label"]].assign(probability=result.probability).to_csv(tmp / f"{name}.csv", index=False)
             if name == "test" and result.maps is not None:

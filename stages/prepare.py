@@ -1,25 +1,23 @@
 """Stage prepare: one checked row per image, data metrics, and a figure of samples with their masks."""
 
-from pathlib import Path
-
 from steeldefect import atomic
 from steeldefect.dataset import exploration_tables, load_masks, pick_samples, prepare, resolve_source
-from steeldefect.errors import run
+from steeldefect.errors import paths, run
 from steeldefect.params import load_params
 from steeldefect.plots import Tile, gallery
 
 
 def main() -> None:
-    p = load_params()
+    a, p = paths("out", "plots", "metrics"), load_params()
     source = resolve_source(p.data.source)
     images, masks, excluded, metrics = prepare(source, p.prepare.on_bad_image)
-    with atomic.atomic_dir(Path("data/prepared")) as tmp:
+    with atomic.atomic_dir(a.out) as tmp:
         images.to_csv(tmp / "images.csv", index=False)
         masks.to_csv(tmp / "masks.csv", index=False)
         excluded.to_csv(tmp / "excluded.csv", index=False)
     for name, table in exploration_tables(images, masks).items():
-        atomic.write_text(Path(f"plots/data/{name}.csv"), table.to_csv(index=False))
-    atomic.write_json(Path("metrics/data.json"), metrics)
+        atomic.write_text(a.plots / "data" / f"{name}.csv", table.to_csv(index=False))
+    atomic.write_json(a.metrics, metrics)
     tiles = [
         Tile(
             r.path,
@@ -28,7 +26,7 @@ def main() -> None:
         )
         for r in pick_samples(images, p.prepare.sample_images, p.seed).itertuples()
     ]
-    gallery(tiles, Path("plots/samples.png"), f"Samples from {source} (mask colour = defect class)")
+    gallery(tiles, a.plots / "samples.png", f"Samples from {source} (mask colour = defect class)")
 
 
 if __name__ == "__main__":

@@ -3,31 +3,28 @@ a degenerate run.
 
 Strategy and caches are runtime settings from the environment (steeldefect.runtime), not params."""
 
-from pathlib import Path
-
 import pandas as pd
 
 from steeldefect import segtrain
-from steeldefect.errors import run
+from steeldefect.errors import paths, run
 from steeldefect.params import load_params
 from steeldefect.runtime import load_runtime
 from steeldefect.training import train
 
 
 def main() -> None:
-    p = load_params()
-    train_df, val_df = (pd.read_csv(f"data/split/{name}.csv", keep_default_na=False) for name in ("train", "val"))
-    weights, live = Path("models/trained.weights.h5"), Path("metrics/train")
+    a, p = paths("split", "masks", "weights", "live"), load_params()
+    train_df, val_df = (pd.read_csv(a.split / f"{name}.csv", keep_default_na=False) for name in ("train", "val"))
     runtime = load_runtime()
     print(
         f"runtime settings (environment, not params): strategy {runtime.strategy}, "
         f"feature cache {runtime.feature_cache or 'off'}, image cache {runtime.image_cache or 'off'}"
     )
     if p.train.supervision == "mask":
-        masks = pd.read_csv("data/prepared/masks.csv", keep_default_na=False)
-        segtrain.train(p.train, p.seed, train_df, val_df, masks, weights, live)
+        masks = pd.read_csv(a.masks, keep_default_na=False)
+        segtrain.train(p.train, p.seed, train_df, val_df, masks, a.weights, a.live)
     else:
-        train(p.train, p.seed, train_df, val_df, weights, live, runtime)
+        train(p.train, p.seed, train_df, val_df, a.weights, a.live, runtime)
 
 
 if __name__ == "__main__":

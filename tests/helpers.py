@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def stage_cmd(name: str) -> list[str]:
+    """A stage's command exactly as dvc.yaml writes it, to run from a project root: the tests run the stage
+    scripts with dvc.yaml's own paths, so the two cannot drift apart."""
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][name]["cmd"].removeprefix("cd .. && ")
+    python, script, *args = shlex.split(cmd)
+    assert python == "python", cmd
+    return [sys.executable, str(REPO / script), *args]
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 from steeldefect.params import SynthesizeParams
 from steeldefect.synthetic import write_dataset
 
-from helpers import REPO, run
+from helpers import run, stage_cmd
 
 pytestmark = pytest.mark.slow  # a prepare process per case
 
@@ -31,11 +30,10 @@ def good_data(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(tmp_path, good_data) -> Path:
     """A project folder whose prepare stage has already succeeded once on good data."""
-    shutil.copytree(REPO / "stages", tmp_path / "stages")
     shutil.copytree(good_data, tmp_path / "source")
     (tmp_path / "data").mkdir()
     set_params(tmp_path, {"data": {"source": str(tmp_path / "source")}})
-    run([sys.executable, "stages/prepare.py"], tmp_path)
+    run(stage_cmd("prepare"), tmp_path)
     return tmp_path
 
 
@@ -118,7 +116,7 @@ CASES = [
 def test_bad_data_is_refused_cleanly(project, breaker):
     before = digest(project)
     pattern = breaker(project / "source")
-    proc = run([sys.executable, "stages/prepare.py"], project, check=False)
+    proc = run(stage_cmd("prepare"), project, check=False)
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip()
     assert message.startswith("error: ") and "Traceback" not in message and "\n" not in message, message
@@ -129,7 +127,7 @@ def test_bad_data_is_refused_cleanly(project, breaker):
 def test_bad_param_is_refused_before_any_work(project):
     before = digest(project)
     set_params(project, {"data": {"source": str(project / "source")}, "split": {"test_size": 1.5}})
-    proc = run([sys.executable, "stages/prepare.py"], project, check=False)
+    proc = run(stage_cmd("prepare"), project, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "error: params.yaml: split.test_size = 1.5 is not allowed; expected a fraction in (0, 1)."
@@ -140,7 +138,7 @@ def test_bad_param_is_refused_before_any_work(project):
 def test_skip_mode_lists_excluded_images(project):
     break_missing_and_corrupt(project / "source")
     set_params(project, {"data": {"source": str(project / "source")}, "prepare": {"on_bad_image": "skip"}})
-    run([sys.executable, "stages/prepare.py"], project)
+    run(stage_cmd("prepare"), project)
     excluded = (project / "data/prepared/excluded.csv").read_text()
     assert "synth_00003.jpg,file not found" in excluded and "synth_00005.jpg" in excluded
     metrics = yaml.safe_load((project / "metrics/data.json").read_text())
@@ -149,5 +147,5 @@ def test_skip_mode_lists_excluded_images(project):
 
 def test_debug_env_shows_traceback(project):
     break_header(project / "source")
-    proc = run([sys.executable, "stages/prepare.py"], project, check=False, env={"STEELDEFECT_DEBUG": "1"})
+    proc = run(stage_cmd("prepare"), project, check=False, env={"STEELDEFECT_DEBUG": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr

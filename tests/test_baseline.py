@@ -19,7 +19,7 @@ from steeldefect.evaluation import COMPARED, baseline_warning, compare_with_base
 from steeldefect.params import BaselineParams, EvaluateParams, SynthesizeParams
 from steeldefect.synthetic import make_image
 
-from helpers import SHARED_DATA, run
+from helpers import SHARED_DATA, run, stage_cmd
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def _evaluate_copy(pipeline: Path, tmp_path: Path, probability) -> tuple[str, di
     shutil.copytree(pipeline, root, symlinks=True, ignore=shutil.ignore_patterns(".dvc", ".git"))
     pred = pd.read_csv(root / "data/predictions/test.csv")
     pred.assign(probability=probability(pred.label)).to_csv(root / "data/predictions/test.csv", index=False)
-    out = run(["python", "stages/evaluate.py"], root)
+    out = run(stage_cmd("evaluate"), root)
     return out.stderr, json.loads((root / "metrics/evaluate.json").read_text())
 
 

@@ -1,8 +1,11 @@
-"""dvc.yaml lists exactly each stage's code: its script and every steeldefect module the script imports."""
+"""dvc.yaml lists exactly each stage's code (its script and every steeldefect module the script imports), passes
+every path a stage reads or writes on its command line, and tracks every key of params.yaml key by key."""
 
 from __future__ import annotations
 
 import ast
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,42 @@ def test_stage_code_deps_are_exact(name):
     script = REPO / "stages" / f"{name}.py"
     code = {p for p in deps if p.suffix == ".py"}
     assert code == {script} | imported_modules(script, set())
+
+
+def outputs(stage: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_paths_are_command_arguments(name):
+    """Each `--name PATH` of the command is a dependency or output of the stage (or the folder holding them), and
+    the script itself writes no path: dvc.yaml is the one place they are written."""
+    stage = STAGES[name]
+    wdir = REPO / stage.get("wdir", ".")
+    tracked = {(wdir / p).resolve() for p in stage["deps"] + outputs(stage) if not p.startswith("$")}
+    args = shlex.split(stage["cmd"].removeprefix("cd .. && "))[2:]
+    assert args and all(a.startswith("--") for a in args[::2]), stage["cmd"]
+    for path in (REPO / a for a in args[1::2]):
+        assert any(t == path.resolve() or path.resolve() in t.parents for t in tracked), f"{name}: {path}"
+    script = (REPO / "stages" / f"{name}.py").read_text()
+    literals = {
+        n.value for n in ast.walk(ast.parse(script)) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    assert not {v for v in literals if re.match(r"(data|models|metrics|plots)/", v)}
+
+
+def leaves(d: dict, prefix: str = "") -> set[str]:
+    return set().union(*(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"} for k, v in d.items()))
+
+
+def test_every_param_is_tracked_key_by_key():
+    """No stage depends on a whole section (a change to one key reruns only the stages that read it), and no key of
+    params.yaml is left untracked."""
+    tracked = set()
+    for stage in STAGES.values():
+        for entry in stage["params"]:
+            tracked |= set(next(iter(entry.values()))) if isinstance(entry, dict) else {entry}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert not tracked & set(params) - {"seed"}, "a whole section is a dependency"
+    untracked = {k for k in leaves(params) if not any(k == t or k.startswith(f"{t}.") for t in tracked)}
+    assert not untracked

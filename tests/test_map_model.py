@@ -6,7 +6,6 @@ hand-made fully convolutional Keras model with the mask model's interface: input
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import keras
@@ -26,7 +25,7 @@ from steeldefect.model import build_model
 from steeldefect.params import MaskParams, Params, SynthesizeParams, TrainParams
 from steeldefect.synthetic import write_dataset
 
-from helpers import REPO, run, run_clean_python
+from helpers import run, run_clean_python, stage_cmd
 
 SIZE = (64, 96)  # the meta's image_size: every image is resized to it, maps are 16 x 24
 META = {
@@ -226,14 +225,14 @@ def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
     export_model(two_output_model(), (32, 200), tmp_path / "models", list(images.path[:2]), meta, saved_model=False)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 4}, "evaluate": {"gallery_size": 2}}))
 
-    run([sys.executable, str(REPO / "stages/predict.py")], tmp_path)
+    run(stage_cmd("predict"), tmp_path)
     maps, stride = load_maps(tmp_path / "data/predictions/test_maps.npz")
     assert (
         stride == 4
         and sorted(maps) == sorted(parts["test"].ImageId)
         and maps[parts["test"].ImageId[0]].shape == (8, 50)
     )
-    run([sys.executable, str(REPO / "stages/evaluate.py")], tmp_path)
+    run(stage_cmd("evaluate"), tmp_path)
     loc = json.loads((tmp_path / "metrics/evaluate.json").read_text())["localization"]
     assert loc["images_with_mask"] == int(parts["test"].label.sum()) > 0 and 0 <= loc["dice"] <= 1
     assert loc["map_stride"] == 4 and loc["clean_images"] == int((parts["test"].label == 0).sum())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -12,9 +11,7 @@ import pytest
 from steeldefect.metrics import (
     binary_metrics,
     choose_threshold,
-    pr_points,
     recall_per_class,
-    roc_points,
     threshold_sweep,
 )
 
@@ -70,44 +67,6 @@ def test_binary_metrics_with_one_class_only():
 
 
 # --- ROC / PR points ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "y, prob",
-    [
-        (Y, PROB),
-        (np.array([0, 1, 1, 0, 1]), np.array([0.0, 1.0, 1.0, 0.3, 0.7])),  # probabilities at the ends
-        (np.array([1, 0, 1, 0]), np.array([0.5, 0.5, 0.5, 0.5])),  # all tied
-    ],
-)
-def test_roc_points_are_finite_and_in_range(y, prob):
-    pts = roc_points(y, prob)
-    assert len(pts) >= 2
-    for p in pts:
-        assert set(p) == {"fpr", "tpr", "threshold"}
-        for v in p.values():
-            assert type(v) is float and math.isfinite(v) and 0.0 <= v <= 1.0, p
-    json.dumps(pts, allow_nan=False)
-    assert (pts[0]["fpr"], pts[0]["tpr"]) == (0.0, 0.0)
-    assert (pts[-1]["fpr"], pts[-1]["tpr"]) == (1.0, 1.0)
-    assert pts[0]["threshold"] == 1.0  # scikit-learn's inf, made readable
-    fpr, tpr = [p["fpr"] for p in pts], [p["tpr"] for p in pts]
-    assert fpr == sorted(fpr) and tpr == sorted(tpr)
-
-
-def test_roc_points_agree_with_binary_metrics():
-    for p in roc_points(Y, PROB)[1:]:  # the first point's threshold stands for "above every probability"
-        m = binary_metrics(Y, PROB, p["threshold"])
-        assert p["tpr"] == pytest.approx(m["recall"])
-        assert p["fpr"] == pytest.approx(m["fp_rate"])
-
-
-def test_pr_points_are_finite_and_in_range():
-    pts = pr_points(Y, PROB)
-    json.dumps(pts, allow_nan=False)
-    for p in pts:
-        assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in p.values()), p
-    assert pts[-1] == {"recall": 0.0, "precision": 1.0, "threshold": 1.0}
 
 
 # --- choose_threshold --------------------------------------------------------------------------------------

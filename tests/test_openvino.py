@@ -26,7 +26,7 @@ from steeldefect.openvino_engine import IRRequest, OpenVINOEngine
 from steeldefect.params import HeadParams, TrainParams, parse_params
 from steeldefect.pipeline import image_dataset
 
-from helpers import REPO, run
+from helpers import REPO, run, stage_cmd
 
 pytestmark = pytest.mark.slow
 TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
@@ -110,7 +110,7 @@ def test_ir_beyond_the_limit_is_refused_and_nothing_written(pipeline, tmp_path):
     params["export"].update(openvino="int8", openvino_tolerance=1e-12, openvino_calibration_images=8)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     before = {p.relative_to(project): p.read_bytes() for p in (project / "models").rglob("*") if p.is_file()}
-    proc = run([sys.executable, str(REPO / "stages/export.py")], project, check=False)
+    proc = run(stage_cmd("export"), project, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "the OpenVINO int8 IR disagrees with the Keras model" in proc.stderr
     assert "export.openvino_tolerance = 1e-12" in proc.stderr and "nothing was exported" in proc.stderr

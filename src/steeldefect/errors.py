@@ -1,11 +1,14 @@
-"""One error type for problems the user can fix (bad params, bad data), printed as one paragraph."""
+"""One error type for problems the user can fix (bad params, bad data), printed as one paragraph; the runner and
+the path arguments of stages and commands."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -23,3 +26,12 @@ def run(main: Callable[[], object]) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def paths(*names: str) -> argparse.Namespace:
+    """A stage's input and output paths, from its command line: dvc.yaml passes each as `--name PATH` (`--train-metrics`
+    for the name `train_metrics`), so the paths are written once, in dvc.yaml."""
+    parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__)
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True)
+    return parser.parse_args()

@@ -56,20 +56,6 @@ def choose_threshold(y: np.ndarray, prob: np.ndarray, target_recall: float) -> t
     return t, float(((prob >= t) & (y == 1)).sum() / max((y == 1).sum(), 1)), False
 
 
-def roc_points(y: np.ndarray, prob: np.ndarray) -> list[dict]:
-    """ROC curve points; scikit-learn's first threshold is inf, which Vega cannot read, so it becomes 1."""
-    fpr, tpr, thr = skm.roc_curve(y, prob)
-    return [{"fpr": float(a), "tpr": float(b), "threshold": float(min(c, 1.0))} for a, b, c in zip(fpr, tpr, thr)]
-
-
-def pr_points(y: np.ndarray, prob: np.ndarray) -> list[dict]:
-    precision, recall, thr = skm.precision_recall_curve(y, prob)
-    thr = np.append(thr, 1.0)
-    return [
-        {"recall": float(r), "precision": float(p), "threshold": float(t)} for p, r, t in zip(precision, recall, thr)
-    ]
-
-
 def threshold_sweep(y: np.ndarray, prob: np.ndarray, chosen: float, steps: int = 101) -> pd.DataFrame:
     """False positives and false negatives against threshold; `chosen` marks the threshold in use."""
     grid = np.unique(np.append(np.linspace(0, 1, steps), chosen))

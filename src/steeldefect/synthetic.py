@@ -189,8 +189,11 @@ def make_image(cfg: SynthesizeParams, seed: int, index: int) -> tuple[np.ndarray
 def write_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path) -> None:
     """Write train_images/*.jpg, train.csv (ImageId,ClassId,EncodedPixels) and defect_and_no_defect.csv,
     one image at a time: rows go straight to the open CSV files, so memory does not grow with n_images."""
-    with atomic_dir(out_dir) as tmp, open(tmp / "train.csv", "w") as masks_csv, \
-            open(tmp / "defect_and_no_defect.csv", "w") as labels_csv:
+    with (
+        atomic_dir(out_dir) as tmp,
+        open(tmp / "train.csv", "w") as masks_csv,
+        open(tmp / "defect_and_no_defect.csv", "w") as labels_csv,
+    ):
         (tmp / "train_images").mkdir()
         masks_csv.write("ImageId,ClassId,EncodedPixels\n")
         labels_csv.write("ImageID,label\n")
