@@ -38,7 +38,7 @@ def images(tmp_path_factory) -> pd.DataFrame:
 def test_features_are_deterministic_and_differ_between_images(images):
     first = features(images.path[:4], (128, 128))
     again = features(images.path[:4], (128, 128))
-    assert first.shape == (4, 10 + 18 + 8 * 8 * 8 + 5) and first.dtype == np.float64  # the booster fits on float64: no copy
+    assert first.shape == (4, 10 + 18 + 8 * 8 * 8 + 5) and first.dtype == np.float64
     assert np.array_equal(first, again)
     assert not np.array_equal(first[0], first[1])
 
