@@ -1,7 +1,9 @@
 """Typed params: `params.yaml` is parsed and validated here, and only here.
 
 Unknown keys, wrong types and out-of-range values stop a stage before any work, with one message naming the
-key, the value and what is allowed.
+key, the value and what is allowed. The checks read the types off the dataclasses below; pydantic v2 was tried
+instead and dropped: the models came out no shorter (strict types per field, a validator per range) and its
+messages lost our wording of the allowed values for unions and ranges.
 """
 
 from __future__ import annotations
