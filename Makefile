@@ -24,7 +24,7 @@ test: install
 
 test-fast: install  # the quick loop: every test not marked slow (no dvc pipeline runs, no multi-process training)
 	ruff check src stages tests bench
-	pytest -m "not slow"
+	pytest -m "not slow" -n auto
 
 lint: install
 	ruff check src stages tests bench

@@ -103,6 +103,7 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
 """
 
 
+@pytest.mark.slow  # a second TensorFlow process
 def test_saved_model_returns_both_outputs_like_keras(project):
     root, _, paths = project
     served = run_clean_python(SERVE, str(root / "models" / SAVED_MODEL), *paths)
@@ -206,6 +207,7 @@ def test_maps_dir_problems_are_usage_errors(project, tmp_path, capsys):
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # stage processes
 def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
     """The two stage scripts on a tiny synthetic split with the hand-made map model: the predict stage keeps
     the test maps, the evaluate stage scores them."""

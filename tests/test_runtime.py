@@ -48,6 +48,7 @@ def test_former_params_say_where_they_went(key, variable):
         parse_params({"train": {key: "x"}})
 
 
+@pytest.mark.slow  # the whole DVC pipeline
 def test_changing_runtime_settings_leaves_the_pipeline_up_to_date(pipeline, session_cache_dir, tmp_path):
     # the stage ran by `dvc repro` honoured the environment: its features are in the session's cache folder
     assert len(list((session_cache_dir / "features").glob("*.npy"))) == 2
