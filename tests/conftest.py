@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_PARAMS, make_project, run
+from helpers import TINY_PARAMS, reproduced_project
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,8 +30,4 @@ def cache_dir(tmp_path_factory, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> Path:
     """A tiny default pipeline after a real `dvc repro`, committed (so diffs compare with HEAD)."""
-    root = make_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
-    run(["dvc", "repro"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "repro"], root)
-    return root
+    return reproduced_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)

@@ -87,6 +87,15 @@ def make_project(root: Path, params: dict) -> Path:
     return root
 
 
+def reproduced_project(root: Path, params: dict) -> Path:
+    """`make_project`, then a real `dvc repro`, committed (so diffs compare with HEAD)."""
+    make_project(root, params)
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "repro"], root)
+    return root
+
+
 def run_clean_python(script: str, *args: str) -> dict:
     """Run `script` with `args` in a fresh Python with no PATH and no project on sys.path (a SavedModel must
     serve without this package); returns the JSON object its last output line prints."""

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import TINY_PARAMS, make_project, merge, run
+from helpers import TINY_PARAMS, merge, reproduced_project, run
 
 pytestmark = pytest.mark.slow
 
@@ -20,11 +20,7 @@ MASK_PARAMS = merge(TINY_PARAMS, {"train": {"supervision": "mask", "mask": {"cro
 
 @pytest.fixture(scope="module")
 def mask_pipeline(tmp_path_factory) -> Path:
-    root = make_project(tmp_path_factory.mktemp("mask_pipeline"), MASK_PARAMS)
-    run(["dvc", "repro"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "repro"], root)
-    return root
+    return reproduced_project(tmp_path_factory.mktemp("mask_pipeline"), MASK_PARAMS)
 
 
 def test_localization_metrics_and_plot(mask_pipeline, tmp_path):
