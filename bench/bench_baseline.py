@@ -1,7 +1,7 @@
 """Benchmark: the baseline stage's work (features + fit + scoring) on a Severstal-layout folder.
 
 Prepares the folder, splits it 70/15/15 stratified (seed 0 by default, as the issue's magnetic-tile table) and
-runs steeldefect.baseline.run_baseline with the default params. Prints wall and CPU seconds (the machine may
+runs steeldefect.evaluate.baseline.run_baseline with the default params. Prints wall and CPU seconds (the machine may
 be shared: CPU seconds are what an idle 2-core machine would need, near enough, as the stage uses one core)
 and the test metrics.
 
@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from steeldefect.baseline import run_baseline
-from steeldefect.dataset import prepare, split
+from steeldefect.data.dataset import prepare, split
+from steeldefect.evaluate.baseline import run_baseline
 from steeldefect.params import EvaluateParams
 
 FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic-tile"

@@ -17,11 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd  # noqa: E402
 
-from steeldefect.cli import predict  # noqa: E402
-from steeldefect.export import export, model_meta  # noqa: E402
-from steeldefect.model import build_model  # noqa: E402
+from steeldefect.data.synthetic import write_dataset  # noqa: E402
 from steeldefect.params import Params, SynthesizeParams, parse_params  # noqa: E402
-from steeldefect.synthetic import write_dataset  # noqa: E402
+from steeldefect.serve.cli import predict  # noqa: E402
+from steeldefect.serve.export import export, model_meta  # noqa: E402
+from steeldefect.train.model import build_model  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 
 (a) raw model: `model.predict` on a numpy array of already preprocessed images (no file reading, no decoding),
 and (a') the same images cut into batches beforehand, each through `model.predict_on_batch` (model compute only);
-(b) the command's code path (`steeldefect.inference.predict_files`, what `steeldefect predict` calls once the
+(b) the command's code path (`steeldefect.serve.inference.predict_files`, what `steeldefect predict` calls once the
 model is loaded) on the image files: tf.data reading, decoding, resizing and preprocessing included.
 Prints img/s for both and the ratio b/a (goal >= 0.9), plus the whole command (model loading and the CSV
 included) for reference. The runs alternate (a, a', b, a, a', b, ...) and the best of each is kept, so that load from
@@ -60,9 +60,9 @@ def main() -> int:
 
     import numpy as np
 
-    from steeldefect.cli import load_for_inference, predict
-    from steeldefect.inference import predict_files
-    from steeldefect.pipeline import image_dataset
+    from steeldefect.serve.cli import load_for_inference, predict
+    from steeldefect.serve.inference import predict_files
+    from steeldefect.train.pipeline import image_dataset
 
     model, image_size, meta = load_for_inference(args.model_dir)
     batch_size = args.batch_size or int(meta.get("batch_size") or 16)
@@ -134,10 +134,10 @@ def engines(args) -> int:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from steeldefect import openvino_engine  # imports openvino only once it has declined OpenVINO's telemetry
-    from steeldefect.cli import load_for_inference, resolve_threshold
-    from steeldefect.inference import indexed_dataset, predict_files
     from steeldefect.params import load_params
+    from steeldefect.serve import openvino_engine  # imports openvino only once it has declined OpenVINO's telemetry
+    from steeldefect.serve.cli import load_for_inference, resolve_threshold
+    from steeldefect.serve.inference import indexed_dataset, predict_files
 
     df = pd.read_csv(args.split, keep_default_na=False)[: args.n]
     files, labels = list(df.path), df.label.to_numpy() if "label" in df else None

@@ -2,7 +2,7 @@
 on whole images (the squash) and on crops, each from random init, on the same seeded stratified split, each
 trained for the same wall-clock budget (the weights of the best validation epoch are kept).
 
-The first row is the pipeline's classical baseline (steeldefect.baseline) on the same split.
+The first row is the pipeline's classical baseline (steeldefect.evaluate.baseline) on the same split.
 Prints per run: test balanced accuracy (threshold chosen on validation), ROC AUC, average precision, and for
 mask supervision the mean Dice and pointing accuracy of the map on defective test images with masks (on the
 map's grid: prediction >= 0.5 against `masks.target_map`).
@@ -28,15 +28,15 @@ import pandas as pd
 import yaml
 from sklearn import metrics as skm
 
-from steeldefect import segtrain, training
-from steeldefect.baseline import run_baseline
-from steeldefect.dataset import prepare, split
-from steeldefect.masks import image_mask, target_map
-from steeldefect.metrics import dice_iou, pointing_hit
-from steeldefect.model import build_model
+from steeldefect.data.dataset import prepare, split
+from steeldefect.data.masks import image_mask, target_map
+from steeldefect.data.synthetic import write_dataset
+from steeldefect.evaluate.baseline import run_baseline
+from steeldefect.evaluate.metrics import dice_iou, pointing_hit
 from steeldefect.params import Params, SynthesizeParams, map_stride, parse_params
-from steeldefect.pipeline import image_dataset, mask_eval_dataset
-from steeldefect.synthetic import write_dataset
+from steeldefect.train import segtrain, training
+from steeldefect.train.model import build_model
+from steeldefect.train.pipeline import image_dataset, mask_eval_dataset
 
 # One recipe for all runs (cut, size, optimizer), chosen by short probes on magnetic-tile (README, Supervision);
 # the runs differ only in supervision and crops.

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from steeldefect.dataset import prepare
+from steeldefect.data.dataset import prepare
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.params import SynthesizeParams, load_params
-from steeldefect.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +37,9 @@ def bench_cache(n: int = 160, epochs: int = 10) -> None:
     import keras
     import tensorflow as tf
 
-    from steeldefect.model import build_model, compile_for_training
-    from steeldefect.pipeline import image_dataset
-    from steeldefect.training import set_seed
+    from steeldefect.train.model import build_model, compile_for_training
+    from steeldefect.train.pipeline import image_dataset
+    from steeldefect.train.training import set_seed
 
     p = dataclasses.replace(load_params(ROOT / "params.yaml").train, epochs=epochs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,8 +71,8 @@ def bench_cache(n: int = 160, epochs: int = 10) -> None:
 
 
 def _train_once(n_rows: int) -> None:  # in a child process: peak RSS of one train step
-    from steeldefect.runtime import Runtime
-    from steeldefect.training import train
+    from steeldefect.train.runtime import Runtime
+    from steeldefect.train.training import train
 
     p = dataclasses.replace(load_params(ROOT / "params.yaml").train, epochs=2)
     with tempfile.TemporaryDirectory() as tmp:

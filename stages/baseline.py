@@ -4,8 +4,8 @@ It writes the baseline's probabilities; `evaluate` applies the same threshold po
 
 import pandas as pd
 
-from steeldefect.baseline import run_baseline, save
 from steeldefect.errors import paths, run
+from steeldefect.evaluate.baseline import run_baseline, save
 from steeldefect.params import load_params
 
 

@@ -6,9 +6,9 @@ import sys
 import pandas as pd
 
 from steeldefect.errors import paths, run
-from steeldefect.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
-from steeldefect.maps import load_maps
+from steeldefect.evaluate.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
 from steeldefect.params import load_params
+from steeldefect.serve.maps import load_maps
 
 TEST_MAPS = "test_maps.npz"  # written by the predict stage for a mask model only
 

@@ -7,10 +7,10 @@ import sys
 import pandas as pd
 
 from steeldefect.errors import paths, run
-from steeldefect.export import export, model_meta, read_meta
-from steeldefect.metrics import choose_threshold
-from steeldefect.openvino_engine import IRRequest
+from steeldefect.evaluate.metrics import choose_threshold
 from steeldefect.params import load_params
+from steeldefect.serve.export import export, model_meta, read_meta
+from steeldefect.serve.openvino_engine import IRRequest
 
 
 def main() -> None:

@@ -6,10 +6,10 @@ import pandas as pd
 
 from steeldefect import atomic
 from steeldefect.errors import paths, run
-from steeldefect.export import load_model, read_meta
-from steeldefect.inference import predict_all
-from steeldefect.maps import save_maps
 from steeldefect.params import load_params
+from steeldefect.serve.export import load_model, read_meta
+from steeldefect.serve.inference import predict_all
+from steeldefect.serve.maps import save_maps
 
 TEST_MAPS = "test_maps.npz"  # only for a model with a defect map: what the evaluate stage's localization needs
 

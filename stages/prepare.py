@@ -1,10 +1,10 @@
 """Stage prepare: one checked row per image, data metrics, and a figure of samples with their masks."""
 
 from steeldefect import atomic
-from steeldefect.dataset import exploration_tables, load_masks, pick_samples, prepare, resolve_source
+from steeldefect.data.dataset import exploration_tables, load_masks, pick_samples, prepare, resolve_source
 from steeldefect.errors import paths, run
+from steeldefect.evaluate.plots import Tile, gallery
 from steeldefect.params import load_params
-from steeldefect.plots import Tile, gallery
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from steeldefect import atomic
-from steeldefect.dataset import split
+from steeldefect.data.dataset import split
 from steeldefect.errors import paths, run
 from steeldefect.params import load_params
 

@@ -1,8 +1,8 @@
 """Stage synthesize: the built-in synthetic dataset in data/synthetic (Severstal layout)."""
 
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import paths, run
 from steeldefect.params import load_params
-from steeldefect.synthetic import write_dataset
 
 
 def main() -> None:

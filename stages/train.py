@@ -1,15 +1,15 @@
 """Stage train: fit the model on the train split (image or mask supervision), keep the best val_loss weights, flag
 a degenerate run.
 
-Strategy and caches are runtime settings from the environment (steeldefect.runtime), not params."""
+Strategy and caches are runtime settings from the environment (steeldefect.train.runtime), not params."""
 
 import pandas as pd
 
-from steeldefect import segtrain
 from steeldefect.errors import paths, run
 from steeldefect.params import load_params
-from steeldefect.runtime import load_runtime
-from steeldefect.training import train
+from steeldefect.train import segtrain
+from steeldefect.train.runtime import load_runtime
+from steeldefect.train.training import train
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def session_cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path_factory, monkeypatch) -> Path:
     """Each test (and the processes it starts) caches features and images in its own folder, as if it ran on
-    its own: STEELDEFECT_CACHE_DIR (see steeldefect.runtime)."""
+    its own: STEELDEFECT_CACHE_DIR (see steeldefect.train.runtime)."""
     path = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("STEELDEFECT_CACHE_DIR", str(path))
     return path

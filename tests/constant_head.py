@@ -3,7 +3,7 @@ whatever the image. `PYTHONPATH=src:tests pytest tests/test_learning.py -p const
 
 import keras
 
-import steeldefect.model
+import steeldefect.train.model
 
 
 def constant_classifier(n_features: int, p) -> keras.Model:
@@ -12,4 +12,4 @@ def constant_classifier(n_features: int, p) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(ignored), name="classifier")
 
 
-steeldefect.model.build_classifier = constant_classifier
+steeldefect.train.model.build_classifier = constant_classifier

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.params import SynthesizeParams
-from steeldefect.synthetic import write_dataset
 
 from helpers import run, stage_cmd
 

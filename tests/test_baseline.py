@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from steeldefect.baseline import features, image_features, run_baseline
-from steeldefect.dataset import prepare, split
-from steeldefect.evaluation import COMPARED, baseline_warning, compare_with_baseline
+from steeldefect.data.dataset import prepare, split
+from steeldefect.data.synthetic import make_image
+from steeldefect.evaluate.baseline import features, image_features, run_baseline
+from steeldefect.evaluate.evaluation import COMPARED, baseline_warning, compare_with_baseline
 from steeldefect.params import BaselineParams, EvaluateParams, SynthesizeParams
-from steeldefect.synthetic import make_image
 
 from helpers import SHARED_DATA, run, stage_cmd
 

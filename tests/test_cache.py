@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from steeldefect import cache
-from steeldefect.cache import FeatureCache, default_root
-from steeldefect.cli import main
+from steeldefect.serve.cli import main
+from steeldefect.train import cache
+from steeldefect.train.cache import FeatureCache, default_root
 
 # Writes the same key `rounds` times with arrays filled with `value` (8 MB each: a rename of a partial file
 # would show as a mix of values or a short array), reading the entry back after every write.
 WRITER = """
 import sys
 import numpy as np
-from steeldefect.cache import FeatureCache
+from steeldefect.train.cache import FeatureCache
 folder, value, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 features = FeatureCache(folder)
 for _ in range(rounds):

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from steeldefect.cli import expand_images, main, resolve_threshold
-from steeldefect.export import export, load_model
-from steeldefect.inference import predict_files, predict_paths
-from steeldefect.model import build_model
 from steeldefect.params import HeadParams, TrainParams
+from steeldefect.serve.cli import expand_images, main, resolve_threshold
+from steeldefect.serve.export import export, load_model
+from steeldefect.serve.inference import predict_files, predict_paths
+from steeldefect.train.model import build_model
 
 from helpers import run
 

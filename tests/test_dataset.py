@@ -1,4 +1,4 @@
-"""Tests for steeldefect.dataset: prepare (checked rows, one error listing every bad file), split, samples."""
+"""Tests for steeldefect.data.dataset: prepare (checked rows, one error listing every bad file), split, samples."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.dataset import IMAGE_COLUMNS, load_masks, pick_samples, prepare, resolve_source, split
+from steeldefect.data.dataset import IMAGE_COLUMNS, load_masks, pick_samples, prepare, resolve_source, split
+from steeldefect.data.severstal import rle_decode
+from steeldefect.data.synthetic import make_image, write_dataset
 from steeldefect.errors import UserError
 from steeldefect.params import SynthesizeParams
-from steeldefect.severstal import rle_decode
-from steeldefect.synthetic import make_image, write_dataset
 
 from helpers import shared
 

@@ -21,14 +21,14 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from steeldefect.cache import feature_key
-from steeldefect.dataset import prepare
-from steeldefect.distribute import check_keras_version, keras_multi_worker_fixes, make_strategy
+from steeldefect.data.dataset import prepare
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
-from steeldefect.model import build_model
 from steeldefect.params import SynthesizeParams, parse_params
-from steeldefect.synthetic import write_dataset
-from steeldefect.training import cached_features, set_seed
+from steeldefect.train.cache import feature_key
+from steeldefect.train.distribute import check_keras_version, keras_multi_worker_fixes, make_strategy
+from steeldefect.train.model import build_model
+from steeldefect.train.training import cached_features, set_seed
 
 TIMEOUT = 600  # seconds for one run (both workers of a multi_worker run); generous: 2 cores are often shared
 TINY = {
@@ -53,10 +53,10 @@ if job["logical_cpus"] > 1:
 import hashlib, logging, os
 from pathlib import Path
 import pandas as pd
-from steeldefect.model import build_model
+from steeldefect.train.model import build_model
 from steeldefect.params import parse_params
-from steeldefect.runtime import Runtime
-from steeldefect.training import train
+from steeldefect.train.runtime import Runtime
+from steeldefect.train.training import train
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 read = lambda name: pd.read_csv(Path(job["data"]) / name, keep_default_na=False)
@@ -71,8 +71,8 @@ for run in job["runs"]:
         model.load_weights(run["weights"])
         result["weights_md5"].append(hashlib.md5(b"".join(w.tobytes() for w in model.get_weights())).hexdigest())
 if job["export"]:
-    from steeldefect.export import export, load_model
-    from steeldefect.pipeline import image_dataset
+    from steeldefect.serve.export import export, load_model
+    from steeldefect.train.pipeline import image_dataset
     p, weights = parse_params({"train": job["runs"][0]["train"]}).train, Path(job["runs"][0]["weights"])
     paths, out = list(read("val.csv").path), Path(job["export"])
     result["diff"] = export(p, weights, out, paths, {"test": True}, saved_model=False)

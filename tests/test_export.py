@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from steeldefect.cli import predict
 from steeldefect.errors import UserError
-from steeldefect.export import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, export, load_model, model_meta
-from steeldefect.inference import predict_paths
-from steeldefect.model import build_model
-from steeldefect.openvino_engine import IR_DIR
 from steeldefect.params import ExportParams, HeadParams, Params, TrainParams, parse_params
+from steeldefect.serve.cli import predict
+from steeldefect.serve.export import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, export, load_model, model_meta
+from steeldefect.serve.inference import predict_paths
+from steeldefect.serve.openvino_engine import IR_DIR
+from steeldefect.train.model import build_model
 
 from helpers import run_clean_python
 

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.dataset import prepare
-from steeldefect.health import MIN_ROC_AUC, check
+from steeldefect.data.dataset import prepare
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.params import HeadParams, SynthesizeParams, TrainParams
-from steeldefect.runtime import Runtime
-from steeldefect.synthetic import write_dataset
-from steeldefect.training import train
+from steeldefect.train.health import MIN_ROC_AUC, check
+from steeldefect.train.runtime import Runtime
+from steeldefect.train.training import train
 
 LABELS = np.array([0, 0, 1, 1, 0, 1])
 
@@ -68,7 +68,7 @@ def test_an_absurd_learning_rate_is_flagged_in_the_metrics_and_by_a_warning(imag
         head=HeadParams(dense_units=8),
         learning_rate=1e6,  # absurd: the head diverges at the first step
     )
-    with caplog.at_level(logging.WARNING, logger="steeldefect.training"):
+    with caplog.at_level(logging.WARNING, logger="steeldefect.train.training"):
         report = train(p, 0, images[:12], images[12:], tmp_path / "w.weights.h5", tmp_path / "live", Runtime())
     assert report["degenerate"]
     metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())

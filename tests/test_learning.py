@@ -13,15 +13,15 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from steeldefect.dataset import prepare
-from steeldefect.inference import predict_paths
-from steeldefect.model import build_model
+from steeldefect.data.dataset import prepare
+from steeldefect.data.synthetic import HEIGHT, WIDTH, make_image, write_dataset
+from steeldefect.data.synthetic import _pits as paint_pits
+from steeldefect.data.synthetic import _scratch as paint_scratch
 from steeldefect.params import HeadParams, SynthesizeParams, TrainParams
-from steeldefect.runtime import Runtime
-from steeldefect.synthetic import HEIGHT, WIDTH, make_image, write_dataset
-from steeldefect.synthetic import _pits as paint_pits
-from steeldefect.synthetic import _scratch as paint_scratch
-from steeldefect.training import train
+from steeldefect.serve.inference import predict_paths
+from steeldefect.train.model import build_model
+from steeldefect.train.runtime import Runtime
+from steeldefect.train.training import train
 
 # easy data (no faint defects, no harmless marks): learning, not the difficulty of the default dataset
 DATA = SynthesizeParams(n_images=96, faint_fraction=0, edge_fraction=0, mark_fraction=0)

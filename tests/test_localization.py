@@ -10,11 +10,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from steeldefect.dataset import prepare
+from steeldefect.data.dataset import prepare
+from steeldefect.data.masks import image_mask, target_map
+from steeldefect.data.severstal import rle_encode
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
-from steeldefect.evaluation import evaluate
-from steeldefect.localization import dice_sweep, localization_metrics
-from steeldefect.maps import (
+from steeldefect.evaluate.evaluation import evaluate
+from steeldefect.evaluate.localization import dice_sweep, localization_metrics
+from steeldefect.params import EvaluateParams, SynthesizeParams
+from steeldefect.serve.maps import (
     area_share,
     bounding_box,
     load_maps,
@@ -24,10 +28,6 @@ from steeldefect.maps import (
     resize_to,
     save_maps,
 )
-from steeldefect.masks import image_mask, target_map
-from steeldefect.params import EvaluateParams, SynthesizeParams
-from steeldefect.severstal import rle_encode
-from steeldefect.synthetic import write_dataset
 
 
 def test_area_share_and_bounding_box_in_original_pixels():

@@ -15,15 +15,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from steeldefect.cli import main
-from steeldefect.dataset import prepare, split
+from steeldefect.data.dataset import prepare, split
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
-from steeldefect.export import MODEL_META, SAVED_MODEL, export, export_model, load_model, model_meta
-from steeldefect.inference import has_defect_map, predict_all
-from steeldefect.maps import bounding_box, load_maps
-from steeldefect.model import build_model
 from steeldefect.params import MaskParams, Params, SynthesizeParams, TrainParams
-from steeldefect.synthetic import write_dataset
+from steeldefect.serve.cli import main
+from steeldefect.serve.export import MODEL_META, SAVED_MODEL, export, export_model, load_model, model_meta
+from steeldefect.serve.inference import has_defect_map, predict_all
+from steeldefect.serve.maps import bounding_box, load_maps
+from steeldefect.train.model import build_model
 
 from helpers import run, run_clean_python, stage_cmd
 

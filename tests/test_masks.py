@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.masks import image_mask, resize_nearest, target_map
-from steeldefect.severstal import rle_encode
+from steeldefect.data.masks import image_mask, resize_nearest, target_map
+from steeldefect.data.severstal import rle_encode
 
 
 def test_hand_made_rle_gives_the_expected_downsampled_target():

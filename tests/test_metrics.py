@@ -1,4 +1,4 @@
-"""Tests for steeldefect.metrics against numbers worked out by hand (real scikit-learn underneath)."""
+"""Tests for steeldefect.evaluate.metrics against numbers worked out by hand (real scikit-learn underneath)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.metrics import (
+from steeldefect.evaluate.metrics import (
     binary_metrics,
     choose_threshold,
     recall_per_class,
@@ -165,7 +165,7 @@ def test_threshold_sweep_counts_agree_with_binary_metrics():
 
 
 def test_dice_and_iou_match_hand_computed_values():
-    from steeldefect.metrics import dice_iou
+    from steeldefect.evaluate.metrics import dice_iou
 
     predicted = np.zeros((4, 4), bool)
     predicted[0, 0:3] = True  # 3 cells
@@ -180,7 +180,7 @@ def test_dice_and_iou_match_hand_computed_values():
 
 
 def test_pointing_hit_is_the_maximum_inside_the_mask():
-    from steeldefect.metrics import pointing_hit
+    from steeldefect.evaluate.metrics import pointing_hit
 
     true = np.zeros((3, 3), bool)
     true[2, 2] = True

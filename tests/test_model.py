@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from steeldefect.errors import UserError
-from steeldefect.model import build_backbone, build_model
 from steeldefect.params import HeadParams, MaskParams, TrainParams, map_stride
+from steeldefect.train.model import build_backbone, build_model
 
 TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
 

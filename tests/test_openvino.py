@@ -18,13 +18,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from steeldefect.cli import main
 from steeldefect.errors import UserError
-from steeldefect.export import export, load_model
-from steeldefect.model import build_model
-from steeldefect.openvino_engine import IRRequest, OpenVINOEngine
 from steeldefect.params import HeadParams, TrainParams, parse_params
-from steeldefect.pipeline import image_dataset
+from steeldefect.serve.cli import main
+from steeldefect.serve.export import export, load_model
+from steeldefect.serve.openvino_engine import IRRequest, OpenVINOEngine
+from steeldefect.train.model import build_model
+from steeldefect.train.pipeline import image_dataset
 
 from helpers import REPO, run, stage_cmd
 
@@ -131,7 +131,7 @@ def test_openvino_params():
 
 
 TELEMETRY = """
-import steeldefect.openvino_engine
+import steeldefect.serve.openvino_engine
 import openvino
 from openvino_telemetry import Telemetry
 assert Telemetry().consent is False

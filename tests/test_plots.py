@@ -1,4 +1,4 @@
-"""Tests for steeldefect.plots: galleries are real PNGs; overlays tint only the masked pixels."""
+"""Tests for steeldefect.evaluate.plots: galleries are real PNGs; overlays tint only the masked pixels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steeldefect.plots import CLASS_COLOURS, Tile, gallery, overlay
+from steeldefect.evaluate.plots import CLASS_COLOURS, Tile, gallery, overlay
 
 H, W = 64, 400
 

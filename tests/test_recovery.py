@@ -54,4 +54,4 @@ def test_kill_during_train_and_export_then_recover(tmp_path):
     assert run(["dvc", "status"], root).stdout.strip() == "Data and pipelines are up to date."
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
     assert metrics["tp"] + metrics["tn"] + metrics["fp"] + metrics["fn"] == metrics["images"]
-    run([str(BIN / "python"), "-c", "from steeldefect.export import load_model; load_model('models')"], root)
+    run([str(BIN / "python"), "-c", "from steeldefect.serve.export import load_model; load_model('models')"], root)

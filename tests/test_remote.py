@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def assert_restored(repo: Path) -> None:
     assert run(["dvc", "status"], repo).stdout.strip() == "Data and pipelines are up to date."
-    run([sys.executable, "-c", "from steeldefect.export import load_model; load_model('models')"], repo)
+    run([sys.executable, "-c", "from steeldefect.serve.export import load_model; load_model('models')"], repo)
 
 
 def test_push_then_pull_restores_everything(pipeline, tmp_path):

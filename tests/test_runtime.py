@@ -7,7 +7,7 @@ import pytest
 
 from steeldefect.errors import UserError
 from steeldefect.params import parse_params
-from steeldefect.runtime import Runtime, load_runtime
+from steeldefect.train.runtime import Runtime, load_runtime
 
 from helpers import run
 

@@ -11,12 +11,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from steeldefect import segtrain
-from steeldefect.masks import target_map
-from steeldefect.model import build_model
+from steeldefect.data.masks import target_map
+from steeldefect.data.severstal import rle_encode
 from steeldefect.params import MaskParams, TrainParams, load_params, map_stride
-from steeldefect.pipeline import crop_on_defect, defect_target, flip_both, mask_training_dataset, random_crop
-from steeldefect.severstal import rle_encode
+from steeldefect.train import segtrain
+from steeldefect.train.model import build_model
+from steeldefect.train.pipeline import crop_on_defect, defect_target, flip_both, mask_training_dataset, random_crop
 
 from helpers import TINY_PARAMS, make_project, merge, run
 

@@ -1,4 +1,4 @@
-"""Tests for steeldefect.severstal: RLE codec, train.csv and labels-file readers."""
+"""Tests for steeldefect.data.severstal: RLE codec, train.csv and labels-file readers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+from steeldefect.data.severstal import check_image_id, read_labels, read_masks, rle_decode, rle_encode
 from steeldefect.errors import UserError
-from steeldefect.severstal import check_image_id, read_labels, read_masks, rle_decode, rle_encode
 
 from helpers import shared
 

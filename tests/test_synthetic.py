@@ -1,4 +1,4 @@
-"""Tests for steeldefect.synthetic: deterministic images, exact masks, and defects that are really there."""
+"""Tests for steeldefect.data.synthetic: deterministic images, exact masks, and defects that are really there."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from steeldefect.data.severstal import rle_decode
+from steeldefect.data.synthetic import HEIGHT, WIDTH, make_image, write_dataset
 from steeldefect.params import SynthesizeParams
-from steeldefect.severstal import rle_decode
-from steeldefect.synthetic import HEIGHT, WIDTH, make_image, write_dataset
 
 SEED = 42
 CFG = SynthesizeParams(n_images=30)  # the project's class weights and defect fraction, few images

@@ -12,15 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.cache import feature_key, image_cache_key
-from steeldefect.dataset import prepare
-from steeldefect.export import MODEL_JSON, MODEL_WEIGHTS, export, load_model
-from steeldefect.model import build_model
+from steeldefect.data.dataset import prepare
+from steeldefect.data.synthetic import write_dataset
 from steeldefect.params import FineTuneParams, HeadParams, SynthesizeParams, TrainParams
-from steeldefect.pipeline import image_dataset
-from steeldefect.runtime import Runtime
-from steeldefect.synthetic import write_dataset
-from steeldefect.training import train, unfreeze_last_stages
+from steeldefect.serve.export import MODEL_JSON, MODEL_WEIGHTS, export, load_model
+from steeldefect.train.cache import feature_key, image_cache_key
+from steeldefect.train.model import build_model
+from steeldefect.train.pipeline import image_dataset
+from steeldefect.train.runtime import Runtime
+from steeldefect.train.training import train, unfreeze_last_stages
 
 TINY = TrainParams(
     epochs=2,
@@ -120,7 +120,7 @@ def test_image_cache_is_written_then_read_with_the_uncached_result(images, tmp_p
     folders = sorted(path.name for path in (tmp_path / "images").iterdir())
     assert folders == sorted(image_cache_key(df, p.image_size) for df in (images[:12], images[12:]))
     assert all((tmp_path / "images" / name / "images.index").is_file() for name in folders)  # complete
-    with caplog.at_level(logging.INFO, logger="steeldefect.cache"):
+    with caplog.at_level(logging.INFO, logger="steeldefect.train.cache"):
         second, _ = run_train(p, images, tmp_path / "second", image_cache=tmp_path / "images")
     assert caplog.text.count("decoded images of") == 2 and caplog.text.count(" read from ") == 2
     np.testing.assert_array_equal(first, uncached)

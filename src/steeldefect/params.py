@@ -154,7 +154,7 @@ class Params:
     baseline: BaselineParams = field(default_factory=BaselineParams)
 
 
-# runtime settings that were params: they choose how and where training runs, not the model (steeldefect.runtime)
+# runtime settings that were params: they choose how and where training runs, not the model (steeldefect.train.runtime)
 MOVED = {
     "train.strategy": "STEELDEFECT_STRATEGY",
     "train.feature_cache": "STEELDEFECT_FEATURE_CACHE (on / off) and STEELDEFECT_CACHE_DIR",

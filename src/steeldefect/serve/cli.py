@@ -126,7 +126,7 @@ def _add_predict(commands) -> None:
 
 def cache_command(action: str, kind: str | None) -> None:
     """`steeldefect cache info` / `steeldefect cache clear [--kind features|images]`."""
-    from steeldefect import cache
+    from steeldefect.train import cache
 
     root = cache.default_root()
     if action == "clear":
@@ -157,7 +157,7 @@ def expand_images(inputs: Sequence[str | Path]) -> list[str]:
 def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, str]:
     """(threshold, where it comes from): `threshold` if given, else the evaluate stage's choice in
     MODEL_DIR/threshold.json if that file exists, else 0.5."""
-    from steeldefect.export import THRESHOLD
+    from steeldefect.serve.export import THRESHOLD
 
     if threshold is not None:
         return threshold, "--threshold"
@@ -181,7 +181,7 @@ def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, 
 def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple[float, str]:
     """(map threshold, where it comes from): `map_threshold` if given, else `map_threshold` in
     MODEL_DIR/threshold.json (the evaluate stage's evaluate.map_threshold) if there, else 0.5."""
-    from steeldefect.export import THRESHOLD
+    from steeldefect.serve.export import THRESHOLD
 
     if map_threshold is not None:
         return map_threshold, "--map-threshold"
@@ -200,7 +200,7 @@ def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple
 def map_columns(result, map_threshold: float | None, model_dir: Path, maps_dir: Path | None):
     """The defect area share and bounding box columns of a mask model's predictions (None for a model without
     a defect map), after writing the overlay PNGs to `maps_dir` when given."""
-    from steeldefect.maps import map_table, write_overlays
+    from steeldefect.serve.maps import map_table, write_overlays
 
     if result.maps is None:
         return None
@@ -216,7 +216,7 @@ def load_for_inference(model_dir: Path, engine: str | None = "keras"):
     """(model, image size, metadata) from the exported files only; UserError when they are missing or
     inconsistent. `engine` "openvino" gives an OpenVINOEngine on the IR instead of the Keras model; None
     picks it when the IR exists."""
-    from steeldefect.export import MODEL_JSON, read_meta
+    from steeldefect.serve.export import MODEL_JSON, read_meta
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -242,8 +242,8 @@ def load_for_inference(model_dir: Path, engine: str | None = "keras"):
 
 def _load_engine(model_dir: Path, engine: str | None):
     """(Keras model or OpenVINOEngine, the file it came from)."""
-    from steeldefect.export import MODEL_JSON, load_model
-    from steeldefect.openvino_engine import IR_DIR, IR_XML, OpenVINOEngine
+    from steeldefect.serve.export import MODEL_JSON, load_model
+    from steeldefect.serve.openvino_engine import IR_DIR, IR_XML, OpenVINOEngine
 
     ir = model_dir / IR_DIR / IR_XML
     if engine == "openvino" or (engine is None and ir.is_file()):
@@ -258,8 +258,8 @@ def _load_engine(model_dir: Path, engine: str | None):
 
 def check_model_use(model, meta: dict, model_dir: Path, maps_dir: Path | None, paths: list[str]) -> None:
     """Warn about a degenerate model; refuse --maps for a model without a defect map or a bad DIR."""
-    from steeldefect.inference import has_defect_map
-    from steeldefect.maps import check_maps_dir
+    from steeldefect.serve.inference import has_defect_map
+    from steeldefect.serve.maps import check_maps_dir
 
     if meta.get("degenerate"):
         print(
@@ -293,8 +293,8 @@ def predict(
     from tqdm import tqdm
 
     from steeldefect import atomic
-    from steeldefect.inference import predict_files
-    from steeldefect.openvino_engine import OpenVINOEngine
+    from steeldefect.serve.inference import predict_files
+    from steeldefect.serve.openvino_engine import OpenVINOEngine
 
     paths = expand_images(inputs)
     if not paths:

@@ -20,10 +20,10 @@ import pandas as pd
 from dvclive import Live
 
 from steeldefect.atomic import path_for
-from steeldefect.model import OPTIMIZERS, build_mask_model
 from steeldefect.params import TrainParams, map_stride
-from steeldefect.pipeline import mask_eval_dataset, mask_training_dataset
-from steeldefect.training import check_health, set_seed, standard_callbacks
+from steeldefect.train.model import OPTIMIZERS, build_mask_model
+from steeldefect.train.pipeline import mask_eval_dataset, mask_training_dataset
+from steeldefect.train.training import check_health, set_seed, standard_callbacks
 
 log = logging.getLogger(__name__)
 # The checkpoint, EarlyStopping and ReduceLROnPlateau follow the validation AUC of the image probability, not

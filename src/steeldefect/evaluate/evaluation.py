@@ -11,18 +11,18 @@ import pandas as pd
 from dvclive import Live
 
 from steeldefect import atomic
-from steeldefect.dataset import load_masks
-from steeldefect.localization import DICE_COLUMNS, localization_metrics
-from steeldefect.masks import resize_nearest
-from steeldefect.metrics import (
+from steeldefect.data.dataset import load_masks
+from steeldefect.data.masks import resize_nearest
+from steeldefect.evaluate.localization import DICE_COLUMNS, localization_metrics
+from steeldefect.evaluate.metrics import (
     binary_metrics,
     pick_threshold,
     recall_per_class,
     scored_metrics,
     threshold_sweep,
 )
+from steeldefect.evaluate.plots import Tile, gallery
 from steeldefect.params import EvaluateParams
-from steeldefect.plots import Tile, gallery
 
 
 def _label(v: int) -> str:
@@ -171,7 +171,7 @@ def write_galleries(
     )
 
 
-# Deep model against the classical baseline (stage `baseline`, steeldefect.baseline).
+# Deep model against the classical baseline (stage `baseline`, steeldefect.evaluate.baseline).
 COMPARED = ("roc_auc", "average_precision", "balanced_accuracy", "accuracy", "precision", "recall", "specificity", "f1")
 NAMES = {"roc_auc": "ROC AUC", "average_precision": "average precision", "balanced_accuracy": "balanced accuracy"}
 

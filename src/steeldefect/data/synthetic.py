@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from steeldefect.atomic import atomic_dir
+from steeldefect.data.severstal import rle_encode
 from steeldefect.params import SynthesizeParams
-from steeldefect.severstal import rle_encode
 
 HEIGHT, WIDTH, JPEG_QUALITY = 256, 1600, 90
 

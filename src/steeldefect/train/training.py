@@ -6,13 +6,13 @@ classifier is trained on them for every epoch. An optional fine-tuning phase the
 stages and trains the whole model on the images with a lower learning rate. The saved weights are always
 those of the whole model (backbone + head).
 
-The runtime settings (steeldefect.runtime: not params) choose the strategy, which spreads the batches over
+The runtime settings (steeldefect.train.runtime: not params) choose the strategy, which spreads the batches over
 several devices (`mirrored`) or machines (`multi_worker`, configured by TF_CONFIG; every worker runs the same
 `train` call, and only the chief writes the weights, the dvclive logs and the caches to their real paths), and
-the caches (steeldefect.cache: features, and decoded images kept on disk between epochs and runs).
+the caches (steeldefect.train.cache: features, and decoded images kept on disk between epochs and runs).
 `train.mixed_precision` computes in float16 / bfloat16 with float32 weights and output.
 
-After training, the model is checked on the validation split (steeldefect.health): a degenerate run (constant
+After training, the model is checked on the validation split (steeldefect.train.health): a degenerate run (constant
 predictions, or ROC AUC no better than chance) is flagged in the metrics and by a warning.
 """
 
@@ -32,14 +32,14 @@ import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from steeldefect import health
 from steeldefect.atomic import path_for
-from steeldefect.cache import FeatureCache, ImageCache, feature_key
-from steeldefect.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
-from steeldefect.model import build_model, compile_for_training
 from steeldefect.params import TrainParams
-from steeldefect.pipeline import image_dataset
-from steeldefect.runtime import Runtime, load_runtime
+from steeldefect.train import health
+from steeldefect.train.cache import FeatureCache, ImageCache, feature_key
+from steeldefect.train.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
+from steeldefect.train.model import build_model, compile_for_training
+from steeldefect.train.pipeline import image_dataset
+from steeldefect.train.runtime import Runtime, load_runtime
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def train(
     health check of the saved model on the validation split (also in `live_dir`'s metrics.json). `callbacks`
     are added to the standard ones of the first fit (the real-data benchmark stops by wall clock with one).
 
-    `runtime` (default: from the environment, see steeldefect.runtime) chooses the strategy and the caches.
+    `runtime` (default: from the environment, see steeldefect.train.runtime) chooses the strategy and the caches.
     Under the multi_worker strategy every worker calls this with the same arguments; the chief writes
     `weights_out`, `live_dir` and the caches, the other workers write theirs to a temporary folder (they
     still take part in every collective op: fit, predict, and the final save)."""

@@ -113,7 +113,7 @@ def quantize(ov_model, calibration_paths: Sequence[str], image_size: Sequence[in
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    from steeldefect.pipeline import image_dataset
+    from steeldefect.train.pipeline import image_dataset
 
     images = [batch.numpy() for batch in image_dataset(list(calibration_paths), image_size, batch_size=1)]
     full_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
@@ -147,7 +147,7 @@ def export_ir(model, image_size: Sequence[int], folder: Path, request: IRRequest
     when the IR disagrees with Keras beyond `request`'s limits: `folder` must be a temporary folder that the
     caller moves into place only on success."""
 
-    from steeldefect.inference import predict_paths
+    from steeldefect.serve.inference import predict_paths
 
     ov_model = convert(model, image_size)
     if request.precision == "int8":

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from steeldefect.errors import UserError
-from steeldefect.pipeline import decode_and_preprocess
+from steeldefect.train.pipeline import decode_and_preprocess
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from tensorflow.core.protobuf import fingerprint_pb2
 
 from steeldefect import atomic
 from steeldefect.errors import UserError
-from steeldefect.model import build_model
-from steeldefect.openvino_engine import DISABLED as OPENVINO_DISABLED
-from steeldefect.openvino_engine import IR_DIR, IRRequest, export_ir
 from steeldefect.params import Params, TrainParams, map_stride
-from steeldefect.pipeline import decode_and_preprocess, image_dataset
+from steeldefect.serve.openvino_engine import DISABLED as OPENVINO_DISABLED
+from steeldefect.serve.openvino_engine import IR_DIR, IRRequest, export_ir
+from steeldefect.train.model import build_model
+from steeldefect.train.pipeline import decode_and_preprocess, image_dataset
 
 MODEL_JSON, MODEL_WEIGHTS, MODEL_META = "model.json", "model.weights.h5", "model_meta.json"
 SAVED_MODEL = "saved_model"  # folder: TensorFlow SavedModel, signature serving_default (image_bytes -> probability)

@@ -6,7 +6,7 @@ Each image is read, made grey and resized to `image_size`, then described by
 - 5 intensity statistics: mean, standard deviation, 1st, 50th and 99th percentile.
 Images are streamed one at a time: only the feature vectors are kept. The classifier is scikit-learn's
 HistGradientBoostingClassifier, seeded, trained on the train split; the threshold is chosen on the validation
-split with the same policy as `evaluate` (steeldefect.metrics.pick_threshold).
+split with the same policy as `evaluate` (steeldefect.evaluate.metrics.pick_threshold).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from steeldefect import atomic
 from steeldefect.errors import UserError
-from steeldefect.metrics import scored_metrics
+from steeldefect.evaluate.metrics import scored_metrics
 from steeldefect.params import BaselineParams, EvaluateParams
 
 LBP_SCALES = ((8, 1), (16, 2))  # (points, radius); "uniform" LBP has points + 2 distinct codes

@@ -115,7 +115,7 @@ def check_keras_version(version: str) -> None:
             f"train.strategy = 'multi_worker' needs workarounds written for Keras "
             f"{'.'.join(map(str, PATCHED_KERAS))}.x, and this is Keras {version}; install keras=="
             f"{'.'.join(map(str, PATCHED_KERAS))}.* (requirements.txt) or check whether Keras now supports "
-            "MultiWorkerMirroredStrategy (keras-team/keras#20585) and update src/steeldefect/distribute.py."
+            "MultiWorkerMirroredStrategy (keras-team/keras#20585) and update src/steeldefect/train/distribute.py."
         )
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from steeldefect.data.severstal import MasksCsv, read_labels, read_masks, rle_decode
 from steeldefect.errors import UserError
-from steeldefect.severstal import MasksCsv, read_labels, read_masks, rle_decode
 
 IMAGE_COLUMNS = ["ImageId", "path", "label", "classes", "n_masks", "height", "width", "md5"]
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from steeldefect.severstal import rle_decode
+from steeldefect.data.severstal import rle_decode
 
 
 def image_mask(masks: pd.DataFrame, image_id: str, height: int, width: int, size: Sequence[int]) -> np.ndarray:

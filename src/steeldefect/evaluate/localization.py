@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from steeldefect.masks import image_mask, target_map
-from steeldefect.metrics import dice_iou, pointing_hit
+from steeldefect.data.masks import image_mask, target_map
+from steeldefect.evaluate.metrics import dice_iou, pointing_hit
 
 SWEEP = np.round(np.arange(0.05, 1.0, 0.05), 2)  # map thresholds of the Dice plot
 DICE_COLUMNS = ["map_threshold", "dice", "iou"]

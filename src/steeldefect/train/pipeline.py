@@ -8,7 +8,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from steeldefect.masks import image_mask
+from steeldefect.data.masks import image_mask
 
 
 def decode_and_preprocess(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:

@@ -1,0 +1,1 @@
+"""Reading the user's data: layouts, labels and masks, the built-in synthetic data, prepare and split."""

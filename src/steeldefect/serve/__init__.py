@@ -1,0 +1,1 @@
+"""Serving: export (JSON + weights, SavedModel, OpenVINO IR), inference and the `steeldefect` command."""

@@ -1,0 +1,1 @@
+"""Training: the model, the tf.data input pipeline, caches, distribution and the degenerate-run checks."""
