@@ -15,7 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from steeldefect.data.dataset import prepare, split
+from steeldefect.data.dataset import split
+from steeldefect.data.prepare import prepare
 from steeldefect.evaluate.baseline import run_baseline
 from steeldefect.params import EvaluateParams
 

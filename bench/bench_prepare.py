@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from steeldefect.data.dataset import prepare
+from steeldefect.data.prepare import prepare
 
 FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic-tile"
 

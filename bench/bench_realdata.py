@@ -28,8 +28,9 @@ import pandas as pd
 import yaml
 from sklearn import metrics as skm
 
-from steeldefect.data.dataset import prepare, split
+from steeldefect.data.dataset import split
 from steeldefect.data.masks import image_mask, target_map
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.evaluate.baseline import run_baseline
 from steeldefect.evaluate.metrics import dice_iou, pointing_hit

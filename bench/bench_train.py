@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from steeldefect.data.dataset import prepare
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.params import SynthesizeParams, load_params
 

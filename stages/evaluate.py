@@ -14,13 +14,25 @@ TEST_MAPS = "test_maps.npz"  # written by the predict stage for a mask model onl
 
 
 def main() -> None:
-    a = paths("predictions", "test", "masks", "baseline", "metrics", "baseline_metrics", "threshold", "plots", "out")
+    a = paths(
+        "predictions",
+        "test",
+        "masks",
+        "classes",
+        "baseline",
+        "metrics",
+        "baseline_metrics",
+        "threshold",
+        "plots",
+        "out",
+    )
     p = load_params()
     read = lambda path: pd.read_csv(path, keep_default_na=False, dtype={"classes": str})  # noqa: E731
     val = read(a.predictions / "val.csv")
     test = read(a.test).merge(
         read(a.predictions / "test.csv")[["ImageId", "probability"]], on="ImageId", validate="one_to_one"
     )
+    classes = read(a.classes)
     maps, stride = load_maps(a.predictions / TEST_MAPS) if (a.predictions / TEST_MAPS).exists() else (None, None)
     m = evaluate(
         p.evaluate,
@@ -34,6 +46,7 @@ def main() -> None:
         a.out,
         maps,
         stride,
+        dict(zip(classes.ClassId.astype(str), classes["name"].astype(str))),
     )
     print(
         f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "

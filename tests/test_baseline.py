@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from steeldefect.data.dataset import prepare, split
+from steeldefect.data.dataset import split
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import make_image
 from steeldefect.evaluate.baseline import features, image_features, run_baseline
 from steeldefect.evaluate.evaluation import COMPARED, baseline_warning, compare_with_baseline

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.data.dataset import IMAGE_COLUMNS, load_masks, pick_samples, prepare, resolve_source, split
+from steeldefect.data.dataset import IMAGE_COLUMNS, load_masks, pick_samples, resolve_source, split
+from steeldefect.data.prepare import prepare
 from steeldefect.data.severstal import rle_decode
 from steeldefect.data.synthetic import make_image, write_dataset
 from steeldefect.errors import UserError
@@ -258,7 +259,7 @@ def test_folder_without_train_csv_or_images_names_the_path(tiny, remove):
 
 
 def test_source_folder_that_does_not_exist(tmp_path):
-    with pytest.raises(UserError, match="train.csv"):
+    with pytest.raises(UserError, match="nowhere: not a folder"):
         prepare(tmp_path / "nowhere")
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from steeldefect.data.dataset import prepare
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
 from steeldefect.params import SynthesizeParams, parse_params

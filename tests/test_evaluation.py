@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from steeldefect.data.dataset import prepare
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.evaluate.evaluation import evaluate, write_curves
 from steeldefect.params import EvaluateParams, SynthesizeParams

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.data.dataset import prepare
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.params import HeadParams, SynthesizeParams, TrainParams
 from steeldefect.train.health import MIN_ROC_AUC, check

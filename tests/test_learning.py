@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from steeldefect.data.dataset import prepare
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import HEIGHT, WIDTH, make_image, write_dataset
 from steeldefect.data.synthetic import _pits as paint_pits
 from steeldefect.data.synthetic import _scratch as paint_scratch

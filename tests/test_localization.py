@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from steeldefect.data.dataset import prepare
 from steeldefect.data.masks import image_mask, target_map
+from steeldefect.data.prepare import prepare
 from steeldefect.data.severstal import rle_encode
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from steeldefect.data.dataset import prepare, split
+from steeldefect.data.dataset import split
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
 from steeldefect.params import MaskParams, Params, SynthesizeParams, TrainParams

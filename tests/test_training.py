@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steeldefect.data.dataset import prepare
+from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.params import FineTuneParams, HeadParams, SynthesizeParams, TrainParams
 from steeldefect.serve.export import MODEL_JSON, MODEL_WEIGHTS, export, load_model

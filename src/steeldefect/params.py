@@ -22,9 +22,14 @@ from steeldefect.errors import UserError
 
 @dataclass(frozen=True)
 class DataParams:
-    # "synthetic" (the built-in data made by the synthesize stage) or a folder holding train_images/ and
-    # train.csv; a relative path is taken from the data/ folder (as DVC reads the prepare stage's deps).
+    # "synthetic" (the built-in data made by the synthesize stage) or a folder of images in one of the layouts of
+    # `format`; a relative path is taken from the data/ folder (as DVC reads the prepare stage's deps).
     source: str = "synthetic"
+    # auto (detected from the folder's content), severstal (train_images/ + train.csv), folders (class folders,
+    # no masks), pairs (image + mask files), mvtec (MVTec AD) or coco (COCO instances JSON); README, "Your data"
+    format: Literal["auto", "severstal", "folders", "pairs", "mvtec", "coco"] = "auto"
+    # class folders with these names (whole name or its last _/- part, any case) hold clean images; others: defects
+    clean_names: tuple[str, ...] = ("good", "ok", "clean", "normal", "no_defect", "free")
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,10 @@ def _convert(key: str, value: object, hint: object) -> object:
         if value not in args:
             raise _bad(key, value, "one of " + ", ".join(map(repr, args)))
         return value
+    if origin is tuple and args[-1] is Ellipsis:  # a list of any length, e.g. data.clean_names
+        if not isinstance(value, list | tuple):
+            raise _bad(key, value, f"a list of {args[0].__name__}s")
+        return tuple(_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
     if origin is tuple:
         if isinstance(value, int) and not isinstance(value, bool) and len(set(args)) == 1:
             value = [value] * len(args)  # e.g. image_size: 256 means 256x256
@@ -241,6 +250,8 @@ def _check(p: Params) -> None:
         need(0 <= getattr(s, key) <= 1, f"synthesize.{key}", getattr(s, key), "a fraction in [0, 1]")
     need(0 < s.faint_contrast <= 1, "synthesize.faint_contrast", s.faint_contrast, "a number in (0, 1]")
     need(0 <= s.mark_contrast <= 3, "synthesize.mark_contrast", s.mark_contrast, "a number in [0, 3]")
+    names = p.data.clean_names
+    need(all(n.strip() for n in names), "data.clean_names", list(names), "a list of non-empty folder names")
     need(p.prepare.sample_images >= 1, "prepare.sample_images", p.prepare.sample_images, "an integer >= 1")
     for key in ("test_size", "val_size"):
         v = getattr(p.split, key)

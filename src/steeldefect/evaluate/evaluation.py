@@ -11,7 +11,7 @@ import pandas as pd
 from dvclive import Live
 
 from steeldefect import atomic
-from steeldefect.data.dataset import load_masks
+from steeldefect.data.dataset import class_label, load_masks
 from steeldefect.data.masks import resize_nearest
 from steeldefect.evaluate.localization import DICE_COLUMNS, localization_metrics
 from steeldefect.evaluate.metrics import (
@@ -33,7 +33,8 @@ def _tiles(df: pd.DataFrame, masks: pd.DataFrame, with_masks: bool, outlines: di
     return [
         Tile(
             r.path,
-            f"{r.ImageId}  true: {_label(r.label)} / pred: {_label(r.predicted)}  (p = {r.probability:.3f})",
+            f"{r.ImageId}  true: {_label(r.label)}{f' ({r.shown})' if r.shown else ''} / pred: {_label(r.predicted)}"
+            f"  (p = {r.probability:.3f})",
             load_masks(masks, r.ImageId, r.height, r.width) if with_masks else {},
             resize_nearest(outlines[r.ImageId], (r.height, r.width)) if outlines is not None else None,
         )
@@ -68,16 +69,21 @@ def evaluate(
     results_dir: Path,
     maps: dict | None = None,
     map_stride: int | None = None,
+    class_names: dict[str, str] | None = None,
 ) -> dict:
     """`val` holds ImageId, label, probability; `test` also holds path, classes, height, width. `maps`: a mask
-    model's test maps by ImageId (at `map_stride`), for the localization metrics and the galleries' outlines."""
+    model's test maps by ImageId (at `map_stride`), for the localization metrics and the galleries' outlines.
+    `class_names` (ClassId -> name, data/prepared/classes.csv) names the classes in per-class metrics and titles."""
+    names = class_names or {}
+    shown = test.classes.astype(str).str.split().apply(lambda cs: ", ".join(class_label(c, names) for c in cs))
+    test = test.assign(shown=shown)
     choice = pick_threshold(p, val)
     y, prob = test.label.to_numpy(), test.probability.to_numpy()
     test = test.assign(predicted=(prob >= choice["threshold"]).astype(int))
     metrics = {
         **binary_metrics(y, prob, choice["threshold"]),
         "threshold_choice": choice,
-        "recall_per_class": recall_per_class(test, test.predicted.to_numpy()),
+        "recall_per_class": _named(recall_per_class(test, test.predicted.to_numpy()), names),
     }
     write_results(test, results_dir)
     write_curves(plots_dir, y, prob, predicted=test.predicted.to_numpy())
@@ -86,11 +92,16 @@ def evaluate(
     )
     localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
     if localization is not None:  # threshold.json also gives the command its default map threshold
+        localization["dice_per_class"] = _named(localization["dice_per_class"], names)
         metrics["localization"], choice = localization, {**choice, "map_threshold": p.map_threshold}
     write_galleries(test, masks, p.gallery_size, seed, choice["threshold"], outlines, note, plots_dir)
     atomic.write_json(threshold_path, choice)
     atomic.write_json(metrics_path, metrics)
     return metrics
+
+
+def _named(per_class: dict, names: dict[str, str]) -> dict:
+    return {names.get(k, k): v for k, v in per_class.items()}
 
 
 def mistakes(test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -20,6 +20,7 @@ import pandas as pd
 from dvclive import Live
 
 from steeldefect.atomic import path_for
+from steeldefect.errors import UserError
 from steeldefect.params import TrainParams, map_stride
 from steeldefect.train.model import OPTIMIZERS, build_mask_model
 from steeldefect.train.pipeline import mask_eval_dataset, mask_training_dataset
@@ -65,6 +66,12 @@ def train(
     """Fit and save the best (highest validation AUC) weights of the whole model to `weights_out`. `masks` is the
     prepared masks table (ImageId, ClassId, EncodedPixels); `callbacks` are added to the standard ones (the
     real-data benchmark stops by wall clock with one)."""
+    if not masks.ImageId.isin(train_df.ImageId).any():
+        raise UserError(
+            f"train.supervision is mask, but none of the {len(train_df)} training images has a mask (class folders "
+            "and COCO boxes carry none). Set train.supervision: image, or give the images masks: image + mask pairs, "
+            "MVTec AD or COCO segmentations (README, 'Your data')."
+        )
     set_seed(seed)
     stride, steps = map_stride(p), math.ceil(len(train_df) / p.batch_size)
     model = build_mask_model(p, p.weights)
