@@ -1,14 +1,22 @@
-"""Benchmark: the prepare step on the real magnetic-tile folder (1,344 images of many sizes).
+"""Benchmark: the prepare step on the real magnetic-tile images, in the Severstal layout and in every other layout.
 
-Baseline, measured side by side in the same process: reading and decoding every image with PIL and nothing
-else (the floor for any prepare that checks each image decodes). Prints images/s for both and the ratio.
+The 1,344 images are rearranged (original bytes) as published (class folders with x.jpg + x.png masks), MVTec AD,
+KolektorSDD2, class folders and COCO (polygons, compressed RLE) by `bench/make_layouts.py`, into a temporary
+folder unless --layouts names one it made. Measured side by side in one process, rounds interleaved, best of 3:
+reading and decoding every image with PIL and nothing else (the floor for any prepare that checks each image
+decodes), then prepare on each layout. Prints images/s, and each layout's time as a ratio of the Severstal
+layout's (goal: at most 1.3), with the load average before and after.
 
-    .venv/bin/python bench/bench_prepare.py [FOLDER]
+    .venv/bin/python bench/bench_prepare.py [--source DIR] [--layouts DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +24,9 @@ from PIL import Image
 
 from steeldefect.data.prepare import prepare
 
-FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic-tile"
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE.parents[1] / "shared" / "data" / "magnetic-tile"
+LAYOUTS = ["published", "mvtec", "kolektor2", "folders", "coco_polygons", "coco_rle"]
 
 
 def decode_only(folder: Path) -> int:
@@ -27,24 +37,53 @@ def decode_only(folder: Path) -> int:
     return len(paths)
 
 
+def timed(fn, *args) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
 def main() -> None:
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else FOLDER
-    if not folder.is_dir():
-        sys.exit(f"{folder} not found: pass a Severstal-layout folder")
-    decode_only(folder)  # warm the page cache so both runs read from memory
-    rounds = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        n = decode_only(folder)
-        t1 = time.perf_counter()
-        images, *_ = prepare(folder)
-        t2 = time.perf_counter()
-        rounds.append((t1 - t0, t2 - t1))
-    base, prep = (min(r[i] for r in rounds) for i in (0, 1))
-    print(f"{folder}: {len(images)} images (best of 3)")
-    print(f"  baseline, PIL decode only: {n / base:8.0f} img/s ({base:.2f} s)")
-    print(f"  prepare (CSV, checks, decode, md5, RLE validation): {len(images) / prep:8.0f} img/s ({prep:.2f} s)")
-    print(f"  ratio prepare / baseline throughput: {base / prep:.2f}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, default=SOURCE, help="a Severstal-layout folder (magnetic-tile)")
+    parser.add_argument("--layouts", type=Path, help="a folder written by bench/make_layouts.py from --source")
+    args = parser.parse_args()
+    if not (args.source / "train.csv").is_file():
+        sys.exit(f"{args.source}: no train.csv; pass a Severstal-layout folder with --source")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="steeldefect-layouts.") as tmp:
+        layouts = args.layouts
+        if layouts is None:
+            layouts = Path(tmp) / "layouts"
+            subprocess.run(
+                [sys.executable, str(HERE / "make_layouts.py"), str(layouts), "--source", str(args.source)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        folders = {"severstal": args.source, **{name: layouts / name for name in LAYOUTS}}
+        for folder in folders.values():  # warm the page cache so every run reads from memory
+            prepare(folder)
+        best: dict[str, float] = {}
+        counts: dict[str, tuple[int, str]] = {}
+        for _ in range(3):
+            seconds, n = timed(decode_only, args.source)
+            best["decode"] = min(best.get("decode", seconds), seconds)
+            counts["decode"] = (n, "")
+            for name, folder in folders.items():
+                seconds, (images, _, _, metrics) = timed(prepare, folder)
+                best[name] = min(best.get(name, seconds), seconds)
+                counts[name] = (len(images), metrics["layout"])
+    print(f"{args.source}: best of 3, rounds interleaved")
+    print(
+        f"  {'PIL decode only (floor)':34s} {counts['decode'][0] / best['decode']:7.0f} img/s  {best['decode']:.2f} s"
+    )
+    for name in folders:
+        n, layout = counts[name]
+        print(
+            f"  prepare {name:16s} ({layout:9s}) {n / best[name]:7.0f} img/s  {best[name]:.2f} s  "
+            f"x{best[name] / best['severstal']:.2f} of severstal"
+        )
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

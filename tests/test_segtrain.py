@@ -13,6 +13,7 @@ from PIL import Image
 
 from steeldefect.data.masks import target_map
 from steeldefect.data.severstal import rle_encode
+from steeldefect.errors import UserError
 from steeldefect.params import MaskParams, TrainParams, load_params, map_stride
 from steeldefect.train import segtrain
 from steeldefect.train.model import build_model
@@ -145,3 +146,10 @@ def test_dvc_repro_trains_with_mask_supervision(tmp_path):
     assert metrics["epochs_run"] == 1 and "probability_auc" in metrics["eval"]
     model = build_model(load_params(root / "params.yaml").train, None)[0]
     model.load_weights(root / "models/trained.weights.h5")  # the two-output model's weights
+
+
+def test_mask_supervision_refuses_data_without_masks(tiny, tmp_path):
+    images, masks = tiny
+    with pytest.raises(UserError, match="none of the 13 training images has a mask.*train.supervision: image"):
+        segtrain.train(MASKED, 0, images, images, masks.iloc[:0], tmp_path / "w.weights.h5", tmp_path / "live")
+    assert not (tmp_path / "w.weights.h5").exists()

@@ -79,17 +79,21 @@ def read_mask(path: Path, height: int, width: int) -> np.ndarray:
                     "must have its image's size (width x height)"
                 )
             if "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
-                grey = np.asarray(im.getchannel("A"))
-            elif im.mode in ("1", "L", "I", "I;16", "F"):
-                grey = np.asarray(im)
-            else:
+                im = im.getchannel("A")
+            elif im.mode == "1":
+                im = im.convert("L")
+            elif im.mode not in ("L", "I", "I;16", "F"):
                 rgb = np.asarray(im.convert("RGB"))
                 if im.mode == "P" or not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
                     return rgb.any(axis=2)
-                grey = rgb[..., 0]
+                im = Image.fromarray(rgb[..., 0])
+            high = im.getextrema()[1]  # PIL's C code: most masks (of clean images) stop here, all zero
+            if not high:
+                return np.zeros((height, width), dtype=bool)
+            grey = np.asarray(im)
+            return grey >= 128 if high >= 128 else grey > 0
     except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
         raise BadImage(f"mask {path} is not a readable image ({e})") from e
-    return grey >= 128 if grey.max(initial=0) >= 128 else grey > 0
 
 
 def _mask_base(stem: str) -> str | None:
@@ -269,11 +273,20 @@ def _entries(source: Path, scan: _Scan, clean_names: tuple[str, ...], name: str)
             )
         else:
             label, cls = None, DEFECT
-        reader = None if mask is None else _mask_reader(mask, cls or DEFECT)
+        reader = None if mask is None else _mask_reader(mask, cls or DEFECT, clean=label == 0)
         entries.append(Entry(image_id, image, label, (cls,) if label == 1 else (), reader))
     names = sorted({c for e in entries for c in e.classes}, key=str.lower) if by_folder else [DEFECT]
     return Layout(name, entries, names, scan.ignored)
 
 
-def _mask_reader(path: Path, cls: str):
-    return lambda height, width: {cls: read_mask(path, height, width)}
+def _mask_reader(path: Path, cls: str, clean: bool) -> Callable[[int, int], dict[str, np.ndarray]]:
+    def read(height: int, width: int) -> dict[str, np.ndarray]:
+        mask = read_mask(path, height, width)
+        if clean and mask.any():
+            raise BadImage(
+                f"a non-empty mask ({path}, {int(mask.sum())} defect pixels) for an image in a clean folder; clear "
+                "the mask, or move the image into a defect folder"
+            )
+        return {} if clean else {cls: mask}
+
+    return read

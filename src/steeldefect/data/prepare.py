@@ -4,6 +4,7 @@ check every image and mask, and give one row per image, one per (image, class) m
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ from steeldefect.data.severstal import MasksCsv, read_labels, read_masks, rle_de
 from steeldefect.errors import UserError
 from steeldefect.params import DataParams
 
+log = logging.getLogger(__name__)
 DEFAULT_DATA = DataParams()
 
 
@@ -46,6 +48,9 @@ def prepare(
     else:
         layout = read_coco(source) if fmt == "coco" else read_tree(source, data.clean_names, fmt)
         fmt, ignored, derived = layout.name, layout.ignored, 0
+        if ignored:
+            more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+            log.info("ignored, neither images nor masks: %s%s", ", ".join(ignored[:5]), more)
         names = {str(i + 1): name for i, name in enumerate(layout.class_names)}
         images, masks, excluded = _assemble(layout, on_bad_image, source)
     metrics = data_metrics(images, masks, excluded, derived, names)

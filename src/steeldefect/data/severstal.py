@@ -147,7 +147,7 @@ def rle_encode(mask: np.ndarray) -> str:
     if starts.size == 0:
         return ""
     pairs = np.column_stack((starts + 1, ends - starts)).ravel()
-    return " ".join(pairs.astype(str).tolist())
+    return " ".join(map(str, pairs.tolist()))
 
 
 def check_image_id(image_id: str, where: str) -> None:
