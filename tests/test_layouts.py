@@ -359,3 +359,29 @@ def test_coco_box_only_annotation_is_defective_without_mask(tmp_path):
     d3 = images[images.ImageId == "images/d3.jpg"].iloc[0]
     assert d3.label == 1 and d3.n_masks == 0 and d3.classes != ""
     assert "images/d3.jpg" not in set(masks.ImageId)
+
+
+def test_cvat_segmentation_mask_export(tmp_path):
+    """CVAT "Segmentation mask 1.1": JPEGImages/, colour masks in SegmentationClass/, SegmentationObject/ and
+    ImageSets/ beside; no clean folder, so each image's mask gives its label."""
+    root = tmp_path / "cvat"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "default.txt").write_text("\n".join(s.stem for s in SAMPLES))
+    (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\ncrack:250,50,83::\n")
+    for tree in ("JPEGImages", "SegmentationClass", "SegmentationObject"):
+        (root / tree).mkdir()
+    for sample in SAMPLES:
+        Image.fromarray(sample.image).save(root / "JPEGImages" / f"{sample.stem}.jpg", quality=95)
+        colour = np.zeros((H, W, 3), np.uint8)
+        if sample.mask is not None:
+            colour[sample.mask] = (250, 50, 83)
+        for tree in ("SegmentationClass", "SegmentationObject"):
+            Image.fromarray(colour).save(root / tree / f"{sample.stem}.png")
+    images, masks, _, metrics = prepare(root)
+    assert metrics["layout"] == "pairs" and metrics["class_names"] == {"1": "defect"}
+    assert metrics["ignored_files"] == 1 + 1 + len(SAMPLES)  # labelmap.txt, default.txt, SegmentationObject
+    for r in images.itertuples():
+        sample = next(x for x in SAMPLES if f"{x.stem}.jpg" == Path(r.ImageId).name)
+        assert r.label == int(sample.mask is not None)
+        if sample.mask is not None:
+            np.testing.assert_array_equal(load_masks(masks, r.ImageId, H, W)[1], sample.mask)

@@ -5,8 +5,9 @@ The rules (README, "Your data"):
   listed as ignored.
 - A file is a mask when its stem ends with `_mask`, `_label`, `_gt` or `_seg` (any case), when it shares its stem
   with a JPEG in the same folder (magnetic-tile: `x.jpg` + `x.png`), or when it lies in a mask tree: a folder
-  named `ground_truth`, `masks`, `mask`, `gt` or `labels` that mirrors the image tree beside it (structural
-  folders left out, so MVTec's `ground_truth/crack/000_mask.png` is the mask of `test/crack/000.png`).
+  named `ground_truth`, `masks`, `mask`, `gt`, `labels` or `SegmentationClass` (CVAT) that mirrors the image
+  tree beside it (structural folders left out, so MVTec's `ground_truth/crack/000_mask.png` is the mask of
+  `test/crack/000.png`). CVAT's `SegmentationObject/` and `ImageSets/` are skipped (listed as ignored).
 - Structural folders (`train`, `test`, `val`, `images`, `imgs`, ...) are not classes. An image's class folder is
   its nearest other folder. When some folder's name is clean (`data.clean_names`, matched against the whole
   name or its last `_`/`-` part), folders give the labels: images under a clean folder are clean, the others
@@ -31,8 +32,10 @@ from steeldefect.errors import UserError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}  # what TensorFlow's decode_image reads
 MASK_SUFFIXES = IMAGE_SUFFIXES | {".gif", ".tif", ".tiff"}
 MASK_STEM_ENDINGS = ("_mask", "_label", "_gt", "_seg")
-MASK_TREES = {"ground_truth", "masks", "mask", "gt", "labels"}
+MASK_TREES = {"ground_truth", "masks", "mask", "gt", "labels", "segmentationclass"}
+SKIPPED_TREES = {"segmentationobject", "imagesets"}  # CVAT "Segmentation mask": instance masks and split lists
 STRUCTURAL = {"train", "training", "test", "testing", "val", "valid", "validation", "images", "image", "imgs", "img"}
+STRUCTURAL |= {"jpegimages"}  # CVAT "Segmentation mask" (Pascal VOC)
 DEFECT = "defect"  # the class of a defect known only from its mask
 
 
@@ -104,7 +107,7 @@ def _mask_base(stem: str) -> str | None:
 
 @dataclass
 class _Scan:
-    images: dict[Path, Path]  # image path -> its mask (or None)
+    images: dict[Path, Path | None]  # image path -> its mask
     tree_masks: list[Path]
     beside: int
     ignored: list[str]
@@ -118,6 +121,9 @@ def _scan(source: Path) -> _Scan:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         top = Path(top)
         rel_parts = [p.lower() for p in top.relative_to(source).parts]
+        if SKIPPED_TREES & set(rel_parts):
+            ignored += [str(top / f) for f in sorted(files)]
+            continue
         in_tree = any(p in MASK_TREES for p in rel_parts)
         if not in_tree and top != source:
             folders.append(top)
