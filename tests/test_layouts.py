@@ -242,16 +242,23 @@ def bad_mixed_mask_tree(root: Path) -> str:
 
 
 def bad_severstal_and_coco(root: Path) -> str:
+    shutil.rmtree(root)
+    (root / "train_images").mkdir(parents=True)
     (root / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
     (root / "annotations.json").write_text("{}")
     return r"more than one layout fits: severstal .*; coco .*Set data.format"
+
+
+def bad_severstal_and_folders(root: Path) -> str:
+    (root / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    return r"layouts mixed: a Severstal train.csv / train_images/ and images elsewhere"
 
 
 def bad_no_images(root: Path) -> str:
     shutil.rmtree(root)
     (root / "docs").mkdir(parents=True)
     (root / "docs" / "readme.txt").write_text("hi")
-    return r"no images found"
+    return r"no layout fits: no images .* 1 other files \(readme.txt\).*data.format"
 
 
 def bad_ambiguous_pair(root: Path) -> str:
@@ -269,6 +276,7 @@ BAD = [
     bad_image_outside_class_folders,
     bad_mixed_mask_tree,
     bad_severstal_and_coco,
+    bad_severstal_and_folders,
     bad_no_images,
     bad_ambiguous_pair,
 ]
@@ -352,6 +360,13 @@ def test_bad_coco_is_refused_with_file_and_fix(tmp_path, breaker):
     with pytest.raises(UserError, match=pattern) as exc:
         prepare(root)
     assert "\n" not in str(exc.value)
+
+
+def test_coco_images_not_in_the_annotations_are_reported(tmp_path):
+    root, _ = _coco(tmp_path)
+    shutil.copy(root / "images" / "c0.jpg", root / "images" / "unlisted.jpg")
+    images, _, _, metrics = prepare(root)
+    assert metrics["ignored_files"] == 1 and len(images) == len(SAMPLES)
 
 
 def test_coco_box_only_annotation_is_defective_without_mask(tmp_path):

@@ -4,7 +4,8 @@ Annotation files: `annotations.json`, `*_annotations.coco.json` or `annotations/
 `annotations.json` / `*_annotations.coco.json` in a folder just below it (Roboflow: one per split). An image's
 `file_name` is looked up beside its annotation file, in an `images/` folder there, then the same from the data
 folder. Polygons, uncompressed and compressed RLE are decoded by pycocotools. An image without annotations is
-clean; an annotation without a segmentation makes its image defective without a mask.
+clean; an annotation without a segmentation makes its image defective without a mask. Image files that no
+annotation file lists are reported as ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from steeldefect.data.layouts import BadImage, Entry, Layout
+from steeldefect.data.layouts import IMAGE_SUFFIXES, BadImage, Entry, Layout
 from steeldefect.errors import UserError
 
 
@@ -35,7 +36,9 @@ def read_coco(source: Path) -> Layout:
     for file in files:
         entries += _read_file(source, file, categories, seen)
     used = sorted({c for e in entries for c in e.classes}, key=lambda n: categories[n])
-    return Layout("coco", entries, used, [])
+    files = (p for p in sorted(source.rglob("*")) if not any(x.startswith(".") for x in p.relative_to(source).parts))
+    unlisted = [str(p) for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p not in seen]
+    return Layout("coco", entries, used, unlisted)
 
 
 def _load(file: Path) -> dict:

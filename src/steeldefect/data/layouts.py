@@ -214,9 +214,11 @@ def read_tree(source: Path, clean_names: tuple[str, ...], want: str = "auto") ->
     mvtec) is checked against what was found; "auto" accepts any of the three."""
     scan = _scan(source)
     if not scan.images:
+        found = ", ".join(Path(f).name for f in scan.ignored[:3]) + (" ..." if len(scan.ignored) > 3 else "")
         raise UserError(
-            f"{source}: no images found (.jpg, .jpeg, .png or .bmp) in any layout; {len(scan.ignored)} other files. "
-            "Point data.source at the folder holding your images (README, 'Your data')."
+            f"{source}: no layout fits: no images (.jpg, .jpeg, .png, .bmp), no train.csv, no COCO annotations file; "
+            f"{len(scan.ignored)} other files ({found or 'none'}). Point data.source at the folder holding your "
+            "images, and set data.format if its layout is not detected (README, 'Your data')."
         )
     if scan.beside and scan.tree_masks:
         raise UserError(

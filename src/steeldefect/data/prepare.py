@@ -12,7 +12,7 @@ from PIL import Image
 
 from steeldefect.data.coco import annotation_files, read_coco
 from steeldefect.data.dataset import IMAGE_COLUMNS, class_label
-from steeldefect.data.layouts import BadImage, Layout, read_tree
+from steeldefect.data.layouts import IMAGE_SUFFIXES, BadImage, Layout, read_tree
 from steeldefect.data.severstal import MasksCsv, read_labels, read_masks, rle_decode, rle_encode
 from steeldefect.errors import UserError
 from steeldefect.params import DataParams
@@ -67,6 +67,13 @@ def detect(source: Path, fmt: str = "auto") -> str:
     found = []
     if (source / "train.csv").exists() or (source / "train_images").exists():
         found.append(("severstal", "train.csv or train_images/"))
+        others = [d for d in source.iterdir() if d.is_dir() and d.name not in ("train_images", "test_images")]
+        stray = next((f for d in others for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES), None)
+        if stray is not None:
+            raise UserError(
+                f"{source}: layouts mixed: a Severstal train.csv / train_images/ and images elsewhere ({stray}). "
+                "Keep one layout per folder, or set data.format: severstal to read train_images/ only."
+            )
     coco = annotation_files(source)
     if coco:
         found.append(("coco", ", ".join(str(f.relative_to(source)) for f in coco[:3])))
