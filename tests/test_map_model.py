@@ -224,6 +224,10 @@ def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
             tmp_path / f"data/baseline/{name}.csv", index=False
         )
     masks.to_csv(tmp_path / "data/prepared/masks.csv", index=False)
+    ids = sorted(masks.ClassId.unique())
+    pd.DataFrame({"ClassId": ids, "name": [f"kind{i}" for i in ids]}).to_csv(
+        tmp_path / "data/prepared/classes.csv", index=False
+    )
     meta = {"image_size": [32, 200], "batch_size": 4}
     export_model(two_output_model(), (32, 200), tmp_path / "models", list(images.path[:2]), meta, saved_model=False)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 4}, "evaluate": {"gallery_size": 2}}))
@@ -239,6 +243,7 @@ def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
     loc = json.loads((tmp_path / "metrics/evaluate.json").read_text())["localization"]
     assert loc["images_with_mask"] == int(parts["test"].label.sum()) > 0 and 0 <= loc["dice"] <= 1
     assert loc["map_stride"] == 4 and loc["clean_images"] == int((parts["test"].label == 0).sum())
+    assert loc["dice_per_class"] and set(loc["dice_per_class"]) <= {f"kind{i}" for i in ids}  # by name
     assert len(pd.read_csv(tmp_path / "plots/localization_dice.csv")) == 19
     assert json.loads((tmp_path / "models/threshold.json").read_text())["map_threshold"] == 0.5
 
