@@ -67,8 +67,8 @@ WRITERS = {
 }
 
 
-def by_stem(source: Path, names: dict[str, str]) -> dict[str, tuple[int, np.ndarray | None, list[str]]]:
-    """{stem: (label, union of its masks or None, class names)} as prepare reads `source`."""
+def prepared_by_stem(source: Path, names: dict[str, str]) -> tuple[dict, dict]:
+    """({stem: (label, union of its masks or None, class names)}, data metrics) as prepare reads `source`."""
     images, masks, excluded, metrics = prepare(source)
     assert excluded.empty
     out = {}
@@ -77,7 +77,11 @@ def by_stem(source: Path, names: dict[str, str]) -> dict[str, tuple[int, np.ndar
         union = np.logical_or.reduce(list(found.values())) if found else None
         classes = [metrics["class_names"][c] for c in r.classes.split()]
         out[names[r.ImageId]] = (r.label, union, classes)
-    return out
+    return out, metrics
+
+
+def by_stem(source: Path, names: dict[str, str]) -> dict[str, tuple[int, np.ndarray | None, list[str]]]:
+    return prepared_by_stem(source, names)[0]
 
 
 @pytest.mark.parametrize("layout", sorted(WRITERS))
@@ -85,8 +89,7 @@ def test_each_layout_gives_the_samples_labels_and_mask_pixels(tmp_path, layout):
     write, options, name = WRITERS[layout]
     names = write(SAMPLES, tmp_path / layout, **options)
     assert detect(tmp_path / layout) in (name, "auto")  # "auto": the tree reader decides
-    got = by_stem(tmp_path / layout, names)
-    _, _, _, metrics = prepare(tmp_path / layout)
+    got, metrics = prepared_by_stem(tmp_path / layout, names)
     assert metrics["layout"] == name
     has_classes = layout not in ("kolektor2", "kolektor1")  # labels from masks: one class "defect"
     names_of = {"published": ["MT_Crack", "MT_Pit"], "kolektor2": ["defect"], "kolektor1": ["defect"]}

@@ -22,7 +22,7 @@ DEFAULT_DATA = DataParams()
 
 
 def _check_image(path: Path) -> tuple[int, int, str]:
-    """(height, width, md5) of a JPEG that decodes; raises OSError/ValueError if it does not."""
+    """(height, width, md5) of an image file that decodes; raises OSError/ValueError if it does not."""
     data = path.read_bytes()
     with Image.open(path) as im:
         im.load()
