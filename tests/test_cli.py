@@ -13,15 +13,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from steeldefect.params import HeadParams, TrainParams
 from steeldefect.serve.cli import expand_images, main, resolve_threshold
 from steeldefect.serve.export import export, load_model
 from steeldefect.serve.inference import predict_files, predict_paths
 from steeldefect.train.model import build_model
 
-from helpers import run
+from helpers import REPO, defaults, run
 
-TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
+TINY = defaults(train={"image_size": [64, 96], "backbone_layer": "conv2_block3_out", "head": {"dense_units": 8}}).train
 STEELDEFECT = Path(sys.executable).parent / "steeldefect"
 
 
@@ -125,6 +124,31 @@ def test_good_images_only_exit_code_0(project, tmp_path, capsys):
     df = read(out)
     assert list(df.path) == good and (df.error == "").all()
     assert "5 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ([], 0, "wrote"),
+        (["--threshold", "2"], 2, "--threshold: 2 is not in [0, 1]"),
+        (["--model-dir", "nowhere"], 2, "error: --model-dir nowhere: no such folder"),
+    ],
+)
+def test_exit_codes_of_the_command(project, tmp_path, args, code, message):
+    """The installed command in its own process: 0 when every image was predicted, 2 for bad arguments or no
+    model folder (1 above; 3, an unexpected error, in test_errors.py). `steeldefect --help` lists them."""
+    root, good = project
+    out = tmp_path / "predictions.csv"
+    cmd = [str(STEELDEFECT), "predict", *good, "--model-dir", str(root / "models"), "--output", str(out), *args]
+    proc = run(cmd, cwd=tmp_path, check=False)
+    assert proc.returncode == code and message in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert out.exists() == (code == 0)
+    assert "unexpected" not in proc.stderr
+
+
+def test_help_lists_the_exit_codes():
+    help_text = run([str(STEELDEFECT), "--help"], REPO).stdout
+    assert "exit codes:" in help_text and "3    unexpected error: a bug" in help_text
 
 
 def copy_models(source: Path, target: Path) -> Path:

@@ -3,6 +3,7 @@
     steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
                         [--engine keras|openvino] [--maps DIR]
     steeldefect cache info | clear [--kind features|images]
+    steeldefect preset demo|scratch|imagenet [-S key=value ...] [more dvc exp run arguments]
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, or the OpenVINO
 IR in openvino/, the default when it exists; the image size from model_meta.json), through the same tf.data
@@ -10,8 +11,7 @@ preprocessing and prediction code as the predict stage, and writes one CSV row p
 predicted (0 clean / 1 defect), error. A mask-supervised model (one with a defect map) adds defect_area_share and
 box_x0, box_y0, box_x1, box_y1 (the defect's bounding box in the original image's pixels) before the error
 column, and `--maps DIR` writes each image with its map overlaid. An unreadable image gets its error text
-instead of a probability and does not stop the run. Exit code: 0 when every image was predicted, 1 when some
-could not be read, 2 for a usage error (bad arguments, no model, no images).
+instead of a probability and does not stop the run. Exit codes: see EXIT_CODES (the same for the stages).
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ from steeldefect.errors import UserError, run
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a folder is expanded to
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 16  # when model_meta.json does not record the predict stage's batch size
+EXIT_CODES = """exit codes:
+  0    everything done
+  1    some images could not be read (predict: their rows hold the error)
+  2    usage, param or data error (bad arguments, no model, no images): the message says what to fix
+  3    unexpected error: a bug; rerun with STEELDEFECT_DEBUG=1 for the traceback
+  130  interrupted (Ctrl-C)
+`preset` exits with the code of the `dvc exp run` it starts."""
 
 
 def _threshold(text: str) -> float:
@@ -51,7 +58,12 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steeldefect", description="Steel-defect classifier commands.")
+    parser = argparse.ArgumentParser(
+        prog="steeldefect",
+        description="Steel-defect classifier commands.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(commands)
     cache = commands.add_parser(
@@ -62,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
     cache.add_argument("--kind", choices=["features", "images"], help="clear only this kind (default: both)")
+    preset = commands.add_parser(
+        "preset",
+        help="run a DVC experiment with a preset of conf/preset/ (dvc exp run -S ...)",
+        description="Run `dvc exp run` with one -S per key of conf/preset/NAME.yaml, then the arguments given (a later "
+        "-S wins), after checking the resulting params. Run it in the project root.",
+    )
+    preset.add_argument("name", help="demo, scratch or imagenet (conf/preset/NAME.yaml)")
+    preset.add_argument(
+        "dvc_args",
+        nargs=argparse.REMAINDER,
+        metavar="DVC_EXP_RUN_ARGS",
+        help="more `dvc exp run` arguments, e.g. -S data.source=/path/to/images --queue -n NAME",
+    )
     return parser
 
 
@@ -74,7 +99,8 @@ def _add_predict(commands) -> None:
         "the exported model and write one CSV row per image: path, probability, predicted (1 = defect), error. "
         "A mask-supervised model also gives defect_area_share and the defect's bounding box box_x0, box_y0, "
         "box_x1, box_y1 in the image's own pixels (x1, y1 exclusive; empty when no map cell reaches the map "
-        "threshold). Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors.",
+        "threshold). Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors, "
+        "3 for an unexpected error (a bug).",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
     predict.add_argument(
@@ -343,6 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         nonlocal code
         if args.command == "cache":
             return cache_command(args.action, args.kind)
+        if args.command == "preset":
+            from steeldefect.presets import run_preset
+
+            code = run_preset(args.name, args.dvc_args)
+            return
         code = predict(
             args.images,
             args.model_dir,

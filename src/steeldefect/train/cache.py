@@ -3,14 +3,20 @@
 Both live under one folder per user, shared by every run and every experiment of every repository (queued
 `dvc exp run --queue` experiments run in temporary copies of the repository, so a folder inside it would be
 empty there): `$STEELDEFECT_CACHE_DIR`, else `$XDG_CACHE_HOME/steeldefect`, else `~/.cache/steeldefect`.
-Entries are keyed by the content they depend on (the images' md5, input size, preprocessing, backbone, ...),
-never by a path or an experiment name, so any run that needs the same work finds it. Every entry is written
-under a private temporary name and renamed into place when complete: a crash never leaves a partial entry,
-and two runs writing the same key at once leave one valid entry (the last rename wins; both are equal).
+Entries are keyed by the content they depend on (the images' md5, input size, backbone, ..., the code that
+computes them and the TensorFlow / Keras versions), never by a path or an experiment name, so any run that needs
+the same work finds it, and an edit of that code (train/pipeline.py, train/model.py) never reuses stale entries.
+Every entry is written under a private temporary name and renamed into place when complete: a crash never leaves
+a partial entry, and two runs writing the same key at once leave one valid entry (the last rename wins; both are
+equal). Only those races are ignored; a cache folder that cannot be written (full disk, no permission,
+read-only) stops the run with a UserError that says how to fix it.
 """
 
 from __future__ import annotations
 
+import ast
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -24,11 +30,12 @@ import numpy as np
 import pandas as pd
 
 from steeldefect.atomic import path_for
+from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
 
 log = logging.getLogger(__name__)
-PREPROCESSING_VERSION = "decode-rgb/bilinear-antialias/resnet50-caffe/v1"
-IMAGE_CACHE_VERSION = "decode-rgb/bilinear-antialias/float32/v1"  # what the image cache holds (before preprocessing)
+IMAGE_CODE = ("train/pipeline.py",)  # decodes and resizes the cached images
+FEATURE_CODE = ("train/pipeline.py", "train/model.py")  # + preprocessing, the backbone and the pooling
 KINDS = ("features", "images")  # the sub-folders of the cache folder
 
 
@@ -41,22 +48,41 @@ def default_root(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def _versions() -> list[str]:
+    """The library versions and oneDNN's instruction set (see steeldefect/__init__.py): both change the bits."""
     import keras
     import tensorflow as tf
 
-    return [tf.__version__, keras.__version__]
+    return [tf.__version__, keras.__version__, "onednn-isa=" + os.environ.get("ONEDNN_MAX_CPU_ISA", "native")]
+
+
+@functools.cache
+def code_hash(modules: tuple[str, ...]) -> str:
+    """md5 of the code of these modules of the package (paths relative to it): of their syntax trees, so an
+    edit of comments or layout keeps the key, any other edit (docstrings included) changes it."""
+    package = Path(__file__).parents[1]
+    trees = [ast.dump(ast.parse((package / m).read_text())) for m in modules]
+    return hashlib.md5("\n".join(trees).encode()).hexdigest()
+
+
+def _unusable(folder: Path, e: OSError) -> UserError:
+    return UserError(
+        f"the steeldefect cache folder {folder} cannot be used ({e}). Free some space on its disk or fix its "
+        "permissions; or set STEELDEFECT_CACHE_DIR to a writable folder elsewhere; or turn the caches off with "
+        "STEELDEFECT_FEATURE_CACHE=off and STEELDEFECT_IMAGE_CACHE=off (they only save time)."
+    )
 
 
 def feature_key(p: TrainParams, seed: int, df: pd.DataFrame) -> str:
-    """Everything the frozen features depend on: the images (their md5), the preprocessing and input size,
-    the backbone (weights file content, cut, seed of a random init), the pooling and the mixed precision."""
+    """Everything the frozen features depend on: the images (their md5), the input size, the backbone (weights
+    file content, cut, seed of a random init), the pooling, the mixed precision and the code and library versions
+    that compute them."""
     weights = p.weights
     if weights not in (None, "imagenet"):
         weights = hashlib.md5(Path(weights).read_bytes()).hexdigest()
     key = {
         "images": list(df.md5),
         "image_size": list(p.image_size),
-        "preprocessing": PREPROCESSING_VERSION,
+        "code": code_hash(FEATURE_CODE),
         "weights": weights,
         "seed": seed,
         "cut": p.backbone_layer,
@@ -70,11 +96,11 @@ def feature_key(p: TrainParams, seed: int, df: pd.DataFrame) -> str:
 
 
 def image_cache_key(df: pd.DataFrame, image_size: tuple[int, int]) -> str:
-    """What the cached decoded images depend on: the images in order (their md5), the size, the decoding."""
+    """What the cached decoded images depend on: the images in order (their md5), the size, the decoding code."""
     key = {
         "images": list(df.md5),
         "image_size": list(image_size),
-        "decoding": IMAGE_CACHE_VERSION,
+        "code": code_hash(IMAGE_CODE),
         "tensorflow": _versions()[0],
     }
     return hashlib.md5(json.dumps(key).encode()).hexdigest()
@@ -90,27 +116,31 @@ class FeatureCache:
         return self.folder / f"{key}.npy"
 
     def load(self, key: str) -> np.ndarray | None:
-        """The array stored under `key`, or None when there is none (an unreadable entry is reported and
-        treated as missing: it will be written again)."""
+        """The array stored under `key`, or None when there is none (a corrupt entry is reported and treated as
+        missing: it will be written again)."""
         path = self.path(key)
-        if not path.is_file():
-            return None
         try:
             return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except FileNotFoundError:  # none, or deleted by `steeldefect cache clear` meanwhile
+            return None
+        except (ValueError, EOFError) as e:
             log.warning("feature cache entry %s is unreadable (%s): computing the features again", path, e)
             return None
+        except OSError as e:
+            raise _unusable(self.folder, e) from e
 
     def save(self, key: str, array: np.ndarray) -> Path | None:
-        """Store `array` under `key`; returns its path, or None when it could not be written (reported: the
-        cache only saves time, so a full disk or a `steeldefect cache clear` meanwhile does not stop a run)."""
+        """Store `array` under `key`; returns its path, or None when a `steeldefect cache clear` deleted the
+        folder meanwhile (reported). Another writer of the same key is no error: the last rename wins."""
         path = self.path(key)
         try:
             with path_for(path) as tmp:
                 np.save(tmp, array, allow_pickle=False)
-        except OSError as e:
+        except FileNotFoundError as e:
             log.warning("could not write the feature cache entry %s (%s): continuing without it", path, e)
             return None
+        except OSError as e:
+            raise _unusable(self.folder, e) from e
         return path
 
 
@@ -134,22 +164,28 @@ class ImageCache:
             log.info("decoded images of %d images read from %s", len(df), final)
             return str(final / "images")
         if key not in self.pending:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.pending[key] = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.pending[key] = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
+            except OSError as e:
+                raise _unusable(self.folder, e) from e
             size = len(df) * self.image_size[0] * self.image_size[1] * 3 * 4
             log.info("decoded images of %d images (%.0f MB) will be cached in %s", len(df), size / 2**20, final)
         return str(self.pending[key] / "images")
 
     def close(self) -> None:
         """Move the complete caches into place; drop incomplete ones."""
+        error = None
         for key, tmp in self.pending.items():
-            if (tmp / "images.index").is_file() and not (self.folder / key).exists():
-                try:
+            try:
+                if (tmp / "images.index").is_file():
                     os.replace(tmp, self.folder / key)
-                except OSError:  # another run moved the same cache into place first
-                    pass
+            except OSError as e:  # EEXIST, ENOTEMPTY: another run moved the same cache into place first
+                error = error or (e if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) else None)
             shutil.rmtree(tmp, ignore_errors=True)
         self.pending.clear()
+        if error:
+            raise _unusable(self.folder, error) from error
 
 
 def _size(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""tf.distribute for training: the strategy named by `train.strategy`, and what multi-worker training needs.
+"""tf.distribute for training: the strategy named by STEELDEFECT_STRATEGY, and what multi-worker training needs.
 
 `mirrored` spreads each batch over the devices of one machine; `multi_worker` over several machines, configured
 by TF_CONFIG: every worker runs the same training call, all take part in every collective op (fit, predict,
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for `train.strategy`. Call it before any other TensorFlow op in the process:
+    """The tf.distribute strategy `name` (STEELDEFECT_STRATEGY). Call it before any other TensorFlow op in the process:
     MultiWorkerMirroredStrategy configures the runtime's collective ops, which is only possible at startup."""
     if name == "multi_worker":
         _check_tf_config()
@@ -33,7 +33,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             if "startup" not in str(e):  # "Collective ops must be configured at program startup"
                 raise
             raise UserError(
-                f"train.strategy = 'multi_worker': TensorFlow was already running in this process ({e}). "
+                f"STEELDEFECT_STRATEGY=multi_worker: TensorFlow was already running in this process ({e}). "
                 "The strategy must be created before any other TensorFlow op: run training in a fresh process "
                 "(python stages/train.py or dvc repro train)."
             ) from e
@@ -60,7 +60,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 def _check_tf_config() -> None:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        log.warning("train.strategy = 'multi_worker' but TF_CONFIG is not set: training as the only worker")
+        log.warning("STEELDEFECT_STRATEGY=multi_worker but TF_CONFIG is not set: training as the only worker")
         return
     try:
         config = json.loads(raw)
@@ -69,7 +69,7 @@ def _check_tf_config() -> None:
         ok = False
     if not ok:
         raise UserError(
-            f"TF_CONFIG = {raw!r} is not a valid multi-worker configuration (train.strategy = 'multi_worker'); "
+            f"TF_CONFIG = {raw!r} is not a valid multi-worker configuration (STEELDEFECT_STRATEGY=multi_worker); "
             'expected JSON like {"cluster": {"worker": ["host0:port", "host1:port"]}, '
             '"task": {"type": "worker", "index": 0}}, the same cluster on every worker and its own task on each.'
         )
@@ -112,7 +112,7 @@ def check_keras_version(version: str) -> None:
     found = re.match(r"(\d+)\.(\d+)", version)
     if not found or (int(found[1]), int(found[2])) != PATCHED_KERAS:
         raise UserError(
-            f"train.strategy = 'multi_worker' needs workarounds written for Keras "
+            f"STEELDEFECT_STRATEGY=multi_worker needs workarounds written for Keras "
             f"{'.'.join(map(str, PATCHED_KERAS))}.x, and this is Keras {version}; install keras=="
             f"{'.'.join(map(str, PATCHED_KERAS))}.* (requirements.txt) or check whether Keras now supports "
             "MultiWorkerMirroredStrategy (keras-team/keras#20585) and update src/steeldefect/train/distribute.py."
