@@ -11,6 +11,7 @@ and the test metrics.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ from pathlib import Path
 from steeldefect.data.dataset import split
 from steeldefect.data.prepare import prepare
 from steeldefect.evaluate.baseline import run_baseline
-from steeldefect.params import EvaluateParams
+from steeldefect.params import load_params
 
+P = load_params(Path(__file__).resolve().parents[1] / "params.yaml")  # the repository's params
 FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic-tile"
 
 
@@ -29,11 +31,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--threshold", default="0.5", help="a number or auto (chosen on validation)")
     args = parser.parse_args()
-    images, *_ = prepare(args.folder)
+    images, *_ = prepare(args.folder, "fail", P.data)
     parts, _ = split(images, 0.15, 0.15, args.seed)
     threshold = args.threshold if args.threshold == "auto" else float(args.threshold)
     wall, cpu = time.perf_counter(), os.times()
-    r = run_baseline(parts["train"], parts["val"], parts["test"], threshold=EvaluateParams(threshold=threshold))
+    policy = dataclasses.replace(P.evaluate, threshold=threshold)
+    r = run_baseline(parts["train"], parts["val"], parts["test"], P.baseline, P.seed, policy)
     wall, cpu_end = time.perf_counter() - wall, os.times()
     m = r.metrics
     print(

@@ -8,6 +8,7 @@ The model is untrained (random init): the cost does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -16,9 +17,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from steeldefect.data.synthetic import write_dataset  # noqa: E402
-from steeldefect.params import Params, SynthesizeParams, parse_params  # noqa: E402
+from steeldefect.params import parse_params  # noqa: E402
 from steeldefect.serve.cli import predict  # noqa: E402
 from steeldefect.serve.export import export, model_meta  # noqa: E402
 from steeldefect.train.model import build_model  # noqa: E402
@@ -29,10 +31,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    p: Params = parse_params({"train": {"supervision": "mask"}})
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["train"]["supervision"] = "mask"
+    p = parse_params(raw)
     with tempfile.TemporaryDirectory(prefix="bench-maps.") as tmp:
         root = Path(tmp)
-        write_dataset(SynthesizeParams(n_images=args.images), seed=0, out_dir=root / "data")
+        write_dataset(dataclasses.replace(p.synthesize, n_images=args.images), seed=0, out_dir=root / "data")
         images = sorted(str(f) for f in (root / "data" / "train_images").iterdir())
         model, _, _ = build_model(p.train, weights=None)
         model.save_weights(root / "w.weights.h5")

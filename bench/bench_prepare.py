@@ -23,8 +23,10 @@ from pathlib import Path
 from PIL import Image
 
 from steeldefect.data.prepare import prepare
+from steeldefect.params import load_params
 
 HERE = Path(__file__).resolve().parent
+P = load_params(HERE.parent / "params.yaml")  # the repository's params
 SOURCE = HERE.parents[1] / "shared" / "data" / "magnetic-tile"
 LAYOUTS = ["published", "mvtec", "kolektor2", "folders", "coco_polygons", "coco_rle"]
 
@@ -62,7 +64,7 @@ def main() -> None:
             )
         folders = {"severstal": args.source, **{name: layouts / name for name in LAYOUTS}}
         for folder in folders.values():  # warm the page cache so every run reads from memory
-            prepare(folder)
+            prepare(folder, "fail", P.data)
         best: dict[str, float] = {}
         counts: dict[str, tuple[int, str]] = {}
         for _ in range(3):

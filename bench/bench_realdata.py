@@ -34,13 +34,15 @@ from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.evaluate.baseline import run_baseline
 from steeldefect.evaluate.metrics import dice_iou, pointing_hit
-from steeldefect.params import Params, SynthesizeParams, map_stride, parse_params
+from steeldefect.params import Params, load_params, map_stride, parse_params
 from steeldefect.train import segtrain, training
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset, mask_eval_dataset
 
-# One recipe for all runs (cut, size, optimizer), chosen by short probes on magnetic-tile (README, Supervision);
-# the runs differ only in supervision and crops.
+# One recipe for all runs (cut, size, optimizer), chosen by short probes on magnetic-tile (docs/training.md,
+# Supervision); the runs differ only in supervision and crops.
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the repository's: every run starts from it
+P = load_params(PARAMS)
 COMMON = {
     "epochs": 1000,  # the wall clock stops training
     "batch_size": 16,
@@ -53,7 +55,7 @@ COMMON = {
     "mask": {"seg_channels": 32, "seg_positive_weight": 3.0},
 }
 RUNS = {
-    "image": {"supervision": "image", "freeze_backbone": False, "feature_cache": None},
+    "image": {"supervision": "image", "freeze_backbone": False},
     "squash": {"supervision": "mask", "mask": {"crop_size": None}},
     "crops": {"supervision": "mask", "mask": {"crop_size": [96, 96], "crop_defect_share": 0.5}},
 }
@@ -135,7 +137,7 @@ def scores(name: str, parts: dict, val_prob: np.ndarray, prob: np.ndarray) -> di
 
 def run_classical(parts: dict, seed: int) -> dict:
     """The pipeline's baseline stage (texture features + gradient boosting, params.yaml's settings) on the split."""
-    result = run_baseline(parts["train"], parts["val"], parts["test"], seed=seed)
+    result = run_baseline(parts["train"], parts["val"], parts["test"], P.baseline, seed, P.evaluate)
     row = scores("baseline", parts, result.val.probability.to_numpy(), result.test.probability.to_numpy())
     return {**row, "train_seconds": round(result.feature_seconds + result.fit_seconds, 1)}
 
@@ -177,8 +179,8 @@ def main() -> None:
         source = Path(args.data)
         if args.data == "synthetic":
             source = work / "synthetic"
-            write_dataset(SynthesizeParams(n_images=Params().synthesize.n_images), seed=42, out_dir=source)
-        images, masks, _, _ = prepare(source)
+            write_dataset(P.synthesize, seed=42, out_dir=source)
+        images, masks, _, _ = prepare(source, "fail", P.data)
         parts, report = split(images, 0.15, 0.15, args.seed)
         print(f"{source}: {report['sizes']} images, defective {report['defective']}", flush=True)
         results = []
@@ -187,7 +189,7 @@ def main() -> None:
                 results.append(run_classical(parts, args.seed))
                 print(json.dumps(results[-1]), flush=True)
                 continue
-            raw = {"seed": args.seed, "train": merge(COMMON, RUNS[name])}
+            raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, "train": merge(COMMON, RUNS[name])})
             for text in args.set:
                 raw = merge(raw, setting(text))
             results.append(run(name, parts, masks, raw, args.minutes * 60, work))

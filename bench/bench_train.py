@@ -22,14 +22,15 @@ import pandas as pd
 
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
-from steeldefect.params import SynthesizeParams, load_params
+from steeldefect.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
+P = load_params(ROOT / "params.yaml")
 
 
 def images(n_files: int, n_rows: int, tmp: Path) -> pd.DataFrame:
-    write_dataset(SynthesizeParams(n_images=n_files), seed=0, out_dir=tmp / "data")
-    table = prepare(tmp / "data")[0]
+    write_dataset(dataclasses.replace(P.synthesize, n_images=n_files), seed=0, out_dir=tmp / "data")
+    table = prepare(tmp / "data", "fail", P.data)[0]
     return pd.concat([table] * (n_rows // len(table) + 1)).head(n_rows).reset_index(drop=True)
 
 

@@ -12,7 +12,7 @@ from steeldefect.params import load_params
 def main() -> None:
     a, p = paths("split", "out"), load_params()
     train, val, test = (pd.read_csv(a.split / f"{n}.csv", keep_default_na=False) for n in ("train", "val", "test"))
-    result = run_baseline(train, val, test, p.baseline, p.seed)
+    result = run_baseline(train, val, test, p.baseline, p.seed, p.evaluate)
     save(result, a.out)
     auc = result.metrics["roc_auc"]
     print(

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from steeldefect.params import Params, parse_params
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
@@ -70,6 +72,16 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+def repo_params(override: dict | None = None) -> dict:
+    """The repository's params.yaml (the one place defaults are written) as a mapping, `override` merged in."""
+    return merge(yaml.safe_load((REPO / "params.yaml").read_text()), override or {})
+
+
+def defaults(**sections: dict) -> Params:
+    """The repository's params, typed and checked, with `sections` merged in: defaults(train={"epochs": 2}).train"""
+    return parse_params(repo_params(sections))
+
+
 def make_project(root: Path, params: dict) -> Path:
     """A fresh git + DVC repository holding the project's pipeline code and `params` over params.yaml."""
     for name in ("dvc.yaml", ".dvcignore", "stages", "src"):
@@ -78,8 +90,7 @@ def make_project(root: Path, params: dict) -> Path:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy(src, root / name)
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(base, params), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(repo_params(params), sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["git", "add", "-A"], root)

@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 from steeldefect.data.synthetic import write_dataset
-from steeldefect.params import SynthesizeParams
 
-from helpers import run, stage_cmd
+from helpers import defaults, repo_params, run, stage_cmd
 
 pytestmark = pytest.mark.slow  # a prepare process per case
 
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow  # a prepare process per case
 @pytest.fixture(scope="module")
 def good_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("good")
-    write_dataset(SynthesizeParams(n_images=12), seed=3, out_dir=root / "data")
+    write_dataset(defaults(synthesize={"n_images": 12}).synthesize, seed=3, out_dir=root / "data")
     return root / "data"
 
 
@@ -38,7 +37,7 @@ def project(tmp_path, good_data) -> Path:
 
 
 def set_params(root: Path, params: dict) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "params.yaml").write_text(yaml.safe_dump(repo_params(params)))
 
 
 def digest(root: Path) -> dict[str, str]:

@@ -18,9 +18,8 @@ from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import make_image
 from steeldefect.evaluate.baseline import features, image_features, run_baseline
 from steeldefect.evaluate.evaluation import COMPARED, baseline_warning, compare_with_baseline
-from steeldefect.params import BaselineParams, EvaluateParams, SynthesizeParams
 
-from helpers import SHARED_DATA, run, stage_cmd
+from helpers import SHARED_DATA, defaults, run, stage_cmd
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def images(tmp_path_factory) -> pd.DataFrame:
     folder = tmp_path_factory.mktemp("baseline_images")
     rows = []
     for i in range(40):
-        img, masks = make_image(SynthesizeParams(), seed=3, index=i)
+        img, masks = make_image(defaults().synthesize, seed=3, index=i)
         path = folder / f"img_{i:02d}.jpg"
         Image.fromarray(img).convert("RGB").save(path, "JPEG", quality=90)
         rows.append((path.name, str(path), int(bool(masks))))
@@ -54,9 +53,9 @@ def test_lbp_histograms_are_shares_and_intensity_statistics_are_scaled():
 
 def test_run_baseline_is_seeded_and_scores_every_image(images):
     train, val, test = images[:24], images[24:32], images[32:]
-    p = BaselineParams(max_iter=30)
-    a = run_baseline(train, val, test, p, seed=1)
-    b = run_baseline(train, val, test, p, seed=1)
+    p = defaults(baseline={"max_iter": 30})
+    a = run_baseline(train, val, test, p.baseline, 1, p.evaluate)
+    b = run_baseline(train, val, test, p.baseline, 1, p.evaluate)
     pd.testing.assert_frame_equal(a.test, b.test)
     assert list(a.test.ImageId) == list(test.ImageId) and list(a.val.ImageId) == list(val.ImageId)
     assert a.test.probability.between(0, 1).all()
@@ -66,7 +65,8 @@ def test_run_baseline_is_seeded_and_scores_every_image(images):
 
 def test_run_baseline_uses_evaluates_threshold_policy(images):
     train, val, test = images[:24], images[24:32], images[32:]
-    r = run_baseline(train, val, test, BaselineParams(max_iter=30), 1, EvaluateParams(threshold="auto"))
+    p = defaults(baseline={"max_iter": 30}, evaluate={"threshold": "auto"})
+    r = run_baseline(train, val, test, p.baseline, 1, p.evaluate)
     choice = r.metrics["threshold_choice"]
     assert choice["policy"] == "auto" and choice["threshold"] == r.metrics["threshold"]
     assert choice["threshold"] in set(r.val.probability)  # chosen among the validation probabilities
@@ -173,7 +173,8 @@ def test_baseline_clears_0_95_on_magnetic_tile():
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"CI=true and the real data {source} is missing", pytrace=False)
         pytest.skip(f"shared data {source} not present")
-    images, _, _, _ = prepare(source)
+    images, _, _, _ = prepare(source, "fail", defaults().data)
     parts, _ = split(images, 0.15, 0.15, seed=0)
-    result = run_baseline(parts["train"], parts["val"], parts["test"], seed=42)
+    p = defaults()
+    result = run_baseline(parts["train"], parts["val"], parts["test"], p.baseline, p.seed, p.evaluate)
     assert result.metrics["roc_auc"] >= 0.95

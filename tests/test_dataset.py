@@ -15,29 +15,29 @@ from steeldefect.data.prepare import prepare
 from steeldefect.data.severstal import rle_decode
 from steeldefect.data.synthetic import make_image, write_dataset
 from steeldefect.errors import UserError
-from steeldefect.params import SynthesizeParams
 
-from helpers import shared
+from helpers import defaults, shared
 
 SEED = 42
+DATA = defaults().data
 
 
 @pytest.fixture(scope="module")
 def synth40(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth40") / "synthetic"
-    write_dataset(SynthesizeParams(n_images=40), SEED, out)
+    write_dataset(defaults(synthesize={"n_images": 40}).synthesize, SEED, out)
     return out
 
 
 @pytest.fixture(scope="module")
 def prepared40(synth40):
-    return prepare(synth40)
+    return prepare(synth40, "fail", DATA)
 
 
 @pytest.fixture(scope="module")
 def tiny_source(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "synthetic"
-    write_dataset(SynthesizeParams(n_images=10), SEED, out)
+    write_dataset(defaults(synthesize={"n_images": 10}).synthesize, SEED, out)
     return out
 
 
@@ -74,7 +74,7 @@ def test_prepare_synthetic_one_row_per_image(prepared40, synth40):
 
 def test_prepare_synthetic_labels_classes_and_areas_match_the_generator(prepared40):
     images, masks, _, _ = prepared40
-    cfg = SynthesizeParams(n_images=40)
+    cfg = defaults(synthesize={"n_images": 40}).synthesize
     for i in (0, 1, 2, 3, 4, 5):
         row = images.set_index("ImageId").loc[f"synth_{i:05d}.jpg"]
         _, truth = make_image(cfg, SEED, i)
@@ -116,7 +116,7 @@ def test_prepare_synthetic_metrics_are_consistent(prepared40):
 def test_prepare_without_labels_file_derives_clean_images_from_the_folder(tiny):
     expected = _labels(tiny)
     (tiny / "defect_and_no_defect.csv").unlink()
-    images, _, _, m = prepare(tiny)
+    images, _, _, m = prepare(tiny, "fail", DATA)
     assert sorted(images.ImageId) == sorted(expected.ImageID)
     got = images.set_index("ImageId").label.sort_index()
     assert got.tolist() == expected.set_index("ImageID").label.sort_index().tolist()
@@ -131,7 +131,7 @@ def test_resolve_source():
 
 
 def test_prepare_real_severstal_sample():
-    images, masks, excluded, m = prepare(shared("severstal-sample"))
+    images, masks, excluded, m = prepare(shared("severstal-sample"), "fail", DATA)
     assert excluded.empty
     assert (m["images"], m["defective"], m["clean"], m["masks"]) == (25, 11, 14, 12)
     assert len(images) == 25 and len(masks) == 12
@@ -141,7 +141,7 @@ def test_prepare_real_severstal_sample():
 
 
 def test_prepare_real_magnetic_tile():
-    images, masks, _, m = prepare(shared("magnetic-tile"))
+    images, masks, _, m = prepare(shared("magnetic-tile"), "fail", DATA)
     assert (m["images"], m["defective"], m["clean"]) == (1344, 392, 952)
     assert m["defective_without_mask"] == 4
     assert m["clean_derived_from_missing_csv_rows"] == 0
@@ -153,7 +153,7 @@ def test_prepare_real_magnetic_tile():
 
 @pytest.mark.parametrize("name", ["severstal-sample", "magnetic-tile"])
 def test_split_real_folders(name):
-    images = prepare(shared(name))[0]
+    images = prepare(shared(name), "fail", DATA)[0]
     parts, report = split(images, 0.15, 0.15, SEED)
     ids = [set(df.ImageId) for df in parts.values()]
     assert sum(len(i) for i in ids) == len(images) and set.union(*ids) == set(images.ImageId)
@@ -172,7 +172,7 @@ def test_missing_and_corrupt_images_are_reported_together(tiny):
     (tiny / "train_images" / missing).unlink()
     (tiny / "train_images" / corrupt).write_bytes(b"\xff\xd8garbage!")
     with pytest.raises(UserError) as exc:
-        prepare(tiny)
+        prepare(tiny, "fail", DATA)
     msg = str(exc.value)
     assert missing in msg and corrupt in msg
     assert "2 listed image(s)" in msg
@@ -192,13 +192,13 @@ def _damage_two(tiny: Path) -> tuple[str, str]:
 def test_on_bad_image_fail_lists_every_bad_image(tiny):
     missing, corrupt = _damage_two(tiny)
     with pytest.raises(UserError) as exc:
-        prepare(tiny, "fail")
+        prepare(tiny, "fail", DATA)
     assert missing in str(exc.value) and corrupt in str(exc.value)
 
 
 def test_on_bad_image_skip_leaves_them_out_and_lists_them(tiny):
     missing, corrupt = _damage_two(tiny)
-    images, masks, excluded, m = prepare(tiny, "skip")
+    images, masks, excluded, m = prepare(tiny, "skip", DATA)
     assert sorted(excluded.ImageId) == sorted([missing, corrupt])
     assert excluded.set_index("ImageId").problem[missing] == "file not found"
     assert "decode" in excluded.set_index("ImageId").problem[corrupt]
@@ -214,7 +214,7 @@ def test_skipped_clean_image_is_not_counted_as_derived_clean(tiny):
     clean_on_disk = {p.name for p in (tiny / "train_images").iterdir()} - set(_masks(tiny).ImageId)
     corrupt = sorted(clean_on_disk)[0]
     (tiny / "train_images" / corrupt).write_bytes(b"not a jpeg")
-    images, _, excluded, m = prepare(tiny, "skip")
+    images, _, excluded, m = prepare(tiny, "skip", DATA)
     assert list(excluded.ImageId) == [corrupt]
     assert m["clean"] == int((images.label == 0).sum()) == len(clean_on_disk) - 1
     assert m["clean_derived_from_missing_csv_rows"] == m["clean"]
@@ -225,7 +225,7 @@ def test_truncated_jpeg_is_reported(tiny):
     path = tiny / "train_images" / name
     path.write_bytes(path.read_bytes()[:2000])  # a real JPEG header, cut short
     with pytest.raises(UserError, match=name):
-        prepare(tiny)
+        prepare(tiny, "fail", DATA)
 
 
 def test_image_with_mask_labelled_clean_is_named(tiny):
@@ -235,7 +235,7 @@ def test_image_with_mask_labelled_clean_is_named(tiny):
     labels.loc[labels.ImageID == victim, "label"] = 0
     labels.to_csv(tiny / "defect_and_no_defect.csv", index=False)
     with pytest.raises(UserError) as exc:
-        prepare(tiny)
+        prepare(tiny, "fail", DATA)
     msg = str(exc.value)
     assert victim in msg
     assert "defect_and_no_defect.csv" in msg
@@ -246,7 +246,7 @@ def test_mask_for_image_missing_from_labels_file_is_named(tiny):
     victim = sorted(set(_masks(tiny).ImageId))[0]
     labels[labels.ImageID != victim].to_csv(tiny / "defect_and_no_defect.csv", index=False)
     with pytest.raises(UserError, match=victim):
-        prepare(tiny)
+        prepare(tiny, "fail", DATA)
 
 
 @pytest.mark.parametrize("remove", ["train.csv", "train_images"])
@@ -254,13 +254,13 @@ def test_folder_without_train_csv_or_images_names_the_path(tiny, remove):
     target = tiny / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     with pytest.raises(UserError) as exc:
-        prepare(tiny)
+        prepare(tiny, "fail", DATA)
     assert str(target) in str(exc.value)
 
 
 def test_source_folder_that_does_not_exist(tmp_path):
     with pytest.raises(UserError, match="nowhere: not a folder"):
-        prepare(tmp_path / "nowhere")
+        prepare(tmp_path / "nowhere", "fail", DATA)
 
 
 def test_rle_past_the_image_end_names_file_row_and_image(tiny):
@@ -270,7 +270,7 @@ def test_rle_past_the_image_end_names_file_row_and_image(tiny):
     masks.loc[k, "EncodedPixels"] = f"{256 * 1600 - 5} 10"
     masks.to_csv(tiny / "train.csv", index=False)
     with pytest.raises(UserError) as exc:
-        prepare(tiny)
+        prepare(tiny, "fail", DATA)
     msg = str(exc.value)
     assert str(tiny / "train.csv") in msg
     assert f"row {k + 2}" in msg

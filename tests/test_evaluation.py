@@ -13,14 +13,15 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.evaluate.evaluation import evaluate, write_curves
-from steeldefect.params import EvaluateParams, SynthesizeParams
+
+from helpers import defaults
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    write_dataset(SynthesizeParams(n_images=30), seed=5, out_dir=root / "data")
-    images, masks, _, _ = prepare(root / "data")
+    write_dataset(defaults(synthesize={"n_images": 30}).synthesize, seed=5, out_dir=root / "data")
+    images, masks, _, _ = prepare(root / "data", "fail", defaults().data)
     rng = np.random.default_rng(0)
     prob = np.clip(images.label * 0.6 + rng.uniform(0, 0.5, len(images)), 0, 1)  # overlapping classes
     images = images.assign(probability=prob)
@@ -31,7 +32,7 @@ def run(tmp_path, data, **params):
     val, test, masks = data
     out = tmp_path / "out"
     m = evaluate(
-        EvaluateParams(gallery_size=3, **params),
+        defaults(evaluate={"gallery_size": 3, **params}).evaluate,
         0,
         val,
         test,

@@ -11,16 +11,15 @@ import pytest
 from PIL import Image
 
 from steeldefect.errors import UserError
-from steeldefect.params import ExportParams, HeadParams, Params, TrainParams, parse_params
 from steeldefect.serve.cli import predict
 from steeldefect.serve.export import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, export, load_model, model_meta
 from steeldefect.serve.inference import predict_paths
 from steeldefect.serve.openvino_engine import IR_DIR
 from steeldefect.train.model import build_model
 
-from helpers import run_clean_python
+from helpers import defaults, run_clean_python
 
-TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
+TINY = defaults(train={"image_size": [64, 96], "backbone_layer": "conv2_block3_out", "head": {"dense_units": 8}}).train
 
 
 @pytest.fixture(scope="module")
@@ -98,21 +97,21 @@ def test_saved_model_can_be_disabled(exported, tmp_path):
 
 def test_model_meta_says_what_inference_needs():
     train = pd.DataFrame({"md5": ["b", "a"]})
-    meta = model_meta(Params(), train)
+    meta = model_meta(defaults(), train)
     assert meta["image_size"] == [128, 800]
     assert meta["class_meaning"] == {"0": "clean", "1": "defect"}
-    assert meta["batch_size"] == Params().train.batch_size
+    assert meta["batch_size"] == defaults().train.batch_size
     assert meta["saved_model"]["signature"] == "serving_default"
     assert "threshold" not in meta  # the evaluate stage writes it (threshold.json)
     assert json.loads(json.dumps(meta)) == meta
-    assert model_meta(Params(export=ExportParams(saved_model=False)), train)["saved_model"] is None
+    assert model_meta(defaults(export={"saved_model": False}), train)["saved_model"] is None
 
 
 def test_export_params():
-    assert Params().export.saved_model is True
-    assert parse_params({"export": {"saved_model": False}}).export.saved_model is False
+    assert defaults().export.saved_model is True
+    assert defaults(export={"saved_model": False}).export.saved_model is False
     with pytest.raises(UserError, match="export.saved_model"):
-        parse_params({"export": {"saved_model": "yes"}})
+        defaults(export={"saved_model": "yes"})
 
 
 def test_lambda_layer_is_refused(exported, tmp_path):
@@ -135,7 +134,8 @@ def test_lambda_layer_is_refused(exported, tmp_path):
 
 def test_mismatched_weights_are_refused(exported, tmp_path):
     root, _, _ = exported
-    other, _, _ = build_model(dataclasses.replace(TINY, head=HeadParams(dense_units=4)), weights=None)
+    smaller = dataclasses.replace(TINY, head=dataclasses.replace(TINY.head, dense_units=4))
+    other, _, _ = build_model(smaller, weights=None)
     (tmp_path / MODEL_JSON).write_text((root / "models" / MODEL_JSON).read_text())
     other.save_weights(tmp_path / MODEL_WEIGHTS)
     with pytest.raises(UserError, match="do not match the architecture"):

@@ -12,10 +12,11 @@ import pytest
 
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
-from steeldefect.params import HeadParams, SynthesizeParams, TrainParams
 from steeldefect.train.health import MIN_ROC_AUC, check
 from steeldefect.train.runtime import Runtime
 from steeldefect.train.training import train
+
+from helpers import defaults
 
 LABELS = np.array([0, 0, 1, 1, 0, 1])
 
@@ -55,19 +56,21 @@ def test_one_class_in_validation_cannot_be_ranked_but_constant_predictions_still
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("tiny")
-    write_dataset(SynthesizeParams(n_images=16), seed=1, out_dir=root / "data")
-    return prepare(root / "data")[0]
+    write_dataset(defaults(synthesize={"n_images": 16}).synthesize, seed=1, out_dir=root / "data")
+    return prepare(root / "data", "fail", defaults().data)[0]
 
 
 def test_an_absurd_learning_rate_is_flagged_in_the_metrics_and_by_a_warning(images, tmp_path, caplog):
-    p = TrainParams(
-        epochs=2,
-        batch_size=4,
-        image_size=(64, 400),
-        backbone_layer="conv2_block3_out",
-        head=HeadParams(dense_units=8),
-        learning_rate=1e6,  # absurd: the head diverges at the first step
-    )
+    p = defaults(
+        train={
+            "epochs": 2,
+            "batch_size": 4,
+            "image_size": [64, 400],
+            "backbone_layer": "conv2_block3_out",
+            "head": {"dense_units": 8},
+            "learning_rate": 1e6,  # absurd: the head diverges at the first step
+        }
+    ).train
     with caplog.at_level(logging.WARNING, logger="steeldefect.train.training"):
         report = train(p, 0, images[:12], images[12:], tmp_path / "w.weights.h5", tmp_path / "live", Runtime())
     assert report["degenerate"]

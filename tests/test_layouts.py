@@ -25,8 +25,10 @@ from steeldefect.data.dataset import load_masks
 from steeldefect.data.layouts import read_mask
 from steeldefect.data.prepare import detect, prepare
 from steeldefect.errors import UserError
-from steeldefect.params import DataParams
 
+from helpers import defaults
+
+DATA = defaults().data
 H, W = 24, 40
 
 
@@ -69,7 +71,7 @@ WRITERS = {
 
 def prepared_by_stem(source: Path, names: dict[str, str]) -> tuple[dict, dict]:
     """({stem: (label, union of its masks or None, class names)}, data metrics) as prepare reads `source`."""
-    images, masks, excluded, metrics = prepare(source)
+    images, masks, excluded, metrics = prepare(source, "fail", DATA)
     assert excluded.empty
     out = {}
     for r in images.itertuples():
@@ -131,7 +133,7 @@ def test_palette_bmp_uppercase_and_nested_folders(tmp_path):
             palette_mask_png(sample.mask, folder / f"{sample.stem}_MASK.PNG")
         else:
             Image.fromarray(sample.mask.astype(np.uint8) * 255).save(folder / f"{sample.stem}_label.BMP")
-    images, masks, _, metrics = prepare(root)
+    images, masks, _, metrics = prepare(root, "fail", DATA)
     assert metrics["layout"] == "pairs"
     assert sorted(metrics["class_names"].values()) == ["ng-crack", "ng-pit"]
     for r in images.itertuples():
@@ -174,23 +176,23 @@ def test_colour_alpha_and_bilevel_masks(tmp_path):
 def test_clean_names_param_and_last_part_match(tmp_path):
     write_folders(SAMPLES, tmp_path / "a", clean="Surface_Pass")
     with pytest.raises(UserError, match="No folder in .* is named as clean"):
-        prepare(tmp_path / "a")
-    images, _, _, metrics = prepare(tmp_path / "a", data=DataParams(clean_names=("pass",)))
+        prepare(tmp_path / "a", "fail", DATA)
+    images, _, _, metrics = prepare(tmp_path / "a", "fail", defaults(data={"clean_names": ["pass"]}).data)
     assert int(images.label.sum()) == 4 and metrics["layout"] == "folders"
 
 
 def test_explicit_format_must_match_the_folder(tmp_path):
     write_published(SAMPLES, tmp_path / "a")
     with pytest.raises(UserError, match="data.format is folders, but the folder looks like pairs"):
-        prepare(tmp_path / "a", data=DataParams(format="folders"))
-    assert prepare(tmp_path / "a", data=DataParams(format="pairs"))[3]["layout"] == "pairs"
+        prepare(tmp_path / "a", "fail", defaults(data={"format": "folders"}).data)
+    assert prepare(tmp_path / "a", "fail", defaults(data={"format": "pairs"}).data)[3]["layout"] == "pairs"
 
 
 def test_ignored_files_are_counted(tmp_path):
     write_mvtec(SAMPLES, tmp_path / "a")
     (tmp_path / "a" / "license.txt").write_text("CC BY-NC-SA 4.0")
     (tmp_path / "a" / ".DS_Store").write_text("")
-    assert prepare(tmp_path / "a")[3]["ignored_files"] == 1
+    assert prepare(tmp_path / "a", "fail", DATA)[3]["ignored_files"] == 1
 
 
 # Bad input: one paragraph naming the file and the fix.
@@ -290,7 +292,7 @@ def test_bad_tree_is_refused_with_file_and_fix(tmp_path, breaker):
     root = _published(tmp_path)
     pattern = breaker(root)
     with pytest.raises(UserError, match=pattern) as exc:
-        prepare(root)
+        prepare(root, "fail", DATA)
     assert "\n" not in str(exc.value)
 
 
@@ -298,7 +300,7 @@ def test_skip_lists_each_bad_image_with_its_reason(tmp_path):
     root = _published(tmp_path)
     bad_mask_size(root)
     bad_mask_in_clean_folder(root)
-    images, _, excluded, metrics = prepare(root, on_bad_image="skip")
+    images, _, excluded, metrics = prepare(root, "skip", DATA)
     assert sorted(Path(i).stem for i in excluded.ImageId) == ["c1", "d0"]
     assert excluded.problem.str.contains("pixels but its image").any()
     assert excluded.problem.str.contains("clean folder").any()
@@ -361,19 +363,19 @@ def test_bad_coco_is_refused_with_file_and_fix(tmp_path, breaker):
     pattern = breaker(root, data)
     _save(root, data)
     with pytest.raises(UserError, match=pattern) as exc:
-        prepare(root)
+        prepare(root, "fail", DATA)
     assert "\n" not in str(exc.value)
 
 
 def test_coco_images_not_in_the_annotations_are_reported(tmp_path):
     root, _ = _coco(tmp_path)
     shutil.copy(root / "images" / "c0.jpg", root / "images" / "unlisted.jpg")
-    images, _, _, metrics = prepare(root)
+    images, _, _, metrics = prepare(root, "fail", DATA)
     assert metrics["ignored_files"] == 1 and len(images) == len(SAMPLES)
 
 
 def test_coco_box_only_annotation_is_defective_without_mask(tmp_path):
-    images, masks, _, _ = prepare(_coco(tmp_path)[0])
+    images, masks, _, _ = prepare(_coco(tmp_path)[0], "fail", DATA)
     d3 = images[images.ImageId == "images/d3.jpg"].iloc[0]
     assert d3.label == 1 and d3.n_masks == 0 and d3.classes != ""
     assert "images/d3.jpg" not in set(masks.ImageId)
@@ -395,7 +397,7 @@ def test_cvat_segmentation_mask_export(tmp_path):
             colour[sample.mask] = (250, 50, 83)
         for tree in ("SegmentationClass", "SegmentationObject"):
             Image.fromarray(colour).save(root / tree / f"{sample.stem}.png")
-    images, masks, _, metrics = prepare(root)
+    images, masks, _, metrics = prepare(root, "fail", DATA)
     assert metrics["layout"] == "pairs" and metrics["class_names"] == {"1": "defect"}
     assert metrics["ignored_files"] == 1 + 1 + len(SAMPLES)  # labelmap.txt, default.txt, SegmentationObject
     for r in images.itertuples():

@@ -18,7 +18,7 @@ from PIL import Image
 from steeldefect.data.dataset import load_masks
 from steeldefect.data.prepare import prepare
 
-from helpers import REPO, TINY_PARAMS, make_project, merge, run, shared, stage_cmd
+from helpers import REPO, TINY_PARAMS, defaults, make_project, merge, repo_params, run, shared, stage_cmd
 
 pytestmark = pytest.mark.slow  # stage processes, a DVC pipeline, 1,344 real images in six layouts
 
@@ -49,7 +49,7 @@ def _digest(root: Path) -> dict[str, str]:
 def project(tmp_path) -> Path:
     write_published(_samples(12, 32), tmp_path / "source")
     (tmp_path / "data").mkdir()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": str(tmp_path / "source")}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"data": {"source": str(tmp_path / "source")}})))
     return tmp_path
 
 
@@ -57,7 +57,7 @@ def test_prepare_stage_logs_layout_classes_and_skipped_images(project):
     mask = next((project / "source").rglob("s01.png"))
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(mask)
     params = {"data": {"source": str(project / "source")}, "prepare": {"on_bad_image": "skip"}}
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "params.yaml").write_text(yaml.safe_dump(repo_params(params)))
     log = run(stage_cmd("prepare"), project).stderr
     assert "layout pairs (detected), 11 images (5 defective, 6 clean), defect classes: 1 MT_A, 2 MT_B" in log
     assert "skipped MT_A/Imgs/s01.jpg: mask" in log and "is 5x5 pixels but its image is 32x32" in log
@@ -83,7 +83,7 @@ def test_prepare_stage_refuses_a_bad_tree_and_writes_nothing(project):
 def _by_md5(folder: Path) -> dict[str, tuple[int, np.ndarray | None]]:
     """{md5 of the image file: (label, union of its masks or None)}: images are matched across layouts by content
     (MVTec AD and KolektorSDD2 renumber the files)."""
-    images, masks, excluded, _ = prepare(folder)
+    images, masks, excluded, _ = prepare(folder, "fail", defaults().data)
     assert excluded.empty and images.md5.is_unique, folder
     out = {}
     for r in images.itertuples():

@@ -17,22 +17,25 @@ from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import HEIGHT, WIDTH, make_image, write_dataset
 from steeldefect.data.synthetic import _pits as paint_pits
 from steeldefect.data.synthetic import _scratch as paint_scratch
-from steeldefect.params import HeadParams, SynthesizeParams, TrainParams
 from steeldefect.serve.inference import predict_paths
 from steeldefect.train.model import build_model
 from steeldefect.train.runtime import Runtime
 from steeldefect.train.training import train
 
+from helpers import defaults
+
 # easy data (no faint defects, no harmless marks): learning, not the difficulty of the default dataset
-DATA = SynthesizeParams(n_images=96, faint_fraction=0, edge_fraction=0, mark_fraction=0)
-TRAIN = TrainParams(
-    epochs=60,
-    batch_size=8,
-    image_size=(64, 400),
-    backbone_layer="conv2_block3_out",
-    head=HeadParams(dense_units=32, dropout=0.1),
-    patience=60,
-)
+DATA = defaults(synthesize={"n_images": 96, "faint_fraction": 0, "edge_fraction": 0, "mark_fraction": 0}).synthesize
+TRAIN = defaults(
+    train={
+        "epochs": 60,
+        "batch_size": 8,
+        "image_size": [64, 400],
+        "backbone_layer": "conv2_block3_out",
+        "head": {"dense_units": 32, "dropout": 0.1},
+        "patience": 60,
+    }
+).train
 SEED = 3
 FLIP_MEAN_TOLERANCE = 0.15  # mean |p(image) - p(flipped image)| over the validation images
 
@@ -42,7 +45,7 @@ def trained(tmp_path_factory):
     """(model, validation images, probabilities on them, training loss per epoch) of one small run."""
     root = tmp_path_factory.mktemp("learning")
     write_dataset(DATA, SEED, root / "data")
-    images = prepare(root / "data")[0]
+    images = prepare(root / "data", "fail", defaults().data)[0]
     train_df, val_df = images[:64], images[64:]
     train(TRAIN, SEED, train_df, val_df, root / "w.weights.h5", root / "live", Runtime())  # no disk cache
     model, _, _ = build_model(TRAIN, weights=None)

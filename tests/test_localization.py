@@ -17,7 +17,6 @@ from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
 from steeldefect.evaluate.evaluation import evaluate
 from steeldefect.evaluate.localization import dice_sweep, localization_metrics
-from steeldefect.params import EvaluateParams, SynthesizeParams
 from steeldefect.serve.maps import (
     area_share,
     bounding_box,
@@ -28,6 +27,8 @@ from steeldefect.serve.maps import (
     resize_to,
     save_maps,
 )
+
+from helpers import defaults
 
 
 def test_area_share_and_bounding_box_in_original_pixels():
@@ -160,8 +161,8 @@ def synthetic(tmp_path_factory):
     """30 synthetic images (1600x256) with given probabilities, and perfect maps at 32x200, stride 8: the true
     targets, so Dice, IoU and pointing are 1 on every image with a mask."""
     root = tmp_path_factory.mktemp("loc")
-    write_dataset(SynthesizeParams(n_images=30), seed=5, out_dir=root / "data")
-    images, masks, _, _ = prepare(root / "data")
+    write_dataset(defaults(synthesize={"n_images": 30}).synthesize, seed=5, out_dir=root / "data")
+    images, masks, _, _ = prepare(root / "data", "fail", defaults().data)
     images = images.assign(probability=np.where(images.label == 1, 0.3, 0.1))  # every defect missed at 0.5
     test = images[15:].reset_index(drop=True)
     maps = {
@@ -173,7 +174,8 @@ def synthetic(tmp_path_factory):
 def run_evaluate(out, data, maps=None):
     val, test, masks, _ = data
     files = (out / "metrics.json", out / "threshold.json", out / "plots", out / "results")
-    return evaluate(EvaluateParams(gallery_size=3, map_threshold=0.5), 0, val, test, masks, *files, maps, 8)
+    p = defaults(evaluate={"gallery_size": 3, "map_threshold": 0.5}).evaluate
+    return evaluate(p, 0, val, test, masks, *files, maps, 8)
 
 
 def test_evaluate_with_maps_adds_localization_and_outlines(tmp_path, synthetic):

@@ -19,14 +19,13 @@ from steeldefect.data.dataset import split
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
-from steeldefect.params import MaskParams, Params, SynthesizeParams, TrainParams
 from steeldefect.serve.cli import main
 from steeldefect.serve.export import MODEL_META, SAVED_MODEL, export, export_model, load_model, model_meta
 from steeldefect.serve.inference import has_defect_map, predict_all
 from steeldefect.serve.maps import bounding_box, load_maps
 from steeldefect.train.model import build_model
 
-from helpers import run, run_clean_python, stage_cmd
+from helpers import defaults, repo_params, run, run_clean_python, stage_cmd
 
 SIZE = (64, 96)  # the meta's image_size: every image is resized to it, maps are 16 x 24
 META = {
@@ -212,8 +211,8 @@ def test_maps_dir_problems_are_usage_errors(project, tmp_path, capsys):
 def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
     """The two stage scripts on a tiny synthetic split with the hand-made map model: the predict stage keeps
     the test maps, the evaluate stage scores them."""
-    write_dataset(SynthesizeParams(n_images=20), seed=1, out_dir=tmp_path / "data/synthetic")
-    images, masks, _, _ = prepare(tmp_path / "data/synthetic")
+    write_dataset(defaults(synthesize={"n_images": 20}).synthesize, seed=1, out_dir=tmp_path / "data/synthetic")
+    images, masks, _, _ = prepare(tmp_path / "data/synthetic", "fail", defaults().data)
     parts, _ = split(images, 0.25, 0.25, seed=0)
     for folder in ("split", "prepared", "baseline"):
         (tmp_path / "data" / folder).mkdir()
@@ -230,7 +229,8 @@ def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
     )
     meta = {"image_size": [32, 200], "batch_size": 4}
     export_model(two_output_model(), (32, 200), tmp_path / "models", list(images.path[:2]), meta, saved_model=False)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 4}, "evaluate": {"gallery_size": 2}}))
+    params = repo_params({"train": {"batch_size": 4}, "evaluate": {"gallery_size": 2}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     run(stage_cmd("predict"), tmp_path)
     maps, stride = load_maps(tmp_path / "data/predictions/test_maps.npz")
@@ -250,12 +250,12 @@ def test_predict_and_evaluate_stages_keep_and_score_the_maps(tmp_path):
 
 def test_the_mask_model_exports_with_its_stride_and_serves_both_outputs(project, tmp_path):
     _, _, paths = project
-    p = TrainParams(
-        image_size=SIZE, backbone_layer="conv2_block3_out", supervision="mask", mask=MaskParams(seg_channels=4)
-    )
+    train = {"image_size": SIZE, "backbone_layer": "conv2_block3_out", "supervision": "mask"}
+    params = defaults(train={**train, "mask": {"seg_channels": 4, "crop_size": [32, 32]}})
+    p = params.train
     model, _, _ = build_model(p, weights=None)
     model.save_weights(tmp_path / "w.weights.h5")
-    meta = model_meta(Params(train=p), pd.DataFrame({"md5": ["a"]}))
+    meta = model_meta(params, pd.DataFrame({"md5": ["a"]}))
     assert export(p, tmp_path / "w.weights.h5", tmp_path / "models", paths[:2], meta) <= 1e-5
     exported = json.loads((tmp_path / "models" / MODEL_META).read_text())
     assert (exported["supervision"], exported["map_stride"], exported["map_size"]) == ("mask", 4, [16, 24])

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 
 from steeldefect.errors import UserError
-from steeldefect.params import HeadParams, MaskParams, TrainParams, map_stride
+from steeldefect.params import map_stride
 from steeldefect.train.model import build_backbone, build_model
 
-TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
+from helpers import defaults
+
+TINY = defaults(train={"image_size": [64, 96], "backbone_layer": "conv2_block3_out", "head": {"dense_units": 8}}).train
 
 
 @pytest.mark.parametrize("pooling", ["avgmax", "flatten"])
 @pytest.mark.parametrize("layer", ["conv2_block3_out", None])
 def test_model_builds_and_predicts_probabilities(pooling, layer):
-    p = dataclasses.replace(TINY, backbone_layer=layer, head=HeadParams(pooling=pooling, dense_units=8))
+    p = dataclasses.replace(TINY, backbone_layer=layer, head=dataclasses.replace(TINY.head, pooling=pooling))
     model, features, classifier = build_model(p, weights=None)
     assert model.input_shape == (None, 64, 96, 3) and model.output_shape == (None, 1)
     prob = model.predict(np.random.default_rng(0).normal(0, 50, (3, 64, 96, 3)), verbose=0)
@@ -62,7 +64,9 @@ def test_head_on_cached_features_equals_whole_model():
     np.testing.assert_allclose(model.predict(x, verbose=0), via_features, rtol=1e-5, atol=1e-6)
 
 
-MASK = dataclasses.replace(TINY, supervision="mask", mask=MaskParams(crop_size=(32, 32), seg_channels=8))
+MASK = dataclasses.replace(
+    TINY, supervision="mask", mask=dataclasses.replace(TINY.mask, crop_size=(32, 32), seg_channels=8)
+)
 
 
 def test_mask_model_is_fully_convolutional_with_two_named_outputs():

@@ -19,17 +19,16 @@ import yaml
 from PIL import Image
 
 from steeldefect.errors import UserError
-from steeldefect.params import HeadParams, TrainParams, parse_params
 from steeldefect.serve.cli import main
 from steeldefect.serve.export import export, load_model
 from steeldefect.serve.openvino_engine import IRRequest, OpenVINOEngine
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset
 
-from helpers import REPO, run, stage_cmd
+from helpers import defaults, run, stage_cmd
 
 pytestmark = pytest.mark.slow
-TINY = TrainParams(image_size=(64, 96), backbone_layer="conv2_block3_out", head=HeadParams(dense_units=8))
+TINY = defaults(train={"image_size": [64, 96], "backbone_layer": "conv2_block3_out", "head": {"dense_units": 8}}).train
 
 PLAIN = """
 import json, sys
@@ -49,7 +48,7 @@ def val_paths(pipeline: Path) -> list[str]:
 def test_ir_loads_with_plain_openvino_within_recorded_tolerance(pipeline, tmp_path):
     meta = json.loads((pipeline / "models/model_meta.json").read_text())
     ir = meta["openvino"]
-    assert ir["precision"] == parse_params({}).export.openvino and ir["images_checked"] == len(val_paths(pipeline))
+    assert ir["precision"] == defaults().export.openvino and ir["images_checked"] == len(val_paths(pipeline))
     assert ir["decisions_changed_share"] <= ir["max_changed"] and ir["max_probability_difference"] <= ir["tolerance"]
     paths = val_paths(pipeline)[:4]
     images = np.concatenate([b.numpy() for b in image_dataset(paths, meta["image_size"], batch_size=4)])
@@ -76,7 +75,7 @@ def test_engines_give_the_same_decisions(pipeline, tmp_path, capsys):
         assert main(args + (["--engine", engine] if engine else [])) == 0
         tables[engine] = pd.read_csv(out, keep_default_na=False)
         said = capsys.readouterr().out
-        assert ("(Keras)" if engine == "keras" else f"(OpenVINO {parse_params({}).export.openvino} IR)") in said
+        assert ("(Keras)" if engine == "keras" else f"(OpenVINO {defaults().export.openvino} IR)") in said
     keras, ov = tables["keras"], tables["openvino"]
     pd.testing.assert_frame_equal(tables[None], ov)  # the IR exists: openvino is the default
     assert list(keras.columns) == list(ov.columns) == ["path", "probability", "predicted", "error"]
@@ -119,7 +118,6 @@ def test_ir_beyond_the_limit_is_refused_and_nothing_written(pipeline, tmp_path):
 
 
 def test_openvino_params():
-    assert parse_params({}).export.openvino == yaml.safe_load((REPO / "params.yaml").read_text())["export"]["openvino"]
     for key, value, allowed in [
         ("openvino", "fp16", "one of 'none', 'fp32', 'int8'"),
         ("openvino_max_changed", 1.5, "a share in [0, 1]"),
@@ -127,7 +125,7 @@ def test_openvino_params():
         ("openvino_calibration_images", 0, "an integer >= 1"),
     ]:
         with pytest.raises(UserError, match=f"export.{key} = .* expected {re.escape(allowed)}"):
-            parse_params({"export": {key: value}})
+            defaults(export={key: value})
 
 
 TELEMETRY = """

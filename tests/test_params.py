@@ -1,31 +1,31 @@
-"""Tests for steeldefect.params: defaults, the repository's params.yaml, and one clear error per bad value."""
+"""Tests for steeldefect.params: params.yaml is the one place values are written, every key must be given, and
+one clear error per bad value."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from pathlib import Path
+import typing
 
 import pytest
 import yaml
 
+import steeldefect.params
 from steeldefect.errors import UserError
-from steeldefect.params import (
-    DataParams,
-    EvaluateParams,
-    HeadParams,
-    Params,
-    PrepareParams,
-    SplitParams,
-    TrainParams,
-    load_params,
-    map_stride,
-    parse_params,
-)
+from steeldefect.params import Params, load_params, map_stride, parse_params
+from steeldefect.presets import leaves
 
-REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+from helpers import REPO, repo_params
+
+REPO_PARAMS = REPO / "params.yaml"
 
 
-# --- defaults and the repository's params.yaml ------------------------------------------------------------
+def parse(override: dict) -> Params:
+    """The repository's params with `override` merged in, parsed."""
+    return parse_params(repo_params(override))
+
+
+# --- the repository's params.yaml: read as written, the same keys as the code ------------------------------
 
 
 def plain(obj: object) -> object:
@@ -39,59 +39,93 @@ def plain(obj: object) -> object:
     return obj
 
 
-def test_params_yaml_is_exactly_the_defaults():
-    """One source of truth: params.yaml writes every key, each with the value the code uses when it is absent."""
-    assert yaml.safe_load(REPO_PARAMS.read_text()) == plain(parse_params({}))
-    assert load_params(REPO_PARAMS) == parse_params({})
+def fields(cls: type, prefix: str = "") -> set[str]:
+    """The dotted keys of a params dataclass, nested ones expanded."""
+    hints = typing.get_type_hints(cls)
+    out = set()
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        out |= fields(hint, f"{prefix}{f.name}.") if dataclasses.is_dataclass(hint) else {f"{prefix}{f.name}"}
+    return out
 
 
-def test_defaults_are_the_documented_values():
-    p = parse_params({})
-    assert p.seed == 42
-    assert p.data == DataParams(source="synthetic")
-    assert (p.synthesize.n_images, p.synthesize.defect_fraction) == (600, 0.53)
-    assert p.synthesize.class_weights == (0.12, 0.03, 0.73, 0.12)
-    assert p.prepare == PrepareParams(sample_images=10, on_bad_image="fail")
-    assert p.split == SplitParams(test_size=0.15, val_size=0.15)
-    assert (p.train.epochs, p.train.patience, p.train.batch_size, p.train.learning_rate) == (60, 10, 16, 0.001)
-    assert p.train.head == HeadParams(pooling="avgmax", pool_size=4, dense_units=256, dropout=0.3)
-    assert (p.train.image_size, p.train.backbone_layer) == ((128, 800), "conv3_block4_out")
-    assert p.train.weights is None and p.train.freeze_backbone is True
-    assert p.evaluate == EvaluateParams(threshold=0.5, target_recall=0.99, gallery_size=16)
+def test_params_yaml_is_read_as_written():
+    assert plain(load_params(REPO_PARAMS)) == yaml.safe_load(REPO_PARAMS.read_text())
 
 
-def test_null_sections_and_an_empty_file_give_the_defaults(tmp_path):
-    assert parse_params(None) == Params()
-    assert parse_params({"train": None, "evaluate": None}) == Params()
+def test_the_dataclasses_and_params_yaml_have_the_same_keys():
+    """A key in params.yaml that no dataclass declares, or a field params.yaml does not give, fails here."""
+    declared, written = fields(Params), set(leaves(yaml.safe_load(REPO_PARAMS.read_text())))
+    assert not declared - written, "declared in params.py, missing from params.yaml"
+    assert not written - declared, "in params.yaml, declared by no dataclass of params.py"
+
+
+def test_every_param_is_read_by_the_code():
+    """Each param's name is used as an attribute somewhere in src/ or stages/ (params.py aside): none is dead."""
+    used = {
+        node.attr
+        for path in [*(REPO / "src").rglob("*.py"), *(REPO / "stages").glob("*.py")]
+        if path.name != "params.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+    }
+    assert not {key for key in fields(Params) if key.rsplit(".", 1)[-1] not in used}
+
+
+def test_the_dataclasses_write_no_default():
+    """params.yaml is the only place a value is written."""
+    classes = [c for c in vars(steeldefect.params).values() if isinstance(c, type) and dataclasses.is_dataclass(c)]
+    with_default = [
+        f"{c.__name__}.{f.name}"
+        for c in classes
+        for f in dataclasses.fields(c)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ]
+    assert len(classes) == 12 and not with_default
+
+
+# --- every key must be given --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["seed", "baseline", "train.epochs", "train.mask.crop_size", "data.clean_names"])
+def test_a_missing_key_is_named(key):
+    raw = repo_params()
+    *sections, last = key.split(".")
+    node = raw
+    for part in sections:
+        node = node[part]
+    del node[last]
+    with pytest.raises(UserError) as exc:
+        parse_params(raw)
+    assert str(exc.value) == (
+        f"params.yaml: missing key {key}; every param must be given (see the repository's params.yaml)."
+    )
+
+
+def test_an_empty_file_or_a_null_section_names_every_missing_key(tmp_path):
     empty = tmp_path / "params.yaml"
     empty.write_text("# only a comment\n")
-    assert load_params(empty) == Params()
-
-
-def test_a_partial_section_keeps_the_other_defaults():
-    p = parse_params({"train": {"epochs": 3, "head": {"dropout": 0.0}}})
-    assert p.train.epochs == 3
-    assert p.train.head.dropout == 0.0
-    assert p.train.head.pooling == "avgmax"
-    assert p.train.batch_size == TrainParams().batch_size
-    assert p.split == SplitParams()
+    with pytest.raises(UserError, match="missing keys seed, data, synthesize, prepare, split, train, export"):
+        load_params(empty)
+    with pytest.raises(UserError, match="missing keys evaluate.threshold, evaluate.target_recall, evaluate.gallery"):
+        parse({"evaluate": None})
 
 
 def test_load_params_reads_every_section_typed(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text(
+    text = (
         "seed: 7\ndata:\n  source: /some/folder\nsynthesize:\n  n_images: 50\n  class_weights: [1, 0, 3, 1]\n"
         "prepare:\n  on_bad_image: skip\nsplit:\n  val_size: 0.2\n"
         "train:\n  epochs: 3\n  image_size: [64, 400]\n  learning_rate: 1e-4\n  head:\n    dropout: 0\n"
         "export:\n  saved_model: false\nevaluate:\n  threshold: auto\n"
     )
+    f.write_text(yaml.safe_dump(repo_params(yaml.safe_load(text))))
     p = load_params(f)
     assert (p.seed, p.data.source, p.synthesize.n_images) == (7, "/some/folder", 50)
     assert p.synthesize.class_weights == (1.0, 0.0, 3.0, 1.0)
-    assert (p.prepare.on_bad_image, p.split.val_size, p.split.test_size) == ("skip", 0.2, 0.15)
+    assert (p.prepare.on_bad_image, p.split.val_size) == ("skip", 0.2)
     assert (p.train.epochs, p.train.image_size, p.train.learning_rate) == (3, (64, 400), 1e-4)
     assert p.train.head.dropout == 0.0 and type(p.train.head.dropout) is float
-    assert p.train.head.dense_units == 256  # absent keys keep their defaults
     assert (p.export.saved_model, p.evaluate.threshold) == (False, "auto")
 
 
@@ -99,17 +133,17 @@ def test_load_params_reads_every_section_typed(tmp_path):
 
 
 def test_image_size_single_number_means_square():
-    p = parse_params({"train": {"image_size": 256}})
+    p = parse({"train": {"image_size": 256}})
     assert p.train.image_size == (256, 256)
     assert all(type(v) is int for v in p.train.image_size)
 
 
 def test_image_size_list_becomes_tuple():
-    assert parse_params({"train": {"image_size": [64, 400]}}).train.image_size == (64, 400)
+    assert parse({"train": {"image_size": [64, 400]}}).train.image_size == (64, 400)
 
 
 def test_integers_are_accepted_for_floats_and_become_floats():
-    p = parse_params({"train": {"learning_rate": 1}, "synthesize": {"class_weights": [1, 0, 3, 1]}})
+    p = parse({"train": {"learning_rate": 1}, "synthesize": {"class_weights": [1, 0, 3, 1]}})
     assert p.train.learning_rate == 1.0 and type(p.train.learning_rate) is float
     assert p.synthesize.class_weights == (1.0, 0.0, 3.0, 1.0)
     assert all(type(w) is float for w in p.synthesize.class_weights)
@@ -117,27 +151,27 @@ def test_integers_are_accepted_for_floats_and_become_floats():
 
 @pytest.mark.parametrize("threshold", ["auto", 0, 0.0, 0.25, 1, 1.0])
 def test_threshold_auto_and_numbers_in_range_are_accepted(threshold):
-    assert parse_params({"evaluate": {"threshold": threshold}}).evaluate.threshold == threshold
+    assert parse({"evaluate": {"threshold": threshold}}).evaluate.threshold == threshold
 
 
 @pytest.mark.parametrize("policy", ["fail", "skip"])
 def test_prepare_on_bad_image_policies_are_accepted(policy):
-    assert parse_params({"prepare": {"on_bad_image": policy}}).prepare.on_bad_image == policy
+    assert parse({"prepare": {"on_bad_image": policy}}).prepare.on_bad_image == policy
 
 
 @pytest.mark.parametrize("weights", [None, "imagenet"])
 def test_weights_null_and_imagenet_are_accepted(weights):
-    assert parse_params({"train": {"weights": weights}}).train.weights == weights
+    assert parse({"train": {"weights": weights}}).train.weights == weights
 
 
 def test_weights_existing_local_file_is_accepted(tmp_path):
     h5 = tmp_path / "resnet50.h5"
     h5.write_bytes(b"\x89HDF\r\n\x1a\n")
-    assert parse_params({"train": {"weights": str(h5)}}).train.weights == str(h5)
+    assert parse({"train": {"weights": str(h5)}}).train.weights == str(h5)
 
 
 def test_params_are_frozen():
-    p = parse_params({})
+    p = load_params(REPO_PARAMS)
     with pytest.raises(AttributeError):
         p.seed = 1  # type: ignore[misc]
 
@@ -156,7 +190,7 @@ def test_params_are_frozen():
 )
 def test_unknown_key_is_named_with_its_full_path(raw, key):
     with pytest.raises(UserError) as exc:
-        parse_params(raw)
+        parse(raw)
     msg = str(exc.value)
     assert "unknown key" in msg
     assert repr(key) in msg
@@ -220,14 +254,14 @@ def test_unknown_key_is_named_with_its_full_path(raw, key):
 )
 def test_bad_value_names_key_and_value(raw, key, shown):
     with pytest.raises(UserError) as exc:
-        parse_params(raw)
+        parse(raw)
     assert f"{key} = {shown}" in str(exc.value)
 
 
 def test_weights_path_that_does_not_exist(tmp_path):
     missing = str(tmp_path / "nowhere" / "resnet50.h5")
     with pytest.raises(UserError) as exc:
-        parse_params({"train": {"weights": missing}})
+        parse({"train": {"weights": missing}})
     msg = str(exc.value)
     assert f"train.weights = {missing!r}" in msg
     assert "imagenet" in msg  # says what is allowed instead
@@ -235,15 +269,15 @@ def test_weights_path_that_does_not_exist(tmp_path):
 
 def test_weights_path_that_is_a_folder_is_rejected(tmp_path):
     with pytest.raises(UserError, match="train.weights"):
-        parse_params({"train": {"weights": str(tmp_path)}})
+        parse({"train": {"weights": str(tmp_path)}})
 
 
 def test_error_says_what_is_allowed():
     with pytest.raises(UserError) as exc:
-        parse_params({"train": {"head": {"pooling": "max"}}})
+        parse({"train": {"head": {"pooling": "max"}}})
     assert "'avgmax'" in str(exc.value) and "'flatten'" in str(exc.value)
     with pytest.raises(UserError) as exc:
-        parse_params({"evaluate": {"threshold": "high"}})
+        parse({"evaluate": {"threshold": "high"}})
     assert "'auto'" in str(exc.value)
 
 
@@ -278,10 +312,11 @@ def test_load_params_invalid_yaml_names_the_file(tmp_path):
 
 def test_load_params_validates_what_it_reads(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text("train:\n  epochs: 0\n")
+    f.write_text(REPO_PARAMS.read_text().replace("epochs: 60", "epochs: 0"))
     with pytest.raises(UserError, match=r"train\.epochs = 0"):
         load_params(f)
-    f.write_text("seed: 7\ntrain:\n  image_size: 256\nevaluate:\n  threshold: auto\n")
+    changed = {"seed": 7, "train": {"image_size": 256}, "evaluate": {"threshold": "auto"}}
+    f.write_text(yaml.safe_dump(repo_params(changed)))
     p = load_params(f)
     assert (p.seed, p.train.image_size, p.evaluate.threshold) == (7, (256, 256), "auto")
 
@@ -296,23 +331,23 @@ def test_load_params_non_utf8_file_gives_a_user_error(tmp_path):
 
 def test_exponent_without_dot_is_a_number():
     """PyYAML reads `1e-4` as a string (YAML 1.1); a float param accepts it as the number it means."""
-    assert parse_params(yaml.safe_load("train:\n  learning_rate: 1e-4\n")).train.learning_rate == 1e-4
+    assert parse(yaml.safe_load("train:\n  learning_rate: 1e-4\n")).train.learning_rate == 1e-4
 
 
 @pytest.mark.parametrize(("key", "value"), [("optimizer", "rmsprop")])
 def test_unknown_optimizer_is_refused(key, value):
     with pytest.raises(UserError, match=rf"train.{key} = '{value}' is not allowed; expected one of"):
-        parse_params({"train": {key: value}})
+        parse({"train": {key: value}})
 
 
 @pytest.mark.parametrize(
     "layer, stride", [("conv2_block3_out", 4), ("conv3_block4_out", 8), ("conv4_block6_out", 16), (None, 32)]
 )
 def test_map_stride_follows_the_cut(layer, stride):
-    p = parse_params({"train": {"supervision": "mask", "backbone_layer": layer, "mask": {"crop_size": None}}})
+    p = parse({"train": {"supervision": "mask", "backbone_layer": layer, "mask": {"crop_size": None}}})
     assert map_stride(p.train) == stride
 
 
 def test_mask_crop_null_means_the_whole_image():
-    p = parse_params({"train": {"supervision": "mask", "mask": {"crop_size": None}}})
+    p = parse({"train": {"supervision": "mask", "mask": {"crop_size": None}}})
     assert p.train.mask.crop_size is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections import Counter
 from pathlib import Path
@@ -13,10 +14,11 @@ from PIL import Image
 
 from steeldefect.data.severstal import rle_decode
 from steeldefect.data.synthetic import HEIGHT, WIDTH, make_image, write_dataset
-from steeldefect.params import SynthesizeParams
+
+from helpers import defaults
 
 SEED = 42
-CFG = SynthesizeParams(n_images=30)  # the project's class weights and defect fraction, few images
+CFG = defaults(synthesize={"n_images": 30}).synthesize  # the project's class weights and defect fraction, few images
 N_STATS = 200
 
 
@@ -73,7 +75,7 @@ def test_make_image_is_a_pure_function():
 
 def test_a_different_seed_gives_different_images(written, tmp_path):
     other = tmp_path / "seed7"
-    write_dataset(SynthesizeParams(n_images=10), 7, other)
+    write_dataset(defaults(synthesize={"n_images": 10}).synthesize, 7, other)
     base = written[0] / "train_images"
     for p in sorted((other / "train_images").iterdir()):
         assert p.read_bytes() != (base / p.name).read_bytes(), p.name
@@ -113,7 +115,7 @@ def test_class_3_is_the_most_common(generated):
 
 
 def test_class_weights_are_respected():
-    only_class_2 = SynthesizeParams(n_images=10, defect_fraction=0.99, class_weights=(0, 1, 0, 0))
+    only_class_2 = dataclasses.replace(CFG, n_images=10, defect_fraction=0.99, class_weights=(0, 1, 0, 0))
     seen = Counter()
     for i in range(8):
         seen.update(make_image(only_class_2, SEED, i)[1].keys())
@@ -139,7 +141,7 @@ def _contrast(img: np.ndarray, masks: dict[int, np.ndarray], cls: int) -> float:
 
 
 def test_each_defect_class_changes_the_pixels_inside_its_mask():
-    cfg = SynthesizeParams(faint_fraction=0, edge_fraction=0, mark_fraction=0, class_weights=(1, 1, 1, 1))
+    cfg = dataclasses.replace(CFG, faint_fraction=0, edge_fraction=0, mark_fraction=0, class_weights=(1, 1, 1, 1))
     checked = set()
     for i in range(40):
         img, masks = make_image(cfg, SEED, i)
@@ -151,8 +153,8 @@ def test_each_defect_class_changes_the_pixels_inside_its_mask():
 
 def test_faint_defects_have_the_faint_contrast():
     """The same scratches (class 3 keeps its mask when faint), at full and at faint contrast."""
-    normal = SynthesizeParams(faint_fraction=0, edge_fraction=0, mark_fraction=0, class_weights=(0, 0, 1, 0))
-    faint = SynthesizeParams(**{**normal.__dict__, "faint_fraction": 1.0, "faint_contrast": 0.4})
+    normal = dataclasses.replace(CFG, faint_fraction=0, edge_fraction=0, mark_fraction=0, class_weights=(0, 0, 1, 0))
+    faint = dataclasses.replace(normal, faint_fraction=1.0, faint_contrast=0.4)
     ratios = []
     for i in range(12):
         (img, masks), (faint_img, faint_masks) = make_image(normal, SEED, i), make_image(faint, SEED, i)
@@ -171,7 +173,9 @@ def _border_distance(mask: np.ndarray) -> int:
 def test_edge_defects_touch_a_border_and_others_mostly_do_not():
     edge, inside = ([], [])
     for fraction, out in ((1.0, edge), (0.0, inside)):
-        cfg = SynthesizeParams(edge_fraction=fraction, defect_fraction=0.99, mark_fraction=0, class_weights=(1,) * 4)
+        cfg = dataclasses.replace(
+            CFG, edge_fraction=fraction, defect_fraction=0.99, mark_fraction=0, class_weights=(1,) * 4
+        )
         for i in range(24):
             out += [_border_distance(m) for m in make_image(cfg, SEED, i)[1].values()]
     assert max(edge) <= 16, edge
@@ -179,8 +183,8 @@ def test_edge_defects_touch_a_border_and_others_mostly_do_not():
 
 
 def test_harmless_marks_change_the_image_but_not_the_masks():
-    without = SynthesizeParams(mark_fraction=0)
-    marked, doubled = (SynthesizeParams(mark_fraction=1, mark_contrast=k) for k in (1.0, 2.0))
+    without = dataclasses.replace(CFG, mark_fraction=0)
+    marked, doubled = (dataclasses.replace(CFG, mark_fraction=1, mark_contrast=k) for k in (1.0, 2.0))
     for i in range(10):
         (img, masks), (marked_img, marked_masks) = make_image(without, SEED, i), make_image(marked, SEED, i)
         assert masks.keys() == marked_masks.keys() and all(np.array_equal(masks[c], marked_masks[c]) for c in masks)
@@ -239,6 +243,6 @@ def test_write_dataset_replaces_an_existing_folder(tmp_path):
     out = tmp_path / "synthetic"
     (out / "train_images").mkdir(parents=True)
     (out / "train_images" / "stale.jpg").write_bytes(b"old")
-    write_dataset(SynthesizeParams(n_images=2), SEED, out)
+    write_dataset(dataclasses.replace(CFG, n_images=2), SEED, out)
     assert sorted(p.name for p in (out / "train_images").iterdir()) == ["synth_00000.jpg", "synth_00001.jpg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]

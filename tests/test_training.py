@@ -14,7 +14,7 @@ import pytest
 
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
-from steeldefect.params import FineTuneParams, HeadParams, SynthesizeParams, TrainParams
+from steeldefect.params import TrainParams
 from steeldefect.serve.export import MODEL_JSON, MODEL_WEIGHTS, export, load_model
 from steeldefect.train.cache import feature_key, image_cache_key
 from steeldefect.train.model import build_model
@@ -22,21 +22,25 @@ from steeldefect.train.pipeline import image_dataset
 from steeldefect.train.runtime import Runtime
 from steeldefect.train.training import train, unfreeze_last_stages
 
-TINY = TrainParams(
-    epochs=2,
-    batch_size=4,
-    image_size=(64, 400),
-    backbone_layer="conv2_block3_out",
-    head=HeadParams(dense_units=8),
-    patience=5,
-)
+from helpers import defaults
+
+TINY = defaults(
+    train={
+        "epochs": 2,
+        "batch_size": 4,
+        "image_size": [64, 400],
+        "backbone_layer": "conv2_block3_out",
+        "head": {"dense_units": 8},
+        "patience": 5,
+    }
+).train
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("tiny")
-    write_dataset(SynthesizeParams(n_images=16), seed=1, out_dir=root / "data")
-    return prepare(root / "data")[0]
+    write_dataset(defaults(synthesize={"n_images": 16}).synthesize, seed=1, out_dir=root / "data")
+    return prepare(root / "data", "fail", defaults().data)[0]
 
 
 def run_train(p: TrainParams, images: pd.DataFrame, tmp_path, image_cache=None) -> tuple[np.ndarray, pd.DataFrame]:
@@ -76,7 +80,7 @@ def test_feature_key_depends_on_what_changes_features(images):
 
 @pytest.mark.slow
 def test_fine_tuning_continues_the_curves(images, tmp_path):
-    p = dataclasses.replace(TINY, fine_tune=FineTuneParams(epochs=2, stages=1), augment=True)
+    p = dataclasses.replace(TINY, fine_tune=dataclasses.replace(TINY.fine_tune, epochs=2, stages=1), augment=True)
     _, curve = run_train(p, images, tmp_path)
     assert list(curve.step) == [0, 1, 2, 3]  # one dvclive run across both phases
 

@@ -1,9 +1,10 @@
 """Typed params: `params.yaml` is parsed and validated here, and only here.
 
-Unknown keys, wrong types and out-of-range values stop a stage before any work, with one message naming the
-key, the value and what is allowed. The checks read the types off the dataclasses below; pydantic v2 was tried
-instead and dropped: the models came out no shorter (strict types per field, a validator per range) and its
-messages lost our wording of the allowed values for unions and ranges.
+params.yaml is the one place a value is written: the dataclasses below give each param's type and allowed range,
+no default, so every key must be in the file. Missing and unknown keys, wrong types and out-of-range values stop a
+stage before any work, with one message naming the key, the value and what is allowed. The checks read the types
+off the dataclasses; pydantic v2 was tried instead and dropped: the models came out no shorter (strict types per
+field, a validator per range) and its messages lost our wording of the allowed values for unions and ranges.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,139 +25,139 @@ from steeldefect.errors import UserError
 class DataParams:
     # "synthetic" (the built-in data made by the synthesize stage) or a folder of images in one of the layouts of
     # `format`; a relative path is taken from the data/ folder (as DVC reads the prepare stage's deps).
-    source: str = "synthetic"
+    source: str
     # auto (detected from the folder's content), severstal (train_images/ + train.csv), folders (class folders,
-    # no masks), pairs (image + mask files), mvtec (MVTec AD) or coco (COCO instances JSON); README, "Your data"
-    format: Literal["auto", "severstal", "folders", "pairs", "mvtec", "coco"] = "auto"
+    # no masks), pairs (image + mask files), mvtec (MVTec AD) or coco (COCO instances JSON); docs/data.md
+    format: Literal["auto", "severstal", "folders", "pairs", "mvtec", "coco"]
     # class folders with these names (whole name or its last _/- part, any case) hold clean images; others: defects
-    clean_names: tuple[str, ...] = ("good", "ok", "clean", "normal", "no_defect", "free")
+    clean_names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class SynthesizeParams:
-    n_images: int = 600
-    defect_fraction: float = 0.53  # Severstal: 6,666 of 12,568 images
-    class_weights: tuple[float, float, float, float] = (0.12, 0.03, 0.73, 0.12)  # Severstal's class mix
-    two_class_fraction: float = 0.05
+    n_images: int
+    defect_fraction: float  # share of images with a defect
+    class_weights: tuple[float, float, float, float]  # relative frequency of defect classes 1..4
+    two_class_fraction: float
     # the difficulty (see synthetic.py): faint defects, defects at the borders, harmless marks
-    faint_fraction: float = 0.06  # share of defects drawn faint (and faint pits tiny)
-    faint_contrast: float = 0.5  # a faint defect's contrast relative to a normal one
-    edge_fraction: float = 0.15  # share of defects at an image border, partly cut off
-    mark_fraction: float = 0.5  # share of images (clean or defective) with oil stains, water spots or roll marks
-    mark_contrast: float = 2.0  # contrast of the harmless marks relative to their base (6-18 grey levels)
+    faint_fraction: float  # share of defects drawn faint (and faint pits tiny)
+    faint_contrast: float  # a faint defect's contrast relative to a normal one
+    edge_fraction: float  # share of defects at an image border, partly cut off
+    mark_fraction: float  # share of images (clean or defective) with oil stains, water spots or roll marks
+    mark_contrast: float  # contrast of the harmless marks relative to their base (6-18 grey levels)
 
 
 @dataclass(frozen=True)
 class PrepareParams:
-    sample_images: int = 10  # images in the figure of samples with their masks
+    sample_images: int  # images in the figure of samples with their masks
     # missing or undecodable images: "fail" lists them all in one error; "skip" leaves them out and lists them
     # in data/prepared/excluded.csv (and counts them in metrics/data.json)
-    on_bad_image: Literal["fail", "skip"] = "fail"
+    on_bad_image: Literal["fail", "skip"]
 
 
 @dataclass(frozen=True)
 class SplitParams:
-    test_size: float = 0.15
-    val_size: float = 0.15
+    test_size: float
+    val_size: float
 
 
 @dataclass(frozen=True)
 class HeadParams:
-    pooling: Literal["avgmax", "flatten"] = "avgmax"  # global avg+max, or the notebook's AvgPool(4) + Flatten
-    pool_size: int = 4
-    dense_units: int = 256
-    dropout: float = 0.3
+    pooling: Literal["avgmax", "flatten"]  # global avg+max, or the notebook's AvgPool(4) + Flatten
+    pool_size: int
+    dense_units: int
+    dropout: float
     # batchnorm: BatchNormalization of the pooled features first, so the head does not depend on their scale
     # (raw pooled activations of a random backbone have an arbitrary one); none: the notebook's head
-    normalize: Literal["batchnorm", "none"] = "batchnorm"
+    normalize: Literal["batchnorm", "none"]
 
 
 @dataclass(frozen=True)
 class FineTuneParams:
-    epochs: int = 0  # after the head converges: epochs with the last `stages` ResNet stages unfrozen (0 = off)
-    stages: int = 1
-    learning_rate: float = 0.0001
+    epochs: int  # after the head converges: epochs with the last `stages` ResNet stages unfrozen (0 = off)
+    stages: int
+    learning_rate: float
 
 
 @dataclass(frozen=True)
 class MaskParams:
-    """train.supervision = mask: the segmentation + classification recipe (see README, Supervision)."""
+    """train.supervision = mask: the segmentation + classification recipe (see docs/training.md, Supervision)."""
 
     # [height, width] crops of the image_size image, trained on; null = the whole image_size image (the squash)
-    crop_size: tuple[int, int] | None = (128, 128)
-    crop_defect_share: float = 0.5  # share of crops placed on a defect pixel; the rest: anywhere in clean images
-    seg_loss_weight: float = 1.0  # weight of the pixel (map) loss
-    cls_loss_weight: float = 1.0  # weight of the image (probability) loss
-    cls_ramp_epochs: int = 0  # classification weight ramped linearly from 0 over these epochs (0 = constant)
-    seg_positive_weight: float = 1.0  # pixel loss weight of defective map cells (clean cells weigh 1)
-    seg_channels: int = 64  # channels of the segmentation head's 3x3 convolution
-    bn_momentum: float = 0.9  # BatchNormalization momentum of the backbone (Keras' default 0.99 lags from scratch)
+    crop_size: tuple[int, int] | None
+    crop_defect_share: float  # share of crops placed on a defect pixel; the rest: anywhere in clean images
+    seg_loss_weight: float  # weight of the pixel (map) loss
+    cls_loss_weight: float  # weight of the image (probability) loss
+    cls_ramp_epochs: int  # classification weight ramped linearly from 0 over these epochs (0 = constant)
+    seg_positive_weight: float  # pixel loss weight of defective map cells (clean cells weigh 1)
+    seg_channels: int  # channels of the segmentation head's 3x3 convolution
+    bn_momentum: float  # BatchNormalization momentum of the backbone (Keras' default 0.99 lags from scratch)
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 60
-    batch_size: int = 16
-    image_size: tuple[int, int] = (128, 800)  # height, width fed to the network
-    learning_rate: float = 0.001
-    optimizer: Literal["adam", "nadam", "sgd"] = "adam"  # the notebook used nadam
-    weights: str | None = None  # None (random init), "imagenet" (download), or a local .h5 path
-    freeze_backbone: bool = True
-    backbone_layer: str | None = "conv3_block4_out"  # cut ResNet50 after this layer; None = whole network
-    head: HeadParams = field(default_factory=HeadParams)
-    patience: int = 10  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
-    augment: bool = False  # random flips, brightness and contrast in the graph; turns the feature cache off
-    fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
+    epochs: int
+    batch_size: int
+    image_size: tuple[int, int]  # height, width fed to the network
+    learning_rate: float
+    optimizer: Literal["adam", "nadam", "sgd"]  # the notebook used nadam
+    weights: str | None  # None (random init), "imagenet" (download), or a local .h5 path
+    freeze_backbone: bool
+    backbone_layer: str | None  # cut ResNet50 after this layer; None = whole network
+    head: HeadParams
+    patience: int  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
+    augment: bool  # random flips, brightness and contrast in the graph; turns the feature cache off
+    fine_tune: FineTuneParams
     # None (float32), "mixed_float16" (GPUs) or "mixed_bfloat16" (TPUs, recent CPUs / GPUs); the output stays float32
-    mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = None
+    mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None
     # image: image labels only (frozen backbone + head, feature cache); mask: also the pixel masks, the whole
     # network trained end to end with a segmentation head (defect map) and a classifier on features + map
-    supervision: Literal["image", "mask"] = "image"
-    mask: MaskParams = field(default_factory=MaskParams)
+    supervision: Literal["image", "mask"]
+    mask: MaskParams
 
 
 @dataclass(frozen=True)
 class ExportParams:
-    saved_model: bool = True  # also write models/saved_model: a TensorFlow SavedModel serving encoded JPEG bytes
+    saved_model: bool  # also write models/saved_model: a TensorFlow SavedModel serving encoded JPEG bytes
     # models/openvino/model.xml + .bin, an OpenVINO IR for `steeldefect predict --engine openvino`: "none", "fp32",
     # or "int8" (NNCF post-training quantization calibrated on a seeded sample of training images)
-    openvino: Literal["none", "fp32", "int8"] = "fp32"
-    openvino_calibration_images: int = 128
+    openvino: Literal["none", "fp32", "int8"]
+    openvino_calibration_images: int
     # the IR is refused (nothing exported) when, on the validation images, more than this share of decisions at
     # the evaluate threshold change against Keras, or a probability moves by more than openvino_tolerance
-    openvino_max_changed: float = 0.005
-    openvino_tolerance: float = 0.1
+    openvino_max_changed: float
+    openvino_tolerance: float
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     # a number, or "auto": the highest threshold reaching target_recall for defects on the validation split
-    threshold: float | Literal["auto"] = 0.5
-    target_recall: float = 0.99
-    gallery_size: int = 16
-    map_threshold: float = 0.5  # mask models: a defect-map cell counts as defect when its value >= this
+    threshold: float | Literal["auto"]
+    target_recall: float
+    gallery_size: int
+    map_threshold: float  # mask models: a defect-map cell counts as defect when its value >= this
 
 
 @dataclass(frozen=True)
 class BaselineParams:
     # the classical baseline: texture features (LBP, HOG, intensity statistics) of the grey image resized to
     # image_size (height, width), then scikit-learn's HistGradientBoostingClassifier
-    image_size: tuple[int, int] = (128, 128)
-    max_iter: int = 300
-    learning_rate: float = 0.05
+    image_size: tuple[int, int]
+    max_iter: int
+    learning_rate: float
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = 42
-    data: DataParams = field(default_factory=DataParams)
-    synthesize: SynthesizeParams = field(default_factory=SynthesizeParams)
-    prepare: PrepareParams = field(default_factory=PrepareParams)
-    split: SplitParams = field(default_factory=SplitParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    export: ExportParams = field(default_factory=ExportParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    baseline: BaselineParams = field(default_factory=BaselineParams)
+    seed: int
+    data: DataParams
+    synthesize: SynthesizeParams
+    prepare: PrepareParams
+    split: SplitParams
+    train: TrainParams
+    export: ExportParams
+    evaluate: EvaluateParams
+    baseline: BaselineParams
 
 
 # runtime settings that were params: they choose how and where training runs, not the model (steeldefect.train.runtime)
@@ -217,8 +218,8 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
     if not isinstance(raw, dict):
         raise _bad(prefix or "params", raw, "a mapping of keys to values")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(map(str, set(raw) - names))
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(map(str, set(raw) - set(names)))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         if key in MOVED:
@@ -228,6 +229,12 @@ def _build(cls: type, raw: object, prefix: str = "") -> object:
                 f"{MOVED[key]} instead."
             )
         raise UserError(f"params.yaml: unknown key {key!r}; known keys here: {', '.join(sorted(names))}.")
+    missing = [f"{prefix}.{k}" if prefix else k for k in names if k not in raw]
+    if missing:
+        raise UserError(
+            f"params.yaml: missing key{'s' * (len(missing) > 1)} {', '.join(missing)}; every param must be given "
+            "(see the repository's params.yaml)."
+        )
     return cls(**{k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in raw.items()})
 
 
@@ -361,19 +368,23 @@ def _check_export(x: ExportParams) -> None:
 
 
 def parse_params(raw: object) -> Params:
-    """Typed, validated params from the parsed YAML mapping (missing keys take the defaults above)."""
+    """Typed, validated params from the parsed YAML mapping, which must give every key."""
     params = _build(Params, raw)
     _check(params)
     return params
 
 
-def load_params(path: Path = Path("params.yaml")) -> Params:
+def read_yaml(path: Path) -> object:
+    """The parsed YAML of a params file, read problems as one UserError naming the file."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise UserError(f"{path}: cannot read the params file ({e.strerror}).") from e
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e}); save the params file as UTF-8.") from e
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML: {e}") from e
-    return parse_params(raw)
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    return parse_params(read_yaml(path))

@@ -1,6 +1,6 @@
 """Image trees as users have them: class folders, image + mask pairs (beside the image or in a mask tree), MVTec AD.
 
-The rules (README, "Your data"):
+The rules (docs/data.md):
 - Images are .jpg, .jpeg, .png or .bmp files (any case). Hidden files and folders are skipped; any other file is
   listed as ignored.
 - A file is a mask when its stem ends with `_mask`, `_label`, `_gt` or `_seg` (any case), when it shares its stem
@@ -218,7 +218,7 @@ def read_tree(source: Path, clean_names: tuple[str, ...], want: str = "auto") ->
         raise UserError(
             f"{source}: no layout fits: no images (.jpg, .jpeg, .png, .bmp), no train.csv, no COCO annotations file; "
             f"{len(scan.ignored)} other files ({found or 'none'}). Point data.source at the folder holding your "
-            "images, and set data.format if its layout is not detected (README, 'Your data')."
+            "images, and set data.format if its layout is not detected (docs/data.md)."
         )
     if scan.beside and scan.tree_masks:
         raise UserError(
@@ -232,7 +232,7 @@ def read_tree(source: Path, clean_names: tuple[str, ...], want: str = "auto") ->
         raise UserError(
             f"{source}: data.format is {want}, but the folder looks like {found} "
             f"({sum(m is not None for m in scan.images.values())} masks for {len(scan.images)} images). Set "
-            f"data.format: {found} (or auto), or rearrange the folder (README, 'Your data')."
+            f"data.format: {found} (or auto), or rearrange the folder (docs/data.md)."
         )
     return _entries(source, scan, clean_names, found)
 

@@ -18,7 +18,6 @@ from steeldefect.errors import UserError
 from steeldefect.params import DataParams
 
 log = logging.getLogger(__name__)
-DEFAULT_DATA = DataParams()
 
 
 def _check_image(path: Path) -> tuple[int, int, str]:
@@ -30,9 +29,7 @@ def _check_image(path: Path) -> tuple[int, int, str]:
     return height, width, hashlib.md5(data).hexdigest()
 
 
-def prepare(
-    source: Path, on_bad_image: str = "fail", data: DataParams = DEFAULT_DATA
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+def prepare(source: Path, on_bad_image: str, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Read and check a data folder in any layout (`data.format`, detected when "auto").
 
     Returns (images, masks, excluded, data metrics): one row per image (IMAGE_COLUMNS), one row per non-empty
@@ -81,7 +78,7 @@ def detect(source: Path, fmt: str = "auto") -> str:
         raise UserError(
             f"{source}: more than one layout fits: "
             + "; ".join(f"{name} ({what})" for name, what in found)
-            + ". Set data.format to the one you mean (README, 'Your data')."
+            + ". Set data.format to the one you mean (docs/data.md)."
         )
     return found[0][0] if found else "auto"
 
@@ -136,7 +133,7 @@ def _prepare_severstal(source: Path, on_bad_image: str) -> tuple[pd.DataFrame, p
         if not p.exists():
             raise UserError(
                 f"{p}: not found. A Severstal-layout data.source holds train_images/ and train.csv (and optionally "
-                "defect_and_no_defect.csv); for other layouts see README, 'Your data'."
+                "defect_and_no_defect.csv); for other layouts see docs/data.md."
             )
     parsed = read_masks(masks_csv)
     if labels_csv.exists():

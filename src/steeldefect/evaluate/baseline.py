@@ -83,14 +83,12 @@ def run_baseline(
     train: pd.DataFrame,
     val: pd.DataFrame,
     test: pd.DataFrame,
-    p: BaselineParams | None = None,
-    seed: int = 42,
-    threshold: EvaluateParams | None = None,
+    p: BaselineParams,
+    seed: int,
+    threshold: EvaluateParams,
 ) -> BaselineResult:
     """Train on `train`, choose the threshold on `val` (policy of `threshold`, as evaluate does), score `test`.
-    Each DataFrame needs ImageId, path (readable from the working folder) and label (0 clean, 1 defect);
-    None params mean the defaults (params.yaml's)."""
-    p, threshold = p or BaselineParams(), threshold or EvaluateParams()
+    Each DataFrame needs ImageId, path (readable from the working folder) and label (0 clean, 1 defect)."""
     if train.label.nunique() != 2:
         raise UserError(
             f"baseline: the train split has {len(train)} images, all labelled {sorted(set(train.label))}; "
