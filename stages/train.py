@@ -8,7 +8,7 @@ import pandas as pd
 from steeldefect.errors import paths, run
 from steeldefect.params import load_params
 from steeldefect.train import segtrain
-from steeldefect.train.runtime import load_runtime
+from steeldefect.train.runtime import describe, load_runtime
 from steeldefect.train.training import train
 
 
@@ -16,14 +16,13 @@ def main() -> None:
     a, p = paths("split", "masks", "weights", "live"), load_params()
     train_df, val_df = (pd.read_csv(a.split / f"{name}.csv", keep_default_na=False) for name in ("train", "val"))
     runtime = load_runtime()
-    print(
-        f"runtime settings (environment, not params): strategy {runtime.strategy}, "
-        f"feature cache {runtime.feature_cache or 'off'}, image cache {runtime.image_cache or 'off'}"
-    )
     if p.train.supervision == "mask":
         masks = pd.read_csv(a.masks, keep_default_na=False)
-        segtrain.train(p.train, p.seed, train_df, val_df, masks, a.weights, a.live)
+        segtrain.check(runtime, train_df, masks)  # before the settings are printed as in effect
+        print(describe(runtime, p.train))
+        segtrain.train(p.train, p.seed, train_df, val_df, masks, a.weights, a.live, runtime)
     else:
+        print(describe(runtime, p.train))
         train(p.train, p.seed, train_df, val_df, a.weights, a.live, runtime)
 
 

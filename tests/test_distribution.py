@@ -1,4 +1,4 @@
-"""train.strategy: mirrored on two logical CPU devices, multi_worker with two local worker processes.
+"""STEELDEFECT_STRATEGY: mirrored on two logical CPU devices, multi_worker with two local worker processes.
 
 Each run is a fresh Python process: logical devices and MultiWorkerMirroredStrategy must be set up before
 TensorFlow starts, which in the pytest process it already has.
@@ -24,11 +24,12 @@ import tensorflow as tf
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
-from steeldefect.params import SynthesizeParams, parse_params
 from steeldefect.train.cache import feature_key
 from steeldefect.train.distribute import check_keras_version, keras_multi_worker_fixes, make_strategy
 from steeldefect.train.model import build_model
 from steeldefect.train.training import cached_features, set_seed
+
+from helpers import defaults, repo_params
 
 TIMEOUT = 600  # seconds for one run (both workers of a multi_worker run); generous: 2 cores are often shared
 TINY = {
@@ -63,7 +64,7 @@ read = lambda name: pd.read_csv(Path(job["data"]) / name, keep_default_na=False)
 result = {"weights_md5": []}
 chief = json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"] == 0
 for run in job["runs"]:
-    p = parse_params({"train": run["train"]}).train
+    p = parse_params(run["params"]).train
     runtime = Runtime(**{k: Path(v) if k.endswith("cache") else v for k, v in run["runtime"].items()})
     train(p, 0, read("train.csv"), read("val.csv"), Path(run["weights"]), Path(run["live"]), runtime)
     if chief:
@@ -73,7 +74,7 @@ for run in job["runs"]:
 if job["export"]:
     from steeldefect.serve.export import export, load_model
     from steeldefect.train.pipeline import image_dataset
-    p, weights = parse_params({"train": job["runs"][0]["train"]}).train, Path(job["runs"][0]["weights"])
+    p, weights = parse_params(job["runs"][0]["params"]).train, Path(job["runs"][0]["weights"])
     paths, out = list(read("val.csv").path), Path(job["export"])
     result["diff"] = export(p, weights, out, paths, {"test": True}, saved_model=False)
     prob = load_model(out).predict(image_dataset(paths, p.image_size, 4), verbose=0)
@@ -82,12 +83,37 @@ print("RESULT " + json.dumps(result), flush=True)
 """
 
 
+# Mask supervision under the mirrored strategy on two logical CPU devices: argv[1] is a JSON job (data, params).
+MASK_SCRIPT = """
+import json, sys
+job = json.loads(sys.argv[1])
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import logging
+from pathlib import Path
+import pandas as pd
+from steeldefect.params import parse_params
+from steeldefect.train import segtrain
+from steeldefect.train.runtime import Runtime
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+read = lambda name: pd.read_csv(Path(job["data"]) / name, keep_default_na=False)
+p = parse_params(job["params"]).train
+history = segtrain.train(p, 0, read("train.csv"), read("val.csv"), read("masks.csv"), Path("w.weights.h5"),
+                         Path("live"), Runtime(strategy="mirrored"))
+print("RESULT " + json.dumps({"auc": history.history["val_probability_auc"]}), flush=True)
+"""
+MASK = {"supervision": "mask", "mask": {"crop_size": [32, 32], "seg_channels": 8}}
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """16 tiny synthetic images: train.csv (12) and val.csv (4)."""
+    """16 tiny synthetic images: train.csv (12), val.csv (4) and their masks.csv."""
     root = tmp_path_factory.mktemp("distribution")
-    write_dataset(SynthesizeParams(n_images=16), seed=1, out_dir=root / "synthetic")
-    images = prepare(root / "synthetic")[0]
+    write_dataset(defaults(synthesize={"n_images": 16}).synthesize, seed=1, out_dir=root / "synthetic")
+    images, masks = prepare(root / "synthetic", "fail", defaults().data)[:2]
+    masks.to_csv(root / "masks.csv", index=False)
     images[:12].to_csv(root / "train.csv", index=False)
     images[12:].to_csv(root / "val.csv", index=False)
     return root
@@ -99,10 +125,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(job: dict, folder: Path, env: dict | None = None) -> subprocess.Popen:
-    """The script in a fresh process running in `folder`; its output goes to folder/output.txt."""
+def start(job: dict, folder: Path, env: dict | None = None, code: str = SCRIPT) -> subprocess.Popen:
+    """The script (`code`) in a fresh process running in `folder`; its output goes to folder/output.txt."""
     script = folder / "run_train.py"
-    script.write_text(SCRIPT)
+    script.write_text(code)
     with open(folder / "output.txt", "w") as output:  # a file, not a pipe: a chatty process never blocks
         proc = subprocess.Popen(
             [sys.executable, str(script), json.dumps(job)],
@@ -148,7 +174,7 @@ def run(tmp_path: Path, train: dict, runtime: dict, name: str = "") -> dict:
     """One train() call on TINY + `train` with the runtime settings `runtime` (the feature cache in
     tmp_path/features), writing under tmp_path (name: a suffix for a further run)."""
     return {
-        "train": {**TINY, **train},
+        "params": repo_params({"train": {**TINY, **train}}),
         "runtime": {"feature_cache": str(tmp_path / "features"), **runtime},
         "weights": str(tmp_path / f"models{name}" / "trained.weights.h5"),
         "live": str(tmp_path / f"live{name}"),
@@ -162,7 +188,7 @@ def job(data: Path, runs: list[dict], export: Path | None, logical_cpus: int = 1
 def assert_features_match_default(tmp_path: Path, data: Path, train: dict) -> None:
     """The features cached by the distributed run equal those of the default strategy, image by image: the
     distributed predict kept the images' order."""
-    p = parse_params({"train": {**TINY, **train}}).train
+    p = defaults(train={**TINY, **train}).train
     written = sorted((tmp_path / "features").glob("*.npy"))
     assert len(written) == 2  # train and val
     for name in ("train.csv", "val.csv"):
@@ -199,6 +225,17 @@ def test_mirrored_on_two_logical_cpus(data, tmp_path):
     assert_complete_image_caches(tmp_path / "images")
     _, written, read = result(out)["weights_md5"]
     assert written == read  # deterministic, and the cache gives the images it was given
+
+
+@pytest.mark.slow
+def test_mask_supervision_mirrored_on_two_logical_cpus(data, tmp_path):
+    """STEELDEFECT_STRATEGY=mirrored is honoured by mask training too: the model is built and trained on both
+    devices (before, the strategy was printed and then dropped)."""
+    params = repo_params({"train": {**TINY, **MASK}})
+    (out,) = finish([start({"data": str(data), "params": params}, tmp_path, code=MASK_SCRIPT)])
+    assert "strategy mirrored: 2 replicas" in out, out[-3000:]
+    assert len(result(out)["auc"]) == TINY["epochs"]
+    assert (tmp_path / "w.weights.h5").is_file()
 
 
 @pytest.mark.slow

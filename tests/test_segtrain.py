@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,24 +15,27 @@ from PIL import Image
 from steeldefect.data.masks import target_map
 from steeldefect.data.severstal import rle_encode
 from steeldefect.errors import UserError
-from steeldefect.params import MaskParams, TrainParams, load_params, map_stride
+from steeldefect.params import load_params, map_stride
 from steeldefect.train import segtrain
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import crop_on_defect, defect_target, flip_both, mask_training_dataset, random_crop
+from steeldefect.train.runtime import Runtime
 
-from helpers import TINY_PARAMS, make_project, merge, run
+from helpers import TINY_PARAMS, defaults, make_project, merge, run
 
 SIZE = (64, 96)
-MASKED = TrainParams(
-    epochs=2,
-    batch_size=4,
-    image_size=SIZE,
-    backbone_layer="conv2_block3_out",
-    augment=True,
-    patience=5,
-    supervision="mask",
-    mask=MaskParams(crop_size=(32, 32), crop_defect_share=0.5, seg_channels=8, cls_ramp_epochs=1),
-)
+MASKED = defaults(
+    train={
+        "epochs": 2,
+        "batch_size": 4,
+        "image_size": SIZE,
+        "backbone_layer": "conv2_block3_out",
+        "augment": True,
+        "patience": 5,
+        "supervision": "mask",
+        "mask": {"crop_size": [32, 32], "crop_defect_share": 0.5, "seg_channels": 8, "cls_ramp_epochs": 1},
+    }
+).train
 
 
 def blob_mask(rng: np.random.Generator) -> np.ndarray:
@@ -153,3 +157,18 @@ def test_mask_supervision_refuses_data_without_masks(tiny, tmp_path):
     with pytest.raises(UserError, match="none of the 13 training images has a mask.*train.supervision: image"):
         segtrain.train(MASKED, 0, images, images, masks.iloc[:0], tmp_path / "w.weights.h5", tmp_path / "live")
     assert not (tmp_path / "w.weights.h5").exists()
+
+
+@pytest.mark.parametrize(
+    "runtime, variable",
+    [
+        (Runtime(strategy="multi_worker"), "STEELDEFECT_STRATEGY"),
+        (Runtime(image_cache=Path("/c")), "STEELDEFECT_IMAGE_CACHE"),
+    ],
+)
+def test_mask_supervision_refuses_runtime_settings_it_cannot_honour(tiny, tmp_path, runtime, variable):
+    """Refused before anything trains, naming the variable (not printed as in effect, then dropped)."""
+    images, masks = tiny
+    with pytest.raises(UserError, match=f"^{variable}.*train.supervision mask"):
+        segtrain.train(MASKED, 0, images, images, masks, tmp_path / "w.weights.h5", tmp_path / "live", runtime)
+    assert not (tmp_path / "live").exists()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from steeldefect.errors import UserError
+from steeldefect.params import TrainParams
 from steeldefect.train.cache import default_root
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -58,4 +59,20 @@ def load_runtime(environ: Mapping[str, str] = os.environ) -> Runtime:
         strategy=strategy,
         feature_cache=root / "features" if _switch(environ, "STEELDEFECT_FEATURE_CACHE", True) else None,
         image_cache=root / "images" if _switch(environ, "STEELDEFECT_IMAGE_CACHE", False) else None,
+    )
+
+
+def describe(runtime: Runtime, p: TrainParams) -> str:
+    """The runtime settings in effect for training with `p`, in one line (the train stage prints it)."""
+    if p.supervision == "mask":
+        features = "not used (train.supervision mask trains the whole network)"
+    elif not p.freeze_backbone:
+        features = "not used (train.freeze_backbone is false: the backbone trains)"
+    elif p.augment:
+        features = "not used (train.augment changes the images, so their features, every epoch)"
+    else:
+        features = str(runtime.feature_cache or "off")
+    return (
+        f"runtime settings (environment, not params): strategy {runtime.strategy}, feature cache {features}, "
+        f"image cache {runtime.image_cache or 'off'}"
     )

@@ -22,8 +22,10 @@ from dvclive import Live
 from steeldefect.atomic import path_for
 from steeldefect.errors import UserError
 from steeldefect.params import TrainParams, map_stride
+from steeldefect.train.distribute import make_strategy
 from steeldefect.train.model import OPTIMIZERS, build_mask_model
 from steeldefect.train.pipeline import mask_eval_dataset, mask_training_dataset
+from steeldefect.train.runtime import Runtime, load_runtime
 from steeldefect.train.training import check_health, set_seed, standard_callbacks
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,27 @@ def compile_mask_model(model: keras.Model, p: TrainParams) -> None:
     )
 
 
+def check(runtime: Runtime, train_df: pd.DataFrame, masks: pd.DataFrame) -> None:
+    """Refuse, before anything trains, what mask supervision cannot do: the runtime settings it cannot honour
+    (naming the variable to change) and training images without masks."""
+    if runtime.strategy == "multi_worker":
+        raise UserError(
+            "STEELDEFECT_STRATEGY = multi_worker is not supported with train.supervision mask (only default and "
+            "mirrored are): unset STEELDEFECT_STRATEGY or set it to mirrored, or train with train.supervision image."
+        )
+    if runtime.image_cache is not None:
+        raise UserError(
+            "STEELDEFECT_IMAGE_CACHE is on, but train.supervision mask cannot use the image cache (its crops are cut "
+            "from freshly decoded images and masks): unset STEELDEFECT_IMAGE_CACHE or set it to off."
+        )
+    if not masks.ImageId.isin(train_df.ImageId).any():
+        raise UserError(
+            f"train.supervision is mask, but none of the {len(train_df)} training images has a mask (class folders "
+            "and COCO boxes carry none). Set train.supervision: image, or give the images masks: image + mask pairs, "
+            "MVTec AD or COCO segmentations (docs/data.md)."
+        )
+
+
 def train(
     p: TrainParams,
     seed: int,
@@ -61,21 +84,23 @@ def train(
     masks: pd.DataFrame,
     weights_out: Path,
     live_dir: Path,
+    runtime: Runtime | None = None,
     callbacks: list | None = None,
 ) -> keras.callbacks.History:
     """Fit and save the best (highest validation AUC) weights of the whole model to `weights_out`. `masks` is the
     prepared masks table (ImageId, ClassId, EncodedPixels); `callbacks` are added to the standard ones (the
-    real-data benchmark stops by wall clock with one)."""
-    if not masks.ImageId.isin(train_df.ImageId).any():
-        raise UserError(
-            f"train.supervision is mask, but none of the {len(train_df)} training images has a mask (class folders "
-            "and COCO boxes carry none). Set train.supervision: image, or give the images masks: image + mask pairs, "
-            "MVTec AD or COCO segmentations (README, 'Your data')."
-        )
+    real-data benchmark stops by wall clock with one).
+
+    `runtime` (default: from the environment): the default and mirrored strategies are honoured, the rest is
+    refused by `check` (the feature cache does not apply: the whole network trains)."""
+    runtime = runtime or load_runtime()
+    check(runtime, train_df, masks)
+    strategy = make_strategy(runtime.strategy)
     set_seed(seed)
     stride, steps = map_stride(p), math.ceil(len(train_df) / p.batch_size)
-    model = build_mask_model(p, p.weights)
-    compile_mask_model(model, p)
+    with strategy.scope():
+        model = build_mask_model(p, p.weights)
+        compile_mask_model(model, p)
     train_ds = mask_training_dataset(train_df, masks, p, stride, seed, steps)
     val_ds = mask_eval_dataset(val_df, masks, p.image_size, stride, p.batch_size, p.mask)
     crops = "whole images" if p.mask.crop_size is None else "{}x{} crops".format(*p.mask.crop_size)
