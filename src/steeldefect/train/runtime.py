@@ -76,3 +76,20 @@ def describe(runtime: Runtime, p: TrainParams) -> str:
         f"runtime settings (environment, not params): strategy {runtime.strategy}, feature cache {features}, "
         f"image cache {runtime.image_cache or 'off'}"
     )
+
+
+def check_precision(p: TrainParams, environ: Mapping[str, str] = os.environ) -> None:
+    """bfloat16 on a CPU needs oneDNN's AVX-512 kernels, which the AVX2 pin (steeldefect/__init__.py) turns off:
+    refuse before training rather than fail in the first convolution."""
+    isa = environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if p.mixed_precision != "mixed_bfloat16" or isa == "ALL" or isa.startswith(("AVX512", "AVX10")):
+        return
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        raise UserError(
+            f"train.mixed_precision = 'mixed_bfloat16' needs oneDNN's AVX-512 bfloat16 kernels on a CPU, but oneDNN "
+            f"is capped at {isa} (the pin that gives the same bits on every CPU). Set STEELDEFECT_CPU_ISA=native to "
+            "train in bfloat16 on a CPU that has them (AVX512_BF16 or AMX), train on a GPU, or set "
+            "train.mixed_precision: null."
+        )

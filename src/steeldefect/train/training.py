@@ -39,7 +39,7 @@ from steeldefect.train.cache import FeatureCache, ImageCache, feature_key
 from steeldefect.train.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
 from steeldefect.train.model import build_model, compile_for_training
 from steeldefect.train.pipeline import image_dataset
-from steeldefect.train.runtime import Runtime, load_runtime
+from steeldefect.train.runtime import Runtime, check_precision, load_runtime
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def train(
     `weights_out`, `live_dir` and the caches, the other workers write theirs to a temporary folder (they
     still take part in every collective op: fit, predict, and the final save)."""
     runtime = runtime or load_runtime()
+    check_precision(p)
     strategy = make_strategy(runtime.strategy)  # first: MultiWorkerMirroredStrategy needs a TensorFlow not yet started
     set_seed(seed)
     chief = is_chief(strategy)
