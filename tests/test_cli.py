@@ -100,7 +100,8 @@ def test_bad_and_missing_images_get_error_rows_and_exit_code_1(project, with_bad
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     df = read(out)
-    assert list(df.columns) == ["path", "probability", "predicted", "error"]
+    assert list(df.columns) == ["path", "probability", "predicted", "engine", "precision", "error"]
+    assert (df.engine == "keras").all() and (df.precision == "fp32").all()  # this model has no IR
     names = [Path(p).name for p in df.path]
     assert names == ["bad.jpg", "img0.jpg", "img1.jpg", "img2.jpg", "img3.jpg", "img4.jpg", "missing.jpg"]
     failed = df[df.error != ""]

@@ -140,6 +140,8 @@ def test_predict_adds_area_and_box_and_writes_one_map_per_image(project, tmp_pat
         "box_y0",
         "box_x1",
         "box_y1",
+        "engine",
+        "precision",
         "error",
     ]
     assert sorted(p.name for p in maps_dir.iterdir()) == [f"img{i}_map.png" for i in range(5)]
@@ -183,7 +185,7 @@ def test_image_model_keeps_todays_columns_and_refuses_maps(project, tmp_path, ca
     out = tmp_path / "p.csv"
     args = ["predict", *paths, "--model-dir", str(root / "image_models"), "--output", str(out), "--no-progress"]
     assert main(args) == 0
-    assert list(read(out).columns) == ["path", "probability", "predicted", "error"]
+    assert list(read(out).columns) == ["path", "probability", "predicted", "engine", "precision", "error"]
     with pytest.raises(SystemExit) as e:
         main([*args, "--maps", str(tmp_path / "maps")])
     assert e.value.code == 2 and "has no defect map" in capsys.readouterr().err

@@ -76,9 +76,15 @@ def test_engines_give_the_same_decisions(pipeline, tmp_path, capsys):
         tables[engine] = pd.read_csv(out, keep_default_na=False)
         said = capsys.readouterr().out
         assert ("(Keras)" if engine == "keras" else f"(OpenVINO {defaults().export.openvino} IR)") in said
+        # the IR is checked on this CPU once, then the pass is read from the cache
+        checked = {"keras": "", "openvino": "self-check on this CPU: passed", None: "earlier on this CPU (cached)"}
+        assert checked[engine] in said
     keras, ov = tables["keras"], tables["openvino"]
     pd.testing.assert_frame_equal(tables[None], ov)  # the IR exists: openvino is the default
-    assert list(keras.columns) == list(ov.columns) == ["path", "probability", "predicted", "error"]
+    columns = ["path", "probability", "predicted", "engine", "precision", "error"]
+    assert list(keras.columns) == list(ov.columns) == columns
+    assert set(keras.engine) == {"keras"} and set(ov.engine) == {"openvino"}
+    assert set(keras.precision) == {"fp32"} and set(ov.precision) == {defaults().export.openvino}
     assert list(keras.path) == list(ov.path) == paths
     assert list(keras.predicted) == list(ov.predicted)
     tolerance = json.loads((pipeline / "models/model_meta.json").read_text())["openvino"]["tolerance"]

@@ -2,16 +2,17 @@
 
     steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
                         [--engine keras|openvino] [--maps DIR]
-    steeldefect cache info | clear [--kind features|images]
+    steeldefect cache info | clear [--kind features|images|selfcheck]
     steeldefect preset demo|scratch|imagenet [-S key=value ...] [more dvc exp run arguments]
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, or the OpenVINO
 IR in openvino/, the default when it exists; the image size from model_meta.json), through the same tf.data
 preprocessing and prediction code as the predict stage, and writes one CSV row per image: path, probability,
-predicted (0 clean / 1 defect), error. A mask-supervised model (one with a defect map) adds defect_area_share and
-box_x0, box_y0, box_x1, box_y1 (the defect's bounding box in the original image's pixels) before the error
-column, and `--maps DIR` writes each image with its map overlaid. An unreadable image gets its error text
-instead of a probability and does not stop the run. Exit codes: see EXIT_CODES (the same for the stages).
+predicted (0 clean / 1 defect), engine (keras or openvino), precision (fp32 or int8), error. A mask-supervised
+model (one with a defect map) adds defect_area_share and box_x0, box_y0, box_x1, box_y1 (the defect's bounding
+box in the original image's pixels) after predicted, and `--maps DIR` writes each image with its map overlaid. An
+unreadable image gets its error text instead of a probability and does not stop the run. The IR is first checked
+on this CPU against Keras (serve/selfcheck.py). Exit codes: see EXIT_CODES (the same for the stages).
 """
 
 from __future__ import annotations
@@ -68,12 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     cache = commands.add_parser(
         "cache",
-        help="show or free the feature and image caches",
-        description="The caches shared by every run and experiment (frozen-backbone features, decoded images) "
+        help="show or free the caches (features, images, OpenVINO self-check passes)",
+        description="The caches shared by every run and experiment (frozen-backbone features, decoded images, "
+        "the OpenVINO IR's self-check passes per CPU) "
         "live in $STEELDEFECT_CACHE_DIR, else $XDG_CACHE_HOME/steeldefect, else ~/.cache/steeldefect.",
     )
     cache.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
-    cache.add_argument("--kind", choices=["features", "images"], help="clear only this kind (default: both)")
+    cache.add_argument(
+        "--kind", choices=["features", "images", "selfcheck"], help="clear only this kind (default: all)"
+    )
     preset = commands.add_parser(
         "preset",
         help="run a DVC experiment with a preset of conf/preset/ (dvc exp run -S ...)",
@@ -96,7 +100,8 @@ def _add_predict(commands) -> None:
         "predict",
         help="defect probability of images with the exported model",
         description="Predict the defect probability of images (files, or folders of .jpg/.jpeg/.png files) with "
-        "the exported model and write one CSV row per image: path, probability, predicted (1 = defect), error. "
+        "the exported model and write one CSV row per image: path, probability, predicted (1 = defect), engine, "
+        "precision, error. "
         "A mask-supervised model also gives defect_area_share and the defect's bounding box box_x0, box_y0, "
         "box_x1, box_y1 in the image's own pixels (x1, y1 exclusive; empty when no map cell reaches the map "
         "threshold). Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors, "
@@ -144,20 +149,21 @@ def _add_predict(commands) -> None:
         "--engine",
         choices=("keras", "openvino"),
         default=None,
-        help="keras (model.json + weights) or openvino (the IR in MODEL_DIR/openvino/, fast on CPUs); "
-        "default: openvino when that IR exists, else keras",
+        help="keras (model.json + weights) or openvino (the IR in MODEL_DIR/openvino/, fast on CPUs, checked "
+        "against Keras on its reference images the first time it runs on a CPU); default: openvino when that IR "
+        "exists, else keras",
     )
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
 
 def cache_command(action: str, kind: str | None) -> None:
-    """`steeldefect cache info` / `steeldefect cache clear [--kind features|images]`."""
+    """`steeldefect cache info` / `steeldefect cache clear [--kind features|images|selfcheck]`."""
     from steeldefect.train import cache
 
     root = cache.default_root()
     if action == "clear":
         freed = cache.clear(root, (kind,) if kind else cache.KINDS)
-        print(f"cleared {kind or 'features and images'} in {root}: {freed / 2**20:.1f} MiB freed")
+        print(f"cleared {kind or ', '.join(cache.KINDS)} in {root}: {freed / 2**20:.1f} MiB freed")
         return
     print(f"cache folder: {root}")
     for name, stats in cache.info(root).items():
@@ -240,9 +246,11 @@ def map_columns(result, map_threshold: float | None, model_dir: Path, maps_dir: 
 
 def load_for_inference(model_dir: Path, engine: str | None = "keras"):
     """(model, image size, metadata) from the exported files only; UserError when they are missing or
-    inconsistent. `engine` "openvino" gives an OpenVINOEngine on the IR instead of the Keras model; None
-    picks it when the IR exists."""
+    inconsistent. `engine` "openvino" gives an OpenVINOEngine on the IR instead of the Keras model, after its
+    self-check on this CPU (UserError when it fails); None picks it when the IR exists."""
     from steeldefect.serve.export import MODEL_JSON, read_meta
+    from steeldefect.serve.openvino_engine import IR_DIR, OpenVINOEngine
+    from steeldefect.serve.selfcheck import self_check
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -263,6 +271,8 @@ def load_for_inference(model_dir: Path, engine: str | None = "keras"):
             f"{model_dir}: model_meta.json says image_size {size} but {name} takes {list(expected)}; "
             "the files do not belong together: export the model again."
         )
+    if isinstance(model, OpenVINOEngine):
+        print(self_check(model, model_dir / IR_DIR, size, int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)))
     return model, tuple(size), meta
 
 
@@ -328,12 +338,13 @@ def predict(
     value, source = resolve_threshold(threshold, model_dir)
     model, image_size, meta = load_for_inference(model_dir, engine)
     check_model_use(model, meta, model_dir, maps_dir, paths)
-    precision = (meta.get("openvino") or {}).get("precision", "?")
-    engine = f"OpenVINO {precision} IR" if isinstance(model, OpenVINOEngine) else "Keras"
+    engine = "openvino" if isinstance(model, OpenVINOEngine) else "keras"
+    precision = (meta.get("openvino") or {}).get("precision", "unknown") if engine == "openvino" else "fp32"
+    name = f"OpenVINO {precision} IR" if engine == "openvino" else "Keras"
     batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
     print(f"threshold {value:g} from {source}")
     print(
-        f"predicting {len(paths)} images with the model in {model_dir} ({engine}) "
+        f"predicting {len(paths)} images with the model in {model_dir} ({name}) "
         f"(image size {image_size[0]}x{image_size[1]}, batch size {batch_size})"
     )
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
@@ -344,7 +355,7 @@ def predict(
     table = pd.DataFrame({"path": result.paths, "probability": result.probability, "predicted": predicted})
     located = map_columns(result, map_threshold, model_dir, maps_dir)
     table = pd.concat([table, located], axis=1) if located is not None else table
-    table["error"] = result.errors
+    table = table.assign(engine=engine, precision=precision, error=result.errors)
     atomic.write_text(Path(output), table.to_csv(index=False))
 
     failed = result.failed

@@ -2,8 +2,10 @@
 
 `export_ir` converts the Keras model with a fixed image size (batch size free), quantizes it when asked, runs
 it through the real predict path on the validation images and refuses it, writing nothing, when it disagrees
-with Keras beyond the limits. `OpenVINOEngine` runs the IR batch by batch for `steeldefect predict --engine
-openvino`: the images come from the same tf.data decode + resize + preprocess_input as for Keras.
+with Keras beyond the limits; beside a passing IR it leaves a reference set (`write_reference`) with which
+`steeldefect predict` checks the IR again on each CPU that runs it (serve/selfcheck.py). `OpenVINOEngine` runs
+the IR batch by batch for `steeldefect predict --engine openvino`: the images come from the same tf.data decode
++ resize + preprocess_input as for Keras.
 
 OpenVINO (already on `import openvino`, and in its converter) and NNCF send usage statistics to Intel unless
 the user declined (the file ~/intel/openvino_telemetry holding 0, or CI=true). Nothing in this project talks
@@ -13,6 +15,7 @@ import it before `openvino`.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ import numpy as np
 from steeldefect.errors import UserError
 
 IR_DIR, IR_XML = "openvino", "model.xml"  # models/openvino/model.xml + model.bin
+REFERENCE_DIR, REFERENCE_CSV = "reference", "reference.csv"  # models/openvino/reference/: the self-check's images
 PRECISIONS = ("none", "fp32", "int8")
 DISABLED = (
     "export.openvino is none in params.yaml, so no OpenVINO IR was exported.\n"
@@ -176,4 +180,37 @@ def export_ir(model, image_size: Sequence[int], folder: Path, request: IRRequest
             f"export.openvino_tolerance = {request.tolerance:g}); nothing was exported. Use export.openvino: fp32 "
             "(or none), or raise the limits if this is acceptable."
         )
+    figures["reference_images"] = write_reference(folder, request.check_paths, keras_prob, figures)
     return figures
+
+
+def reference_indices(prob: np.ndarray, threshold: float, margin: float, n: int = 16) -> np.ndarray:
+    """The reference set (sorted indices into `prob`): the n/2 images closest to the threshold, and the others
+    spread evenly over the probability order of the rest; all among the images farther than `margin` (the export
+    check's largest difference) from the threshold, whose decisions the checked IR keeps for sure (closer ones
+    are a coin toss between any two implementations; all images when none is that far)."""
+    pool = np.flatnonzero(np.abs(prob - threshold) > margin)
+    pool = pool if len(pool) else np.arange(len(prob))
+    near = pool[np.argsort(np.abs(prob[pool] - threshold), kind="stable")][: n // 2]
+    rest = np.setdiff1d(pool, near)
+    rest = rest[np.argsort(prob[rest], kind="stable")]
+    spread = rest[np.linspace(0, len(rest) - 1, min(n - len(near), len(rest))).round().astype(int)]
+    return np.sort(np.concatenate([near, spread]))
+
+
+def write_reference(folder: Path, paths: Sequence[str], prob: np.ndarray, figures: dict) -> int:
+    """`folder`/reference/: the `reference_indices` images of `paths` (copied byte for byte, numbered) and
+    reference.csv: file, keras_probability, and the threshold and limits the export check applied (`figures`).
+    Returns the number of images."""
+    import pandas as pd
+
+    threshold, out = figures["threshold_keras"], Path(folder) / REFERENCE_DIR
+    chosen = reference_indices(prob, threshold, figures["max_probability_difference"])
+    names = [f"{k:02d}-{Path(paths[i]).name}" for k, i in enumerate(chosen)]
+    out.mkdir()
+    for name, i in zip(names, chosen):
+        shutil.copyfile(paths[i], out / name)
+    table = pd.DataFrame({"file": names, "keras_probability": prob[chosen].astype(float), "threshold": threshold})
+    table = table.assign(tolerance=figures["tolerance"], max_changed=figures["max_changed"])
+    table.to_csv(out / REFERENCE_CSV, index=False)
+    return len(chosen)

@@ -1,6 +1,7 @@
-"""Caches of work that does not depend on the experiment: frozen-backbone features and decoded images.
+"""Caches of work that does not depend on the experiment: frozen-backbone features, decoded images, and the
+OpenVINO IR's self-check passes (serve/selfcheck.py: one small JSON per model and CPU).
 
-Both live under one folder per user, shared by every run and every experiment of every repository (queued
+All live under one folder per user, shared by every run and every experiment of every repository (queued
 `dvc exp run --queue` experiments run in temporary copies of the repository, so a folder inside it would be
 empty there): `$STEELDEFECT_CACHE_DIR`, else `$XDG_CACHE_HOME/steeldefect`, else `~/.cache/steeldefect`.
 Entries are keyed by the content they depend on (the images' md5, input size, backbone, ..., the code that
@@ -36,7 +37,12 @@ from steeldefect.params import TrainParams
 log = logging.getLogger(__name__)
 IMAGE_CODE = ("train/pipeline.py",)  # decodes and resizes the cached images
 FEATURE_CODE = ("train/pipeline.py", "train/model.py")  # + preprocessing, the backbone and the pooling
-KINDS = ("features", "images")  # the sub-folders of the cache folder
+SELFCHECK = "selfcheck"  # the OpenVINO IR's self-check passes (serve/selfcheck.py)
+KINDS = ("features", "images", SELFCHECK)  # the sub-folders of the cache folder
+SELFCHECK_CODE = ("serve/inference.py", "serve/openvino_engine.py", "serve/selfcheck.py", "train/pipeline.py")
+CACHES_OFF = (
+    "turn the caches off with STEELDEFECT_FEATURE_CACHE=off and STEELDEFECT_IMAGE_CACHE=off (they only save time)"
+)
 
 
 def default_root(environ: Mapping[str, str] = os.environ) -> Path:
@@ -64,11 +70,10 @@ def code_hash(modules: tuple[str, ...]) -> str:
     return hashlib.md5("\n".join(trees).encode()).hexdigest()
 
 
-def _unusable(folder: Path, e: OSError) -> UserError:
+def _unusable(folder: Path, e: OSError, off: str = CACHES_OFF) -> UserError:
     return UserError(
         f"the steeldefect cache folder {folder} cannot be used ({e}). Free some space on its disk or fix its "
-        "permissions; or set STEELDEFECT_CACHE_DIR to a writable folder elsewhere; or turn the caches off with "
-        "STEELDEFECT_FEATURE_CACHE=off and STEELDEFECT_IMAGE_CACHE=off (they only save time)."
+        f"permissions; or set STEELDEFECT_CACHE_DIR to a writable folder elsewhere; or {off}."
     )
 
 
@@ -104,6 +109,44 @@ def image_cache_key(df: pd.DataFrame, image_size: tuple[int, int]) -> str:
         "tensorflow": _versions()[0],
     }
     return hashlib.md5(json.dumps(key).encode()).hexdigest()
+
+
+def selfcheck_key(files: list[Path], cpu: dict) -> str:
+    """What an OpenVINO IR's self-check depends on: the content of `files` (model.xml, model.bin, reference.csv),
+    the CPU (`cpu`: its model, flags and the instruction sets OpenVINO uses), the code of the predict path and the
+    library versions."""
+    key = {
+        "files": [hashlib.md5(Path(f).read_bytes()).hexdigest() for f in files],
+        "cpu": cpu,
+        "code": code_hash(SELFCHECK_CODE),
+        "versions": _versions(),
+    }
+    return hashlib.md5(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def read_entry(path: Path) -> dict | None:
+    """The JSON entry at `path`, or None when there is none (a corrupt entry is reported and treated as missing)."""
+    try:
+        entry = json.loads(Path(path).read_text())
+    except FileNotFoundError:  # none, or deleted by `steeldefect cache clear` meanwhile
+        return None
+    except ValueError as e:
+        log.warning("cache entry %s is unreadable (%s): ignored", path, e)
+        return None
+    except OSError as e:
+        raise _unusable(Path(path).parent, e, "predict with --engine keras") from e
+    return entry if isinstance(entry, dict) else None
+
+
+def write_entry(path: Path, entry: dict) -> None:
+    """Store `entry` as JSON at `path` atomically; a `steeldefect cache clear` meanwhile is reported, no error."""
+    try:
+        with path_for(path) as tmp:
+            tmp.write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    except FileNotFoundError as e:
+        log.warning("could not write the cache entry %s (%s): continuing without it", path, e)
+    except OSError as e:
+        raise _unusable(Path(path).parent, e, "predict with --engine keras") from e
 
 
 class FeatureCache:
@@ -195,7 +238,7 @@ def _size(path: Path) -> int:
 
 
 def info(root: Path) -> dict[str, dict[str, int]]:
-    """Per kind (features, images): the number of complete entries and the bytes used (temporary entries of
+    """Per kind (features, images, selfcheck): the number of complete entries and the bytes used (temporary entries of
     running or interrupted writers included)."""
     out = {}
     for kind in KINDS:
