@@ -29,18 +29,10 @@ from steeldefect.train.distribute import check_keras_version, keras_multi_worker
 from steeldefect.train.model import build_model
 from steeldefect.train.training import cached_features, set_seed
 
-from helpers import defaults, repo_params
+from helpers import TINY_TRAIN, defaults, repo_params
 
 TIMEOUT = 600  # seconds for one run (both workers of a multi_worker run); generous: 2 cores are often shared
-TINY = {
-    "epochs": 2,
-    "batch_size": 4,
-    "image_size": [64, 400],
-    "backbone_layer": "conv2_block3_out",
-    "head": {"dense_units": 8},
-    "patience": 5,
-    "fine_tune": {"epochs": 1, "stages": 1},
-}
+TINY = {**TINY_TRAIN, "fine_tune": {"epochs": 1, "stages": 1}}
 
 # Run by each process: argv[1] is a JSON job. Logical devices first, before anything starts TensorFlow. Then
 # one or more train() calls; the first run's weights are exported when asked.

@@ -16,7 +16,7 @@ from steeldefect.train.health import MIN_ROC_AUC, check
 from steeldefect.train.runtime import Runtime
 from steeldefect.train.training import train
 
-from helpers import defaults
+from helpers import TINY_TRAIN, defaults
 
 LABELS = np.array([0, 0, 1, 1, 0, 1])
 
@@ -61,16 +61,7 @@ def images(tmp_path_factory) -> pd.DataFrame:
 
 
 def test_an_absurd_learning_rate_is_flagged_in_the_metrics_and_by_a_warning(images, tmp_path, caplog):
-    p = defaults(
-        train={
-            "epochs": 2,
-            "batch_size": 4,
-            "image_size": [64, 400],
-            "backbone_layer": "conv2_block3_out",
-            "head": {"dense_units": 8},
-            "learning_rate": 1e6,  # absurd: the head diverges at the first step
-        }
-    ).train
+    p = defaults(train={**TINY_TRAIN, "learning_rate": 1e6}).train  # absurd: the head diverges at the first step
     with caplog.at_level(logging.WARNING, logger="steeldefect.train.training"):
         report = train(p, 0, images[:12], images[12:], tmp_path / "w.weights.h5", tmp_path / "live", Runtime())
     assert report["degenerate"]

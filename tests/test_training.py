@@ -26,20 +26,11 @@ from steeldefect.train.pipeline import image_dataset
 from steeldefect.train.runtime import Runtime
 from steeldefect.train.training import train, unfreeze_last_stages
 
-from helpers import defaults
+from helpers import TINY_TRAIN, defaults
 
 CPU_FLAGS = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
 
-TINY = defaults(
-    train={
-        "epochs": 2,
-        "batch_size": 4,
-        "image_size": [64, 400],
-        "backbone_layer": "conv2_block3_out",
-        "head": {"dense_units": 8},
-        "patience": 5,
-    }
-).train
+TINY = defaults(train=TINY_TRAIN).train
 
 
 @pytest.fixture(scope="module")
