@@ -29,6 +29,17 @@ TINY_TRAIN = {
     "head": {"dense_units": 8},
     "patience": 5,
 }
+def tiny_image_model(size: tuple[int, int], seed: int):
+    """A seeded one-convolution Keras model (image -> probability), as small as an exported model can be."""
+    import keras  # here: most tests using helpers never start TensorFlow
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((*size, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu")(keras.layers.Rescaling(1 / 128)(inputs))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
 TINY_PARAMS = {
     "synthesize": {"n_images": 60},
     "train": {"epochs": 3, "batch_size": 8, "image_size": [64, 400], "patience": 2},

@@ -25,7 +25,7 @@ from steeldefect.serve.inference import has_defect_map, predict_all
 from steeldefect.serve.maps import bounding_box, load_maps
 from steeldefect.train.model import build_model
 
-from helpers import defaults, repo_params, run, run_clean_python, stage_cmd
+from helpers import defaults, repo_params, run, run_clean_python, stage_cmd, tiny_image_model
 
 SIZE = (64, 96)  # the meta's image_size: every image is resized to it, maps are 16 x 24
 META = {
@@ -48,14 +48,6 @@ def two_output_model() -> keras.Model:
     return keras.Model(inputs, {"probability": probability, "defect_map": defect_map}, name="mask_model")
 
 
-def image_model() -> keras.Model:
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((*SIZE, 3), name="image")
-    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu")(keras.layers.Rescaling(1 / 128)(inputs))
-    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, outputs)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Five JPEGs of two sizes (40x250 and 90x60, height x width), the exported two-output model and an
@@ -70,7 +62,7 @@ def project(tmp_path_factory):
     paths = sorted(str(p) for p in images.iterdir())
     model = two_output_model()
     export_model(model, SIZE, root / "models", paths[:2], json.loads(json.dumps(META)))
-    export_model(image_model(), SIZE, root / "image_models", paths[:2], dict(META), saved_model=False)
+    export_model(tiny_image_model(SIZE, seed=3), SIZE, root / "image_models", paths[:2], dict(META), saved_model=False)
     return root, model, paths
 
 

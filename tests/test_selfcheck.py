@@ -9,7 +9,6 @@ import re
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,16 +20,10 @@ from steeldefect.serve.inference import predict_paths
 from steeldefect.serve.openvino_engine import IRRequest, OpenVINOEngine, convert, reference_indices, save
 from steeldefect.serve.selfcheck import self_check
 
+from helpers import tiny_image_model
+
 SIZE = (64, 96)
 TOLERANCE = 1e-3
-
-
-def tiny_model() -> keras.Model:
-    keras.utils.set_random_seed(5)
-    inputs = keras.Input((*SIZE, 3), name="image")
-    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu")(keras.layers.Rescaling(1 / 128)(inputs))
-    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, outputs)
 
 
 def middle(prob: np.ndarray) -> float:
@@ -49,7 +42,13 @@ def project(tmp_path_factory):
     paths = sorted(str(p) for p in (root / "images").iterdir())
     request = IRRequest("fp32", [], paths, threshold=middle, max_changed=0.0, tolerance=TOLERANCE, batch_size=4)
     export_model(
-        tiny_model(), SIZE, root / "models", paths[:2], {"image_size": list(SIZE), "batch_size": 4}, False, request
+        tiny_image_model(SIZE, seed=5),
+        SIZE,
+        root / "models",
+        paths[:2],
+        {"image_size": list(SIZE), "batch_size": 4},
+        False,
+        request,
     )
     return root, paths
 
@@ -80,7 +79,7 @@ def test_export_writes_the_reference_set(project):
     assert list(table.columns) == ["file", "keras_probability", "threshold", "tolerance", "max_changed"]
     assert len(table) == 16 and (table.tolerance == TOLERANCE).all() and (table.max_changed == 0).all()
     assert json.loads((root / "models/model_meta.json").read_text())["openvino"]["reference_images"] == 16
-    keras_prob = predict_paths(tiny_model(), paths, 4, SIZE)
+    keras_prob = predict_paths(tiny_image_model(SIZE, seed=5), paths, 4, SIZE)
     threshold = middle(keras_prob)
     assert (table.threshold == threshold).all() and (np.abs(table.keras_probability - threshold) > 0).all()
     for row in table.itertuples():
@@ -133,7 +132,7 @@ def refused(models: Path, paths: list[str], tmp_path: Path, capsys) -> str:
 def test_an_ir_of_another_model_is_refused(project, tmp_path, capsys, cache_dir):
     root, paths = project
     models = copy_models(root, tmp_path)
-    other = tiny_model()
+    other = tiny_image_model(SIZE, seed=5)
     other.layers[-1].bias.assign([0.5])  # another model: every probability moves by about 0.1
     save(convert(other, SIZE), models / "openvino/model.xml")
     err = refused(models, paths, tmp_path, capsys)
