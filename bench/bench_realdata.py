@@ -1,23 +1,31 @@
-"""Real-data benchmark of the supervisions (run by hand, not in CI): image labels only against mask supervision
-on whole images (the squash) and on crops, each from random init, on the same seeded stratified split, each
-trained for the same wall-clock budget (the weights of the best validation epoch are kept).
+"""Real-data benchmark under a fair protocol (run by hand, alone, not in CI): one training recipe from random
+init (or self-pretrained on the training split's images), a wall-clock budget, a learning curve, and the
+pipeline's texture baseline on the same seeded stratified split.
 
-The first row is the pipeline's classical baseline (steeldefect.evaluate.baseline) on the same split.
-Prints per run: test balanced accuracy (threshold chosen on validation), ROC AUC, average precision, and for
-mask supervision the mean Dice and pointing accuracy of the map on defective test images with masks (on the
-map's grid: prediction >= 0.5 against `masks.target_map`).
+The protocol:
+- alone: it refuses to start when the 1-minute load average is 1.5 or more (`--force` runs anyway and marks
+  the result `loaded=1`); the load is printed at the start and at the end;
+- the budget (`--minutes`) counts training (and pretraining) time only; the curve's evaluations pause the
+  clock. A recipe's epochs come from the budget and its measured seconds per epoch, so `train.epochs` of the
+  RESULT line reproduces the run in the pipeline (`dvc exp run -S seed=<seed> -S train.epochs=<epochs> ...`);
+- the curve: validation and test ROC AUC of the current weights, about 30 times per run, against minutes,
+  appended to `<out>/curves.csv` (one file for all recipes and seeds) and drawn to `<out>/curves.png` with
+  the baseline as a line per seed;
+- the result is the model the pipeline would keep (best validation epoch): test ROC AUC, average precision,
+  balanced accuracy at the best validation threshold, mean Dice of the map (mask recipes), on whole images.
+The last line printed is `RESULT key=value ...`.
 
-    .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --minutes 12
-    .venv/bin/python bench/bench_realdata.py --data ../shared/data/severstal-sample --minutes 1
-    .venv/bin/python bench/bench_realdata.py --data synthetic --runs crops  # the default synthetic data
-    ... --set train.mask.seg_positive_weight=4 --set train.learning_rate=0.002   (recipe probes)
+    .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe best --minutes 60 --seed 0
+    .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe mask --minutes 15 --seed 1
+    .venv/bin/python bench/bench_realdata.py --plot  # redraw <out>/curves.png from <out>/curves.csv
+    ... --set train.learning_rate=0.002   (a params override for probes)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,51 +39,116 @@ from sklearn import metrics as skm
 from steeldefect.data.dataset import split
 from steeldefect.data.masks import image_mask, target_map
 from steeldefect.data.prepare import prepare
-from steeldefect.data.synthetic import write_dataset
 from steeldefect.evaluate.baseline import run_baseline
-from steeldefect.evaluate.metrics import dice_iou, pointing_hit
+from steeldefect.evaluate.metrics import dice_iou
 from steeldefect.params import Params, load_params, map_stride, parse_params
 from steeldefect.train import segtrain, training
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset, mask_eval_dataset
 
-# One recipe for all runs (cut, size, optimizer), chosen by short probes on magnetic-tile (docs/training.md,
-# Supervision); the runs differ only in supervision and crops.
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the repository's: every run starts from it
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"  # every recipe starts from the repository's params
 P = load_params(PARAMS)
-COMMON = {
-    "epochs": 1000,  # the wall clock stops training
-    "batch_size": 16,
-    "image_size": [256, 320],  # about magnetic-tile's native size (median ~270x330)
-    "backbone_layer": "conv2_block1_out",  # stride 4, the lightest cut: most steps per minute
-    "learning_rate": 0.002,
-    "optimizer": "adam",
-    "augment": True,
-    "patience": 20,
-    "mask": {"seg_channels": 32, "seg_positive_weight": 3.0},
+
+# Recipes: params overrides, and the seconds an epoch takes on this 2-core machine alone (from the recipe's
+# RESULT line), which turn a budget into train.epochs. `pretrain_share`: the part of the budget spent on
+# self-supervised pretraining (pretrain.epochs from `pretrain_seconds_per_epoch`).
+IMAGE_LONG = {
+    "train": {
+        "supervision": "image",
+        "image_size": [128, 128],  # the texture baseline's resolution
+        "backbone_layer": "conv2_block3_out",  # stage-2 cut: stride 4, many steps per minute
+        "freeze_backbone": False,
+        "batch_size": 32,
+        "learning_rate": 0.002,
+        "optimizer": "adam",
+        "schedule": "cosine",
+        "augment": True,  # flips, quarter turns, brightness, contrast
+        "patience": 1000,  # the budget stops training, not early stopping
+    }
 }
-RUNS = {
-    "image": {"supervision": "image", "freeze_backbone": False},
-    "squash": {"supervision": "mask", "mask": {"crop_size": None}},
-    "crops": {"supervision": "mask", "mask": {"crop_size": [96, 96], "crop_defect_share": 0.5}},
+MASK = {
+    "train": {
+        "supervision": "mask",
+        "image_size": [256, 320],  # about magnetic-tile's native size (median ~270x330)
+        "backbone_layer": "conv2_block3_out",
+        "batch_size": 16,
+        "learning_rate": 0.002,
+        "schedule": "cosine",
+        "augment": True,
+        "patience": 1000,
+        "mask": {
+            "crop_size": [96, 96],
+            "crop_defect_share": 0.5,
+            "seg_channels": 32,
+            "seg_positive_weight": 3.0,
+            "seg_loss": "dice_bce",
+            "whole_image_epochs": 3,
+        },
+    }
 }
+RECIPES = {
+    "image": {"params": IMAGE_LONG, "seconds_per_epoch": 22.0},
+    "mask": {"params": MASK, "seconds_per_epoch": 20.0, "reserve_seconds": 120},  # reserve: whole-image epochs
+    "pretrain": {  # IMAGE_LONG from the self-pretrained backbone
+        "params": {
+            "train": {**IMAGE_LONG["train"], "weights": "pretrained"},
+            "pretrain": {"batch_size": 32, "learning_rate": 0.001, "patch_size": 16, "mask_ratio": 0.5},
+        },
+        "seconds_per_epoch": 22.0,
+        "pretrain_share": 0.33,
+        "pretrain_seconds_per_epoch": 20.0,
+    },
+}
+BEST = "image"  # the recipe of the `scratch` preset (conf/preset/scratch.yaml)
 
 
-class WallClock(keras.callbacks.Callback):
-    """Stops training at the end of the epoch after which another epoch would overrun `seconds`."""
+class Clock:
+    """Training seconds: wall time minus the pauses of the curve's evaluations."""
 
-    def __init__(self, seconds: float):
+    def __init__(self):
+        self.start, self.paused = time.perf_counter(), 0.0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused
+
+
+class Budget(keras.callbacks.Callback):
+    """Stops training at the end of the epoch after which another epoch would overrun `seconds` on `clock`."""
+
+    def __init__(self, clock: Clock, seconds: float):
         super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.start, self.epochs = time.perf_counter(), 0
+        self.clock, self.seconds, self.epochs = clock, seconds, 0
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs += 1
-        elapsed = time.perf_counter() - self.start
+        elapsed = self.clock.seconds()
         if elapsed + elapsed / self.epochs > self.seconds:
             self.model.stop_training = True
+
+
+class Curve(keras.callbacks.Callback):
+    """Every `every` training seconds (at an epoch end), the validation and test ROC AUC of the current weights;
+    the clock is paused meanwhile."""
+
+    def __init__(self, clock: Clock, every: float, parts: dict, masks: pd.DataFrame, p: Params, offset: float = 0):
+        super().__init__()
+        self.clock, self.every, self.parts, self.masks, self.p = clock, every, parts, masks, p
+        self.offset, self.next, self.rows = offset, every, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = self.clock.seconds()
+        if now < self.next:
+            return
+        self.next = now + self.every
+        paused = time.perf_counter()
+        row = {"minutes": round((self.offset + now) / 60, 2), "epoch": epoch + 1}
+        for name in ("val", "test"):
+            prob, _ = predict(self.model, self.parts[name], self.masks, self.p)
+            row[f"{name}_auc"] = round(auc(self.parts[name].label, prob), 4)
+        self.rows.append(row)
+        logging.info("curve %s", row)
+        self.clock.paused += time.perf_counter() - paused
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -94,6 +167,10 @@ def setting(text: str) -> dict:
     return out
 
 
+def auc(y, prob) -> float:
+    return float(skm.roc_auc_score(y, prob)) if len(set(y)) == 2 else float("nan")
+
+
 def predict(model: keras.Model, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, maps or None) of whole images at image_size."""
     t = p.train
@@ -110,94 +187,154 @@ def best_threshold(y: np.ndarray, prob: np.ndarray) -> float:
     return float(candidates[int(np.argmax(scores))])
 
 
-def localization(maps: np.ndarray, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> dict:
-    dice, hits = [], []
+def dice(maps: np.ndarray, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> float:
+    """Mean Dice of the thresholded map (0.5) on defective test images with masks, on the map's grid."""
+    values = []
     for i, row in enumerate(df.itertuples(index=False)):
         if row.label == 1 and row.ImageId in set(masks.ImageId):
-            true = target_map(
-                image_mask(masks, row.ImageId, row.height, row.width, p.train.image_size), map_stride(p.train)
-            )
-            dice.append(dice_iou(maps[i] >= 0.5, true)[0])
-            hits.append(pointing_hit(maps[i], true))
-    return {"dice": float(np.mean(dice)), "pointing": float(np.mean(hits)), "images_with_masks": len(dice)}
+            mask = image_mask(masks, row.ImageId, row.height, row.width, p.train.image_size)
+            values.append(dice_iou(maps[i] >= 0.5, target_map(mask, map_stride(p.train)))[0])
+    return float(np.mean(values))
 
 
-def scores(name: str, parts: dict, val_prob: np.ndarray, prob: np.ndarray) -> dict:
-    """Test balanced accuracy at the best validation threshold, ROC AUC and average precision."""
+def scores(parts: dict, val_prob: np.ndarray, prob: np.ndarray) -> dict:
+    """Test ROC AUC, average precision, balanced accuracy at the best validation threshold."""
     y, threshold = parts["test"].label.to_numpy(), best_threshold(parts["val"].label.to_numpy(), val_prob)
-    both = len(set(y)) == 2
     return {
-        "run": name,
-        "threshold": threshold,
-        "balanced_accuracy": skm.balanced_accuracy_score(y, prob >= threshold),
-        "roc_auc": skm.roc_auc_score(y, prob) if both else None,
-        "average_precision": skm.average_precision_score(y, prob) if both else None,
+        "auc": auc(y, prob),
+        "ap": float(skm.average_precision_score(y, prob)),
+        "bacc": float(skm.balanced_accuracy_score(y, prob >= threshold)),
     }
 
 
-def run_classical(parts: dict, seed: int) -> dict:
-    """The pipeline's baseline stage (texture features + gradient boosting, params.yaml's settings) on the split."""
-    result = run_baseline(parts["train"], parts["val"], parts["test"], P.baseline, seed, P.evaluate)
-    row = scores("baseline", parts, result.val.probability.to_numpy(), result.test.probability.to_numpy())
-    return {**row, "train_seconds": round(result.feature_seconds + result.fit_seconds, 1)}
+def pretrain(p: Params, parts: dict, work: Path, clock: Clock, seconds: float) -> Path:
+    from steeldefect.train.pretrain import pretrain as run_pretrain  # only this recipe needs it
+
+    out = work / "pretrained.weights.h5"
+    paths = list(parts["train"].path)  # the training split only: validation and test stay unseen
+    run_pretrain(p.pretrain, p.train, p.seed, paths, out, work / "pretrain-live", callbacks=[Budget(clock, seconds)])
+    return out
 
 
-def run(name: str, parts: dict, masks: pd.DataFrame, raw: dict, seconds: float, work: Path) -> dict:
-    p = parse_params(raw)
-    weights, live = work / f"{name}.weights.h5", work / f"{name}-live"
-    clock = WallClock(seconds)
-    start = time.perf_counter()
+def run(recipe: str, parts: dict, masks: pd.DataFrame, raw: dict, minutes: float, work: Path) -> tuple[dict, list]:
+    spec, clock = RECIPES[recipe], Clock()
+    budget, share = minutes * 60, spec.get("pretrain_share", 0)
+    if share:
+        pre_epochs = max(1, int(budget * share / spec["pretrain_seconds_per_epoch"]))
+        raw = merge(raw, {"pretrain": {"epochs": pre_epochs}})
+    epochs = max(1, int((budget * (1 - share) - spec.get("reserve_seconds", 0)) / spec["seconds_per_epoch"]))
+    raw = merge(raw, {"train": {"epochs": epochs}})
+    p = parse_params(merge(raw, {"train": {"weights": None}}) if share else raw)
+    pre_seconds = 0.0
+    if share:
+        weights = pretrain(p, parts, work, clock, budget * share)
+        pre_seconds = clock.seconds()
+        p = parse_params(merge(raw, {"train": {"weights": str(weights)}}))
+    train_clock = Clock()
+    curve = Curve(train_clock, budget / 30, parts, masks, p, offset=pre_seconds)
+    stop = Budget(train_clock, budget - pre_seconds)
+    callbacks = [stop, curve]
+    weights, live = work / f"{recipe}.weights.h5", work / f"{recipe}-live"
     if p.train.supervision == "mask":
-        segtrain.train(p.train, p.seed, parts["train"], parts["val"], masks, weights, live, callbacks=[clock])
+        segtrain.train(p.train, p.seed, parts["train"], parts["val"], masks, weights, live, callbacks=callbacks)
     else:
-        training.train(p.train, p.seed, parts["train"], parts["val"], weights, live, callbacks=[clock])
-    trained = time.perf_counter() - start
+        training.train(p.train, p.seed, parts["train"], parts["val"], weights, live, callbacks=callbacks)
+    trained = pre_seconds + train_clock.seconds()
     model = build_model(p.train, None)[0]
     model.load_weights(weights)
     val_prob, _ = predict(model, parts["val"], masks, p)
     prob, maps = predict(model, parts["test"], masks, p)
-    result = {**scores(name, parts, val_prob, prob), "train_seconds": round(trained, 1), "epochs": clock.epochs}
-    if maps is not None:
-        result.update(localization(maps, parts["test"], masks, p))
-    return result
+    result = {
+        **scores(parts, val_prob, prob),
+        "dice": dice(maps, parts["test"], masks, p) if maps is not None else float("nan"),
+        "minutes": round(trained / 60, 1),
+        "train.epochs": epochs,
+        "epochs_run": stop.epochs,
+    }
+    if share:
+        result["pretrain.epochs"] = p.pretrain.epochs
+    return result, curve.rows
+
+
+def plot(out: Path) -> None:
+    """curves.png from curves.csv: test ROC AUC (solid) and validation (dotted) against minutes, one colour per
+    recipe, the texture baseline as a dashed line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.read_csv(out / "curves.csv")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = dict(zip(sorted(df.recipe.unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (recipe, seed), run_df in df.groupby(["recipe", "seed"]):
+        kwargs = {"color": colours[recipe], "marker": "o" if seed == 0 else "s", "markersize": 3}
+        ax.plot(run_df.minutes, run_df.test_auc, label=f"{recipe}, split seed {seed}: test", **kwargs)
+        ax.plot(run_df.minutes, run_df.val_auc, linestyle=":", alpha=0.6, **kwargs)
+    for seed, base in df.groupby("seed").baseline_auc.first().items():
+        ax.axhline(base, color="black", linestyle="--", linewidth=1, alpha=0.5 + 0.3 * seed)
+        ax.annotate(f"texture baseline, seed {seed}: {base:.3f}", (0, base), fontsize=8, va="bottom")
+    ax.axhline(0.95, color="red", linewidth=0.8, alpha=0.5)
+    ax.set(xlabel="training minutes on 2 idle CPU cores (pretraining included)", ylabel="ROC AUC (dotted: val)")
+    ax.set_ylim(0.5, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("magnetic-tile from random init: deep model against the texture baseline")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="a Severstal-layout folder, or 'synthetic' (the default data)")
-    parser.add_argument("--minutes", type=float, default=12, help="training budget per run (wall clock)")
-    parser.add_argument(
-        "--runs", default="baseline,image,squash,crops", help=f"comma-separated, of baseline, {', '.join(RUNS)}"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], help="params override for every run, KEY=YAML")
-    parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    parser.add_argument("--data", help="a data folder the pipeline reads (any layout of docs/data.md)")
+    parser.add_argument("--recipe", default="best", help=f"one of {', '.join(RECIPES)}, or best (= {BEST})")
+    parser.add_argument("--minutes", type=float, default=15, help="the budget: training + pretraining minutes")
+    parser.add_argument("--seed", type=int, default=0, help="the split and training seed")
+    parser.add_argument("--set", action="append", default=[], help="params override, KEY=YAML")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "realdata", help="curves.csv and curves.png")
+    parser.add_argument("--force", action="store_true", help="run even if the machine is busy (result marked)")
+    parser.add_argument("--plot", action="store_true", help="only redraw curves.png")
     args = parser.parse_args()
+    if args.plot:
+        return plot(args.out)
+    recipe = BEST if args.recipe == "best" else args.recipe
+    load = os.getloadavg()[0]
+    print(f"load average at start: {load:.2f}", flush=True)
+    if load >= 1.5 and not args.force:
+        raise SystemExit(f"load average {load:.2f} >= 1.5: a benchmark runs alone (wait, or --force)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="bench-realdata.") as work:
         work = Path(work)
-        source = Path(args.data)
-        if args.data == "synthetic":
-            source = work / "synthetic"
-            write_dataset(P.synthesize, seed=42, out_dir=source)
-        images, masks, _, _ = prepare(source, "fail", P.data)
-        parts, report = split(images, 0.15, 0.15, args.seed)
-        print(f"{source}: {report['sizes']} images, defective {report['defective']}", flush=True)
-        results = []
-        for name in args.runs.split(","):
-            if name == "baseline":
-                results.append(run_classical(parts, args.seed))
-                print(json.dumps(results[-1]), flush=True)
-                continue
-            raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, "train": merge(COMMON, RUNS[name])})
-            for text in args.set:
-                raw = merge(raw, setting(text))
-            results.append(run(name, parts, masks, raw, args.minutes * 60, work))
-            print(json.dumps(results[-1]), flush=True)
-    table = pd.DataFrame(results).round(3)
-    print(table.to_markdown(index=False))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        images, masks, _, _ = prepare(Path(args.data), "fail", P.data)
+        parts, report = split(images, P.split.test_size, P.split.val_size, args.seed)
+        print(f"{args.data}: {report['sizes']} images, defective {report['defective']}", flush=True)
+        base = run_baseline(parts["train"], parts["val"], parts["test"], P.baseline, args.seed, P.evaluate)
+        baseline = scores(parts, base.val.probability.to_numpy(), base.test.probability.to_numpy())
+        print(f"baseline: {baseline}", flush=True)
+        raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, **RECIPES[recipe]["params"]})
+        for text in args.set:
+            raw = merge(raw, setting(text))
+        result, rows = run(recipe, parts, masks, raw, args.minutes, work)
+    load_end = os.getloadavg()[0]
+    curve = pd.DataFrame(rows).assign(recipe=recipe, seed=args.seed, budget=args.minutes, baseline_auc=baseline["auc"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    csv = args.out / "curves.csv"
+    curve.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+    plot(args.out)
+    print(f"load average at end: {load_end:.2f}; curve appended to {csv}", flush=True)
+    fields = {
+        "recipe": recipe,
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()},
+        "baseline_auc": round(baseline["auc"], 4),
+        "baseline_ap": round(baseline["ap"], 4),
+        "seed": args.seed,
+        "budget": args.minutes,
+        "load_start": round(load, 2),
+        "load_end": round(load_end, 2),
+        **({"loaded": 1} if load >= 1.5 else {}),
+        **({"set": ";".join(args.set)} if args.set else {}),
+    }
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 
 
 if __name__ == "__main__":

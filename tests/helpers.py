@@ -104,7 +104,7 @@ def defaults(**sections: dict) -> Params:
 
 def make_project(root: Path, params: dict) -> Path:
     """A fresh git + DVC repository holding the project's pipeline code and `params` over params.yaml."""
-    for name in ("dvc.yaml", ".dvcignore", "stages", "src"):
+    for name in ("dvc.yaml", ".dvcignore", "stages", "src", "data/unlabeled"):  # the pretrain stage's extra images
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

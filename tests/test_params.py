@@ -81,7 +81,7 @@ def test_the_dataclasses_write_no_default():
         for f in dataclasses.fields(c)
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     ]
-    assert len(classes) == 12 and not with_default
+    assert len(classes) == 13 and not with_default
 
 
 # --- every key must be given --------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_a_missing_key_is_named(key):
 def test_an_empty_file_or_a_null_section_names_every_missing_key(tmp_path):
     empty = tmp_path / "params.yaml"
     empty.write_text("# only a comment\n")
-    with pytest.raises(UserError, match="missing keys seed, data, synthesize, prepare, split, train, export"):
+    with pytest.raises(UserError, match="missing keys seed, data, synthesize, prepare, split, pretrain, train, export"):
         load_params(empty)
     with pytest.raises(UserError, match="missing keys evaluate.threshold, evaluate.target_recall, evaluate.gallery"):
         parse({"evaluate": None})
@@ -250,6 +250,15 @@ def test_unknown_key_is_named_with_its_full_path(raw, key):
         ({"train": {"supervision": "mask", "mask": {"crop_size": [100, 128]}}}, "train.mask.crop_size", "[100, 128]"),
         ({"train": {"supervision": "mask", "mask": {"crop_size": [256, 128]}}}, "train.mask.crop_size", "[256, 128]"),
         ({"train": {"supervision": "mask", "backbone_layer": "avg_pool"}}, "train.backbone_layer", "'avg_pool'"),
+        ({"pretrain": {"epochs": -1}}, "pretrain.epochs", "-1"),
+        ({"pretrain": {"batch_size": 0}}, "pretrain.batch_size", "0"),
+        ({"pretrain": {"learning_rate": 0}}, "pretrain.learning_rate", "0.0"),
+        ({"pretrain": {"mask_ratio": 1}}, "pretrain.mask_ratio", "1.0"),
+        ({"pretrain": {"patch_size": 0}}, "pretrain.patch_size", "0"),
+        ({"pretrain": {"extra_images": " "}}, "pretrain.extra_images", "' '"),
+        ({"pretrain": {"extra_images": None}}, "pretrain.extra_images", "None"),
+        ({"pretrain": {"epochs": 1, "patch_size": 12}}, "pretrain.patch_size", "12"),  # conv3: stride 8
+        ({"pretrain": {"epochs": 1}, "train": {"image_size": [100, 800]}}, "train.image_size", "[100, 800]"),
     ],
 )
 def test_bad_value_names_key_and_value(raw, key, shown):
@@ -265,6 +274,13 @@ def test_weights_path_that_does_not_exist(tmp_path):
     msg = str(exc.value)
     assert f"train.weights = {missing!r}" in msg
     assert "imagenet" in msg  # says what is allowed instead
+
+
+def test_weights_pretrained_needs_pretraining_on():
+    assert parse({"pretrain": {"epochs": 3}, "train": {"weights": "pretrained"}}).train.weights == "pretrained"
+    with pytest.raises(UserError) as exc:
+        parse({"pretrain": {"epochs": 0}, "train": {"weights": "pretrained"}})
+    assert "train.weights = 'pretrained'" in str(exc.value) and "pretrain.epochs = 0" in str(exc.value)
 
 
 def test_weights_path_that_is_a_folder_is_rejected(tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,6 +158,59 @@ def test_mask_supervision_refuses_data_without_masks(tiny, tmp_path):
     with pytest.raises(UserError, match="none of the 13 training images has a mask.*train.supervision: image"):
         segtrain.train(MASKED, 0, images, images, masks.iloc[:0], tmp_path / "w.weights.h5", tmp_path / "live")
     assert not (tmp_path / "w.weights.h5").exists()
+
+
+def test_dice_bce_adds_one_minus_the_dice_of_the_known_pixels():
+    """2x2 maps of two images; the second's mask is unknown (weight 0): it counts in neither term."""
+    target = np.array([[[1, 0], [0, 0]], [[1, 1], [1, 1]]], np.float32)[..., None]
+    pred = np.array([[[0.8, 0.3], [0.1, 0.4]], [[0.2, 0.9], [0.5, 0.5]]], np.float32)[..., None]
+    weight = np.array([[[2, 1], [1, 1]], [[0, 0], [0, 0]]], np.float32)  # seg_positive_weight 2 on image 1
+    got = float(segtrain.DiceBCE(1.0)(np.concatenate([target, weight[..., None]], axis=-1), pred))
+    bce = float(keras.losses.BinaryCrossentropy()(target, pred, sample_weight=weight))  # the bce map loss
+    dice = (2 * 0.8 + 1) / ((0.8 + 0.3 + 0.1 + 0.4) + 1 + 1)  # image 1: predicted sum, target sum, smooth 1
+    assert got == pytest.approx(bce + 1 - dice, rel=1e-5) and got > bce
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Every layer's weights (the backbone: one layer) at the start and the end of every fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.begin, self.end = [], []
+
+    def weights(self) -> dict:
+        return {layer.name: [np.array(w) for w in layer.weights] for layer in self.model.layers}
+
+    def on_train_begin(self, logs=None):
+        self.begin.append(self.weights())
+
+    def on_train_end(self, logs=None):
+        self.end.append(self.weights())
+
+
+def test_whole_image_phase_trains_only_the_classifier_with_dice_bce(tiny, tmp_path):
+    images, masks = tiny
+    train, val = images.iloc[[0, 1, 2, 3, 6, 7, 8, 9, 10]], images.iloc[[4, 5, 11, 12]]
+    mask = dataclasses.replace(MASKED.mask, seg_loss="dice_bce", whole_image_epochs=2)
+    p, snapshots = dataclasses.replace(MASKED, epochs=1, mask=mask), Snapshots()
+    segtrain.train(p, 0, train, val, masks, tmp_path / "w.weights.h5", tmp_path / "live", callbacks=[snapshots])
+    assert len(snapshots.begin) == len(snapshots.end) == 2  # the callbacks reach both fits
+    start, end = snapshots.begin[1], snapshots.end[1]  # the second fit starts from the first's best weights
+    changed = {name for name in start if not all(map(np.array_equal, start[name], end[name]))}
+    assert changed and changed <= set(segtrain.CLASSIFIER)  # backbone (BatchNorm statistics too) and map frozen
+    summary = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert (summary["epochs_run"], summary["whole_image_epochs_run"]) == (1, 2)
+    assert np.isfinite(summary["eval"]["defect_map_loss"])  # the dice_bce map loss, first phase
+    auc = pd.read_csv(tmp_path / "live/plots/metrics/eval/probability_auc.tsv", sep="\t")
+    assert list(auc.step) == [0, 1, 2]  # dvclive steps continue
+    model = build_model(p, None)[0]
+    model.load_weights(tmp_path / "w.weights.h5")  # as export does; the frozen layers kept the first phase's
+    assert all(map(np.array_equal, model.get_layer("backbone").weights, start["backbone"]))
+
+
+def test_whole_image_epochs_need_crops():
+    with pytest.raises(UserError, match="whole_image_epochs = 2 retrains.*crop_size is null"):
+        defaults(train={"supervision": "mask", "mask": {"crop_size": None, "whole_image_epochs": 2}})
 
 
 @pytest.mark.parametrize(

@@ -175,3 +175,40 @@ def test_mixed_bfloat16_trains_and_the_weights_export_and_load(images, tmp_path)
     args = [sys.executable, "-c", BF16, str(tmp_path / "images.csv"), str(Path(__file__).parent), str(tmp_path)]
     done = subprocess.run(args, capture_output=True, text=True, env=env)
     assert done.returncode == 0 and "BF16 OK" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("shape, turns", [((4, 4), True), ((4, 6), False)])
+def test_augment_turns_square_images_a_quarter_and_only_flips_others(shape, turns):
+    """The bright pixel's position tells the orientation: flips keep it in its row pair and column pair, a quarter
+    turn (square images only: it keeps their shape) swaps rows and columns."""
+    from steeldefect.train.pipeline import augment
+
+    image = np.full((*shape, 3), 50, np.float32)
+    image[0, 1] = 200
+    h, w = shape
+    flips = {(r, c) for r in (0, h - 1) for c in (1, w - 2)}
+    seen = {
+        tuple(np.unravel_index(np.argmax(augment(tf.constant(image), tf.constant([s, 7]))[..., 0]), shape))
+        for s in range(40)
+    }
+    assert seen - flips if turns else seen <= flips
+    assert len(seen & flips) > 1  # flips still happen
+
+
+def test_cosine_schedule_decays_to_zero_and_drops_the_plateau_cut(tmp_path):
+    from dvclive import Live
+
+    from steeldefect.train.model import learning_rate
+    from steeldefect.train.training import standard_callbacks
+
+    cosine = dataclasses.replace(TINY, schedule="cosine", epochs=4, learning_rate=0.01)
+    schedule = learning_rate(cosine, steps_per_epoch=5)
+    assert float(schedule(0)) == pytest.approx(0.01) and float(schedule(20)) == pytest.approx(0.0, abs=1e-9)
+    assert 0 < float(schedule(10)) < 0.01
+    assert learning_rate(TINY, 5) == TINY.learning_rate  # plateau: a number the callback lowers
+    with Live(str(tmp_path / "live"), dvcyaml=False, save_dvc_exp=False) as live:
+        kinds = {
+            p.schedule: [type(c).__name__ for c in standard_callbacks(tmp_path / "b.weights.h5", p, live)]
+            for p in (TINY, cosine)
+        }
+    assert "ReduceLROnPlateau" in kinds["plateau"] and "ReduceLROnPlateau" not in kinds["cosine"]

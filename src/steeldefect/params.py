@@ -62,6 +62,20 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    """The pretrain stage: self-supervised masked-patch reconstruction of the backbone on the training split's
+    images (and `extra_images`), labels never read (steeldefect.train.pretrain, docs/training.md)."""
+
+    epochs: int  # 0 = off (the stage writes only a README); > 0: then set train.weights: pretrained
+    batch_size: int
+    learning_rate: float
+    patch_size: int  # side in pixels of the square patches hidden; a multiple of the cut's stride
+    mask_ratio: float  # share of the patches hidden in each image
+    # a folder of extra unlabeled images (searched recursively), relative paths taken from data/ as data.source
+    extra_images: str
+
+
+@dataclass(frozen=True)
 class HeadParams:
     pooling: Literal["avgmax", "flatten"]  # global avg+max, or the notebook's AvgPool(4) + Flatten
     pool_size: int
@@ -92,6 +106,12 @@ class MaskParams:
     seg_positive_weight: float  # pixel loss weight of defective map cells (clean cells weigh 1)
     seg_channels: int  # channels of the segmentation head's 3x3 convolution
     bn_momentum: float  # BatchNormalization momentum of the backbone (Keras' default 0.99 lags from scratch)
+    # map loss: bce (pixel binary cross-entropy) or dice_bce (plus 1 - soft Dice of the map over the pixels whose
+    # mask is known, per batch, weighted seg_loss_weight)
+    seg_loss: Literal["bce", "dice_bce"]
+    # after the crops: epochs training only the classifier (cls_conv0, cls_conv1, probability) on whole images, kept
+    # only if the validation AUC improves (0 = off; needs crop_size)
+    whole_image_epochs: int
 
 
 @dataclass(frozen=True)
@@ -101,12 +121,16 @@ class TrainParams:
     image_size: tuple[int, int]  # height, width fed to the network
     learning_rate: float
     optimizer: Literal["adam", "nadam", "sgd"]  # the notebook used nadam
-    weights: str | None  # None (random init), "imagenet" (download), or a local .h5 path
+    # None (random init), "imagenet" (download), "pretrained" (the pretrain stage's output), or a local .h5 path
+    weights: str | None
     freeze_backbone: bool
     backbone_layer: str | None  # cut ResNet50 after this layer; None = whole network
     head: HeadParams
     patience: int  # EarlyStopping on val_loss; ReduceLROnPlateau uses half of it
-    augment: bool  # random flips, brightness and contrast in the graph; turns the feature cache off
+    # plateau: ReduceLROnPlateau (halved after patience/2 epochs without progress); cosine: cosine decay from
+    # learning_rate to 0 over train.epochs (a fixed budget, no plateau cuts)
+    schedule: Literal["plateau", "cosine"]
+    augment: bool  # random flips (and quarter turns of square images), brightness, contrast; no feature cache
     fine_tune: FineTuneParams
     # None (float32), "mixed_float16" (GPUs) or "mixed_bfloat16" (TPUs, recent CPUs / GPUs); the output stays float32
     mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None
@@ -154,6 +178,7 @@ class Params:
     synthesize: SynthesizeParams
     prepare: PrepareParams
     split: SplitParams
+    pretrain: PretrainParams
     train: TrainParams
     export: ExportParams
     evaluate: EvaluateParams
@@ -281,13 +306,7 @@ def _check(p: Params) -> None:
     need(t.head.dense_units >= 1, "train.head.dense_units", t.head.dense_units, "an integer >= 1")
     need(0 <= t.head.dropout < 1, "train.head.dropout", t.head.dropout, "a fraction in [0, 1)")
     _check_mask(t, need)
-    if t.weights not in (None, "imagenet"):
-        need(
-            Path(t.weights).is_file(),
-            "train.weights",
-            t.weights,
-            "null, 'imagenet', or the path of an existing local .h5 weights file",
-        )
+    _check_pretrain(p, need)
     _check_export(p.export)
     e = p.evaluate
     need(
@@ -331,6 +350,7 @@ def _check_mask(t: TrainParams, need) -> None:
     need(m.seg_positive_weight > 0, "train.mask.seg_positive_weight", m.seg_positive_weight, "a number > 0")
     need(m.seg_channels >= 1, "train.mask.seg_channels", m.seg_channels, "an integer >= 1")
     need(0 <= m.bn_momentum < 1, "train.mask.bn_momentum", m.bn_momentum, "a fraction in [0, 1)")
+    need(m.whole_image_epochs >= 0, "train.mask.whole_image_epochs", m.whole_image_epochs, "an integer >= 0")
     if t.supervision != "mask":
         return
     need(t.mixed_precision is None, "train.mixed_precision", t.mixed_precision, "null with train.supervision mask")
@@ -354,6 +374,52 @@ def _check_mask(t: TrainParams, need) -> None:
             "train.mask.crop_size",
             list(m.crop_size),
             f"a crop no larger than train.image_size {list(t.image_size)}, or null (the whole image)",
+        )
+    if m.crop_size is None and m.whole_image_epochs > 0:
+        raise UserError(
+            f"params.yaml: train.mask.whole_image_epochs = {m.whole_image_epochs} retrains the classifier on whole "
+            "images after training on crops, but train.mask.crop_size is null: the model already trains on whole "
+            "images. Set train.mask.whole_image_epochs: 0, or set train.mask.crop_size to a crop, e.g. [128, 128]."
+        )
+
+
+def _check_pretrain(p: Params, need) -> None:
+    """pretrain.* and train.weights (which may name the pretrain stage's output)."""
+    r, t = p.pretrain, p.train
+    need(r.epochs >= 0, "pretrain.epochs", r.epochs, "an integer >= 0 (0 = off)")
+    need(r.batch_size >= 1, "pretrain.batch_size", r.batch_size, "an integer >= 1")
+    need(r.learning_rate > 0, "pretrain.learning_rate", r.learning_rate, "a number > 0")
+    need(0 < r.mask_ratio < 1, "pretrain.mask_ratio", r.mask_ratio, "a fraction in (0, 1)")
+    need(r.patch_size >= 1, "pretrain.patch_size", r.patch_size, "an integer >= 1")
+    need(r.extra_images.strip() != "", "pretrain.extra_images", r.extra_images, "a folder (may hold no image)")
+    if r.epochs:
+        stride = map_stride(t)
+        need(stride > 0, "train.backbone_layer", t.backbone_layer, "with pretrain.epochs > 0, convN_... or null")
+        need(
+            r.patch_size >= stride and r.patch_size % stride == 0,
+            "pretrain.patch_size",
+            r.patch_size,
+            f"a multiple of the stride {stride} of train.backbone_layer {t.backbone_layer or 'null'}",
+        )
+        need(
+            all(s % stride == 0 for s in t.image_size),
+            "train.image_size",
+            list(t.image_size),
+            f"with pretrain.epochs > 0, [height, width] multiples of the stride {stride} of "
+            f"train.backbone_layer {t.backbone_layer or 'null'}",
+        )
+    if t.weights == "pretrained" and not r.epochs:
+        raise UserError(
+            "params.yaml: train.weights = 'pretrained' starts training from the pretrain stage's backbone, but "
+            "pretrain.epochs = 0 turns pretraining off. Set pretrain.epochs > 0 (e.g. 30), or set train.weights "
+            "to null, 'imagenet' or a weights file."
+        )
+    if t.weights not in (None, "imagenet", "pretrained"):
+        need(
+            Path(t.weights).is_file(),
+            "train.weights",
+            t.weights,
+            "null, 'imagenet', 'pretrained', or the path of an existing local .h5 weights file",
         )
 
 

@@ -2,7 +2,7 @@
 
     steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
                         [--engine keras|openvino] [--maps DIR]
-    steeldefect cache info | clear [--kind features|images|selfcheck]
+    steeldefect cache info | clear [--kind features|images|selfcheck|pretrain]
     steeldefect preset demo|scratch|imagenet [-S key=value ...] [more dvc exp run arguments]
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, or the OpenVINO
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
     cache.add_argument(
-        "--kind", choices=["features", "images", "selfcheck"], help="clear only this kind (default: all)"
+        "--kind", choices=list(KINDS), help="clear only this kind (default: all)"
     )
     preset = commands.add_parser(
         "preset",
@@ -157,7 +157,7 @@ def _add_predict(commands) -> None:
 
 
 def cache_command(action: str, kind: str | None) -> None:
-    """`steeldefect cache info` / `steeldefect cache clear [--kind features|images|selfcheck]`."""
+    """`steeldefect cache info` / `steeldefect cache clear [--kind features|images|selfcheck|pretrain]`."""
     from steeldefect.train import cache
 
     root = cache.default_root()

@@ -1,5 +1,6 @@
-"""Caches of work that does not depend on the experiment: frozen-backbone features, decoded images, and the
-OpenVINO IR's self-check passes (serve/selfcheck.py: one small JSON per model and CPU).
+"""Caches of work that does not depend on the experiment: frozen-backbone features, decoded images, the
+OpenVINO IR's self-check passes (serve/selfcheck.py: one small JSON per model and CPU), and the backups of
+interrupted pretraining runs (train/pretrain.py: one folder per run, deleted when the run finishes).
 
 All live under one folder per user, shared by every run and every experiment of every repository (queued
 `dvc exp run --queue` experiments run in temporary copies of the repository, so a folder inside it would be
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 IMAGE_CODE = ("train/pipeline.py",)  # decodes and resizes the cached images
 FEATURE_CODE = ("train/pipeline.py", "train/model.py")  # + preprocessing, the backbone and the pooling
 SELFCHECK = "selfcheck"  # the OpenVINO IR's self-check passes (serve/selfcheck.py)
-KINDS = ("features", "images", SELFCHECK)  # the sub-folders of the cache folder
+KINDS = ("features", "images", SELFCHECK, "pretrain")  # the sub-folders of the cache folder
 SELFCHECK_CODE = ("serve/inference.py", "serve/openvino_engine.py", "serve/selfcheck.py", "train/pipeline.py")
 CACHES_OFF = (
     "turn the caches off with STEELDEFECT_FEATURE_CACHE=off and STEELDEFECT_IMAGE_CACHE=off (they only save time)"
@@ -238,8 +239,8 @@ def _size(path: Path) -> int:
 
 
 def info(root: Path) -> dict[str, dict[str, int]]:
-    """Per kind (features, images, selfcheck): the number of complete entries and the bytes used (temporary entries of
-    running or interrupted writers included)."""
+    """Per kind (features, images, selfcheck, pretrain): the number of complete entries and the bytes used
+    (temporary entries of running or interrupted writers included)."""
     out = {}
     for kind in KINDS:
         folder = Path(root) / kind

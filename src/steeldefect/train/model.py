@@ -116,7 +116,15 @@ OPTIMIZERS = {
 }
 
 
-def compile_for_training(model: keras.Model, learning_rate: float, optimizer: str = "adam") -> None:
+def learning_rate(p: TrainParams, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """train.learning_rate as the optimizer takes it: a number (train.schedule plateau: callbacks lower it), or
+    a cosine decay to 0 over train.epochs (cosine)."""
+    if p.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(p.learning_rate, decay_steps=p.epochs * steps_per_epoch)
+    return p.learning_rate
+
+
+def compile_for_training(model: keras.Model, learning_rate, optimizer: str = "adam") -> None:
     model.compile(
         optimizer=OPTIMIZERS[optimizer](learning_rate),
         loss="binary_crossentropy",

@@ -23,10 +23,14 @@ def _decode_resize(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Random flips and small brightness / contrast changes of a 0..255 image, from a stateless seed pair."""
+    """Random flips (and quarter turns of a square image), small brightness / contrast changes of a 0..255
+    image, from a stateless seed pair."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+    if image.shape[0] == image.shape[1]:  # a quarter turn keeps a square's shape (flips give the half turns)
+        turn = tf.random.experimental.stateless_fold_in(seed, 4)
+        image = tf.image.rot90(image, tf.random.stateless_uniform([], turn, 0, 2, tf.int32))
     image = tf.image.stateless_random_brightness(image, 0.1 * 255, seeds[2])
     image = tf.image.stateless_random_contrast(image, 0.9, 1.1, seeds[3])
     return tf.clip_by_value(image, 0, 255)

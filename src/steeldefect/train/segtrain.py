@@ -5,6 +5,9 @@ Seeded like image supervision; logged with dvclive (`loss` and `accuracy` as for
 per-output losses and the AUC); the weights of the epoch with the best validation AUC are kept (see
 MONITOR); EarlyStopping and ReduceLROnPlateau as for image supervision, on the same metric. Validation
 predicts whole images at image_size.
+
+train.mask.seg_loss dice_bce adds (1 - soft Dice) of the map to its pixel loss (`DiceBCE`). With
+train.mask.whole_image_epochs, a second phase then trains only the classifier on whole images (`whole_image_phase`).
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from pathlib import Path
 
 import keras
 import pandas as pd
+import tensorflow as tf
 from dvclive import Live
+from keras import ops
 
 from steeldefect.atomic import path_for
 from steeldefect.errors import UserError
-from steeldefect.params import TrainParams, map_stride
+from steeldefect.params import MaskParams, TrainParams, map_stride
 from steeldefect.train.distribute import make_strategy
-from steeldefect.train.model import OPTIMIZERS, build_mask_model
-from steeldefect.train.pipeline import mask_eval_dataset, mask_training_dataset
+from steeldefect.train.model import OPTIMIZERS, build_mask_model, learning_rate
+from steeldefect.train.pipeline import image_dataset, mask_eval_dataset, mask_training_dataset
 from steeldefect.train.runtime import Runtime, load_runtime
 from steeldefect.train.training import check_health, set_seed, standard_callbacks
 
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 # val_loss: trained on crops, the classifier is miscalibrated on whole images early on (its loss soars while its
 # ranking improves), and val_loss then keeps the first epoch's weights.
 MONITOR = "val_probability_auc"
+# the classifier of `build_mask_model`: the layers the whole-image phase trains (train.mask.whole_image_epochs)
+CLASSIFIER = ("cls_conv0", "cls_conv1", "probability")
 
 
 class AliasMetrics(keras.callbacks.Callback):
@@ -45,14 +52,127 @@ class AliasMetrics(keras.callbacks.Callback):
                 logs[f"{prefix}accuracy"] = logs[f"{prefix}probability_accuracy"]
 
 
-def compile_mask_model(model: keras.Model, p: TrainParams) -> None:
-    """Pixel and image binary cross-entropy; their weights (and the ramp) come as sample weights from the
-    input pipeline, so the compiled model stays standard Keras."""
+class DiceBCE(keras.losses.Loss):
+    """The map loss of train.mask.seg_loss dice_bce: the pixel loss of `bce` (binary cross-entropy times the pixel
+    weight, averaged over all pixels) plus `dice_weight` x (1 - soft Dice) of the batch's map, the Dice counted
+    over the pixels whose weight is > 0 (an image whose mask is unknown weighs 0: it does not count), smooth 1.
+
+    The pixel weights come in y_true's second channel (`pack_pixel_weights`): a Keras sample weight multiplies
+    every pixel's loss, which a batch Dice must not be. Only the loss is custom: the model and its weights files
+    stay standard (losses are not saved). Under the mirrored strategy the Dice is per replica's batch."""
+
+    def __init__(self, dice_weight: float = 1.0, name: str = "dice_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dice_weight = dice_weight
+
+    def call(self, y_true, y_pred):
+        target, weight = y_true[..., :1], y_true[..., 1]
+        known = ops.cast(weight > 0, y_pred.dtype)[..., None]
+        overlap = ops.sum(y_pred * target * known)
+        dice = (2 * overlap + 1) / (ops.sum(y_pred * known) + ops.sum(target * known) + 1)
+        # per pixel: its weighted cross-entropy plus the batch's Dice term, so Keras' mean over pixels is their sum
+        return weight * keras.losses.binary_crossentropy(target, y_pred) + self.dice_weight * (1 - dice)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "dice_weight": self.dice_weight}
+
+
+def map_loss(m: MaskParams):
+    """The defect_map output's loss: binary cross-entropy weighted by the sample weights (bce), or `DiceBCE`,
+    its Dice term weighted like the pixel loss by seg_loss_weight."""
+    return "binary_crossentropy" if m.seg_loss == "bce" else DiceBCE(m.seg_loss_weight)
+
+
+def pack_pixel_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """(image, targets, sample weights) batches for `DiceBCE`: the map's pixel weights move into its target's
+    second channel; its sample weights become 1."""
+
+    def pack(x, y, w):
+        packed = tf.concat([y["defect_map"], w["defect_map"][..., None]], axis=-1)
+        return x, {**y, "defect_map": packed}, {**w, "defect_map": tf.ones_like(w["defect_map"])}
+
+    return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _metrics() -> dict:
+    return {"probability": ["accuracy", keras.metrics.AUC(name="auc")]}
+
+
+def compile_mask_model(model: keras.Model, p: TrainParams, steps_per_epoch: int) -> None:
+    """Pixel and image binary cross-entropy (plus the Dice term of the map with seg_loss dice_bce); their weights
+    (and the ramp) come as sample weights (dice_bce: the pixel weights inside the map's target) from the input
+    pipeline, so the compiled model stays standard Keras."""
     model.compile(
-        optimizer=OPTIMIZERS[p.optimizer](p.learning_rate),
-        loss={"probability": "binary_crossentropy", "defect_map": "binary_crossentropy"},
-        metrics={"probability": ["accuracy", keras.metrics.AUC(name="auc")]},
+        optimizer=OPTIMIZERS[p.optimizer](learning_rate(p, steps_per_epoch)),
+        loss={"probability": "binary_crossentropy", "defect_map": map_loss(p.mask)},
+        metrics=_metrics(),
     )
+
+
+def whole_image_dataset(train_df: pd.DataFrame, p: TrainParams, stride: int, seed: int) -> tf.data.Dataset:
+    """Every training image once per epoch, whole at image_size, reshuffled every epoch and (with p.augment)
+    flipped. The map's target is zeros: the phase has no map loss, but Keras wants a target per output."""
+    labels = train_df.label.to_numpy("float32")
+    ds = image_dataset(train_df.path, p.image_size, p.batch_size, labels, shuffle_seed=seed)
+    cells = (p.image_size[0] // stride, p.image_size[1] // stride, 1)
+    seeds = tf.data.Dataset.random(seed=seed + 4, rerandomize_each_iteration=True).batch(2)
+
+    def example(batch, seed):
+        x, label = batch
+        if p.augment:  # 4-D: each image of the batch is flipped or not on its own
+            flips = tf.random.experimental.stateless_split(seed, 2)
+            x = tf.image.stateless_random_flip_up_down(tf.image.stateless_random_flip_left_right(x, flips[0]), flips[1])
+        return x, {"probability": label[:, None], "defect_map": tf.zeros((tf.shape(x)[0], *cells))}
+
+    return tf.data.Dataset.zip(ds, seeds).map(example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def whole_image_phase(
+    model: keras.Model,
+    p: TrainParams,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    strategy: tf.distribute.Strategy,
+    live: Live,
+    best: Path,
+    best_auc: float,
+    done: int,
+    callbacks: list,
+) -> list[float]:
+    """The second phase (train.mask.whole_image_epochs, after Božič et al.: a classifier trained on crops is
+    miscalibrated on whole images): everything but the CLASSIFIER layers frozen (the backbone's BatchNorm then
+    runs in inference mode), only the image loss, Adam at train.learning_rate, epochs and curves continuing after
+    the `done` epochs of the first phase. The model (at the first phase's best weights, saved in `best` with
+    validation AUC `best_auc`) keeps the new weights only if they beat that AUC. Returns the validation AUC of
+    each epoch."""
+    for layer in model.layers:
+        layer.trainable = layer.name in CLASSIFIER
+    with strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(p.learning_rate),
+            loss={"probability": "binary_crossentropy"},
+            metrics=_metrics(),
+        )
+    best_whole = best.with_name("best_whole.weights.h5")
+    log.info(
+        "whole-image phase: the classifier %s for up to %d epochs", ", ".join(CLASSIFIER), p.mask.whole_image_epochs
+    )
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        initial_epoch=done,
+        epochs=done + p.mask.whole_image_epochs,
+        callbacks=[
+            *callbacks,
+            AliasMetrics(),
+            *standard_callbacks(best_whole, p, live, best_so_far=best_auc, monitor=MONITOR),
+        ],
+        verbose=2,
+    )
+    improved = best_whole.exists()
+    log.info("the whole-image phase %s the validation AUC", "improved" if improved else "did not improve")
+    model.load_weights(best_whole if improved else best)
+    return history.history[MONITOR]
 
 
 def check(runtime: Runtime, train_df: pd.DataFrame, masks: pd.DataFrame) -> None:
@@ -76,6 +196,38 @@ def check(runtime: Runtime, train_df: pd.DataFrame, masks: pd.DataFrame) -> None
         )
 
 
+def _fit(
+    model: keras.Model,
+    p: TrainParams,
+    train_df: pd.DataFrame,
+    seed: int,
+    datasets: tuple[tf.data.Dataset, tf.data.Dataset],
+    strategy: tf.distribute.Strategy,
+    live: Live,
+    best: Path,
+    callbacks: list,
+) -> tuple[keras.callbacks.History, list[float]]:
+    """The first fit (on crops, or whole images) with its best weights loaded, then the whole-image phase when
+    train.mask.whole_image_epochs asks for it. Returns (the first fit's history, the phase's validation AUCs)."""
+    train_ds, val_ds = datasets
+    standard = standard_callbacks(best, p, live, monitor=MONITOR)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=p.epochs,
+        steps_per_epoch=math.ceil(len(train_df) / p.batch_size),
+        callbacks=[*callbacks, AliasMetrics(), *standard],
+        verbose=2,
+    )
+    model.load_weights(best)
+    if not p.mask.whole_image_epochs:
+        return history, []
+    whole_ds, first_best = whole_image_dataset(train_df, p, map_stride(p), seed), standard[0].best
+    return history, whole_image_phase(
+        model, p, whole_ds, val_ds, strategy, live, best, first_best, len(history.epoch), callbacks
+    )
+
+
 def train(
     p: TrainParams,
     seed: int,
@@ -89,7 +241,8 @@ def train(
 ) -> keras.callbacks.History:
     """Fit and save the best (highest validation AUC) weights of the whole model to `weights_out`. `masks` is the
     prepared masks table (ImageId, ClassId, EncodedPixels); `callbacks` are added to the standard ones (the
-    real-data benchmark stops by wall clock with one).
+    real-data benchmark stops by wall clock with one; they reach the whole-image phase's fit too). Returns the
+    first phase's history.
 
     `runtime` (default: from the environment): the default and mirrored strategies are honoured, the rest is
     refused by `check` (the feature cache does not apply: the whole network trains)."""
@@ -100,37 +253,32 @@ def train(
     stride, steps = map_stride(p), math.ceil(len(train_df) / p.batch_size)
     with strategy.scope():
         model = build_mask_model(p, p.weights)
-        compile_mask_model(model, p)
+        compile_mask_model(model, p, steps)
     train_ds = mask_training_dataset(train_df, masks, p, stride, seed, steps)
     val_ds = mask_eval_dataset(val_df, masks, p.image_size, stride, p.batch_size, p.mask)
+    if p.mask.seg_loss == "dice_bce":
+        train_ds, val_ds = pack_pixel_weights(train_ds), pack_pixel_weights(val_ds)
     crops = "whole images" if p.mask.crop_size is None else "{}x{} crops".format(*p.mask.crop_size)
     log.info("mask supervision: %s of %s images, map stride %d, %d steps per epoch", crops, p.image_size, stride, steps)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="steeldefect-segtrain.") as scratch:
         best = Path(scratch) / "best.weights.h5"
         with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-            standard = standard_callbacks(best, p, live, monitor=MONITOR)
-            history = model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=p.epochs,
-                steps_per_epoch=steps,
-                callbacks=[*(callbacks or []), AliasMetrics(), *standard],
-                verbose=2,
-            )
-            model.load_weights(best)
+            history, whole = _fit(model, p, train_df, seed, (train_ds, val_ds), strategy, live, best, callbacks or [])
             seconds = time.perf_counter() - start
             check_health(model, val_ds, val_df.label.to_numpy(), live)
             scores = history.history[MONITOR]
+            best_epoch = (scores + whole).index(max(scores + whole)) + 1  # the kept weights' (ties: the first phase)
             live.log_params({"supervision": "mask", "map_stride": stride, "training": crops})
             for name, value in {
                 "train_seconds": round(seconds, 1),
                 "epochs_run": len(scores),
-                "best_epoch": scores.index(max(scores)) + 1,
-                "training_examples": len(history.epoch) * steps * p.batch_size,
+                "whole_image_epochs_run": len(whole),
+                "best_epoch": best_epoch,
+                "training_examples": len(history.epoch) * steps * p.batch_size + len(whole) * len(train_df),
             }.items():
                 live.log_metric(name, value, plot=False)
-        log.info("trained in %.1f s (%d epochs, best %d)", seconds, len(scores), scores.index(max(scores)) + 1)
+        log.info("trained in %.1f s (%d + %d epochs, best %d)", seconds, len(scores), len(whole), best_epoch)
         with path_for(weights_out) as tmp_weights:
             model.save_weights(tmp_weights)
     log.info("weights written to %s", weights_out)

@@ -19,6 +19,7 @@ predictions, or ROC AUC no better than chance) is flagged in the metrics and by 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -37,7 +38,7 @@ from steeldefect.params import TrainParams
 from steeldefect.train import health
 from steeldefect.train.cache import FeatureCache, ImageCache, feature_key
 from steeldefect.train.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
-from steeldefect.train.model import build_model, compile_for_training
+from steeldefect.train.model import build_model, compile_for_training, learning_rate
 from steeldefect.train.pipeline import image_dataset
 from steeldefect.train.runtime import Runtime, check_precision, load_runtime
 
@@ -92,6 +93,9 @@ def standard_callbacks(
     """Best checkpoint, EarlyStopping and ReduceLROnPlateau on `monitor` (a loss: lower is better; an AUC:
     higher), and the dvclive logger."""
     mode = "max" if monitor.endswith("auc") else "min"
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor=monitor, mode=mode, factor=0.5, patience=max(1, p.patience // 2)
+    )
     return [
         keras.callbacks.ModelCheckpoint(
             str(best),
@@ -102,7 +106,7 @@ def standard_callbacks(
             initial_value_threshold=best_so_far,
         ),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=p.patience),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=max(1, p.patience // 2)),
+        *([plateau] if p.schedule == "plateau" else []),  # cosine: the schedule sets the rate
         DVCLiveCallback(live=live),
     ]
 
@@ -209,7 +213,7 @@ def _train(job: Job, weights_out: Path, live_dir: Path, scratch: Path, extra_cal
         fitted, image_ds = model, image_datasets(job, p.augment)
         train_ds, val_ds = image_ds
     with strategy.scope():
-        compile_for_training(fitted, p.learning_rate, p.optimizer)
+        compile_for_training(fitted, learning_rate(p, math.ceil(len(job.train_df) / p.batch_size)), p.optimizer)
 
     # every worker keeps its own checkpoints (they are equal: the variables are kept in sync)
     with (
