@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
     cache.add_argument(
-        "--kind", choices=list(KINDS), help="clear only this kind (default: all)"
+        "--kind", choices=["features", "images", "selfcheck", "pretrain"], help="clear only this kind (default: all)"
     )
     preset = commands.add_parser(
         "preset",
