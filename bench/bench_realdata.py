@@ -266,15 +266,19 @@ def plot(out: Path) -> None:
 
     df = pd.read_csv(out / "curves.csv")
     fig, ax = plt.subplots(figsize=(8, 5))
-    colours = dict(zip(sorted(df.recipe.unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for (recipe, seed), run_df in df.groupby(["recipe", "seed"]):
-        kwargs = {"color": colours[recipe], "marker": "o" if seed == 0 else "s", "markersize": 3}
-        ax.plot(run_df.minutes, run_df.test_auc, label=f"{recipe}, split seed {seed}: test", **kwargs)
+    runs = df.groupby(["recipe", "budget", "seed"], sort=True)
+    colours = dict(zip(runs.groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    for (recipe, budget, seed), run_df in runs:
+        kwargs = {"color": colours[recipe, budget, seed], "marker": "o" if seed == 0 else "s", "markersize": 3}
+        label = f"{recipe}, {budget:g}-min budget, split seed {seed}: test"
+        ax.plot(run_df.minutes, run_df.test_auc, label=label, **kwargs)
         ax.plot(run_df.minutes, run_df.val_auc, linestyle=":", alpha=0.6, **kwargs)
     for seed, base in df.groupby("seed").baseline_auc.first().items():
         ax.axhline(base, color="black", linestyle="--", linewidth=1, alpha=0.5 + 0.3 * seed)
-        ax.annotate(f"texture baseline, seed {seed}: {base:.3f}", (0, base), fontsize=8, va="bottom")
+        where = {"xy": (0.01, base), "xycoords": ("axes fraction", "data"), "fontsize": 8, "va": "bottom"}
+        ax.annotate(f"texture baseline, split seed {seed}: {base:.3f}", **where)
     ax.axhline(0.95, color="red", linewidth=0.8, alpha=0.5)
+    ax.annotate("goal 0.95", xy=(0.01, 0.95), xycoords=("axes fraction", "data"), fontsize=8, va="top", color="red")
     ax.set(xlabel="training minutes on 2 idle CPU cores (pretraining included)", ylabel="ROC AUC (dotted: val)")
     ax.set_ylim(0.5, 1.0)
     ax.grid(alpha=0.3)

@@ -135,7 +135,7 @@ def test_the_stage_reads_no_label(pretrained, images, tmp_path):
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params(OVERRIDES)))
     run(stage_cmd("pretrain"), tmp_path)
-    out = tmp_path / "models/pretrained"
+    out = tmp_path / "data/pretrained"
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", pt.WEIGHTS_FILE]
     assert "train.weights: pretrained" in (out / "README.txt").read_text()
     assert_equal(layer_weights(out / pt.WEIGHTS_FILE), layer_weights(pretrained["weights"]), CUT_LAYERS + BEYOND)
@@ -227,11 +227,11 @@ def test_an_unusable_cache_folder_is_a_user_error(tmp_path, monkeypatch):
 
 def test_pretraining_off_writes_only_a_readme(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params()))
-    (tmp_path / "models/pretrained").mkdir(parents=True)
-    (tmp_path / "models/pretrained" / pt.WEIGHTS_FILE).write_text("stale")
+    (tmp_path / "data/pretrained").mkdir(parents=True)
+    (tmp_path / "data/pretrained" / pt.WEIGHTS_FILE).write_text("stale")
     run(stage_cmd("pretrain"), tmp_path)
-    assert [p.name for p in (tmp_path / "models/pretrained").iterdir()] == ["README.txt"]
-    assert "pretrain.epochs 0" in (tmp_path / "models/pretrained/README.txt").read_text()
+    assert [p.name for p in (tmp_path / "data/pretrained").iterdir()] == ["README.txt"]
+    assert "pretrain.epochs 0" in (tmp_path / "data/pretrained/README.txt").read_text()
     assert json.loads((tmp_path / "metrics/pretrain/metrics.json").read_text()) == {"epochs": 0}
 
 
