@@ -295,7 +295,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15, help="the budget: training + pretraining minutes")
     parser.add_argument("--seed", type=int, default=0, help="the split and training seed")
     parser.add_argument("--set", action="append", default=[], help="params override, KEY=YAML")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "realdata", help="curves.csv and curves.png")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "realdata", help="curves.csv and curves.png")
     parser.add_argument("--force", action="store_true", help="run even if the machine is busy (result marked)")
     parser.add_argument("--plot", action="store_true", help="only redraw curves.png")
     args = parser.parse_args()
