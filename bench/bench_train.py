@@ -40,7 +40,7 @@ def bench_cache(n: int = 160, epochs: int = 10) -> None:
 
     from steeldefect.train.model import build_model, compile_for_training
     from steeldefect.train.pipeline import image_dataset
-    from steeldefect.train.training import set_seed
+    from steeldefect.train.seeding import set_seed
 
     p = dataclasses.replace(load_params(ROOT / "params.yaml").train, epochs=epochs)
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,8 @@ from steeldefect.errors import UserError
 from steeldefect.train.cache import feature_key
 from steeldefect.train.distribute import check_keras_version, keras_multi_worker_fixes, make_strategy
 from steeldefect.train.model import build_model
-from steeldefect.train.training import cached_features, set_seed
+from steeldefect.train.seeding import set_seed
+from steeldefect.train.training import cached_features
 
 from helpers import TINY_TRAIN, defaults, repo_params
 

@@ -19,7 +19,7 @@ from PIL import Image
 from steeldefect.errors import UserError
 from steeldefect.train import pretrain as pt
 from steeldefect.train.model import build_model
-from steeldefect.train.training import set_seed
+from steeldefect.train.seeding import set_seed
 
 from helpers import defaults, repo_params, run, stage_cmd
 

@@ -47,7 +47,7 @@ from steeldefect.errors import UserError
 from steeldefect.params import PretrainParams, TrainParams, map_stride
 from steeldefect.train import cache
 from steeldefect.train.pipeline import _decode_resize
-from steeldefect.train.training import set_seed
+from steeldefect.train.seeding import set_seed
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "backbone.weights.h5"  # the pretrain stage's output, in its folder; train.weights: pretrained

@@ -31,7 +31,8 @@ from steeldefect.train.distribute import make_strategy
 from steeldefect.train.model import OPTIMIZERS, build_mask_model, learning_rate
 from steeldefect.train.pipeline import image_dataset, mask_eval_dataset, mask_training_dataset
 from steeldefect.train.runtime import Runtime, load_runtime
-from steeldefect.train.training import check_health, set_seed, standard_callbacks
+from steeldefect.train.seeding import set_seed
+from steeldefect.train.training import check_health, standard_callbacks
 
 log = logging.getLogger(__name__)
 # The checkpoint, EarlyStopping and ReduceLROnPlateau follow the validation AUC of the image probability, not

@@ -41,16 +41,9 @@ from steeldefect.train.distribute import distributed, everyone, is_chief, keras_
 from steeldefect.train.model import build_model, compile_for_training, learning_rate
 from steeldefect.train.pipeline import image_dataset
 from steeldefect.train.runtime import Runtime, check_precision, load_runtime
+from steeldefect.train.seeding import set_seed
 
 log = logging.getLogger(__name__)
-
-
-def set_seed(seed: int) -> None:
-    """One seed drives Python, NumPy and TensorFlow; ops are made deterministic. Neither call starts
-    TensorFlow's runtime, so this may run before or after `make_strategy` (MultiWorkerMirroredStrategy
-    only needs to come before the first TensorFlow op)."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
 # --- features ---------------------------------------------------------------------------------------------
