@@ -273,9 +273,11 @@ def plot(out: Path) -> None:
         label = f"{recipe}, {budget:g}-min budget, split seed {seed}: test"
         ax.plot(run_df.minutes, run_df.test_auc, label=label, **kwargs)
         ax.plot(run_df.minutes, run_df.val_auc, linestyle=":", alpha=0.6, **kwargs)
-    for seed, base in df.groupby("seed").baseline_auc.first().items():
+    bases = df.groupby("seed").baseline_auc.first()
+    for seed, base in bases.items():
         ax.axhline(base, color="black", linestyle="--", linewidth=1, alpha=0.5 + 0.3 * seed)
-        where = {"xy": (0.01, base), "xycoords": ("axes fraction", "data"), "fontsize": 8, "va": "bottom"}
+        va = "bottom" if base == bases.max() else "top"  # the top label above its line, the others below: no overlap
+        where = {"xy": (0.01, base), "xycoords": ("axes fraction", "data"), "fontsize": 8, "va": va}
         ax.annotate(f"texture baseline, split seed {seed}: {base:.3f}", **where)
     ax.axhline(0.95, color="red", linewidth=0.8, alpha=0.5)
     ax.annotate("goal 0.95", xy=(0.01, 0.95), xycoords=("axes fraction", "data"), fontsize=8, va="top", color="red")
