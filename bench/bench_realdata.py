@@ -275,8 +275,9 @@ def plot(out: Path) -> None:
         ax.plot(run_df.minutes, run_df.val_auc, linestyle=":", alpha=0.6, **kwargs)
     bases = df.groupby("seed").baseline_auc.first()
     for seed, base in bases.items():
-        ax.axhline(base, color="black", linestyle="--", linewidth=1, alpha=0.5 + 0.3 * seed)
-        va = "bottom" if base == bases.max() else "top"  # the top label above its line, the others below: no overlap
+        top = base == bases.max()  # its label above its line, the others' below theirs: no overlap
+        ax.axhline(base, color="black", linestyle="--", linewidth=1, alpha=0.8 if top else 0.5)
+        va = "bottom" if top else "top"
         where = {"xy": (0.01, base), "xycoords": ("axes fraction", "data"), "fontsize": 8, "va": va}
         ax.annotate(f"texture baseline, split seed {seed}: {base:.3f}", **where)
     ax.axhline(0.95, color="red", linewidth=0.8, alpha=0.5)
