@@ -17,6 +17,9 @@ The last line printed is `RESULT key=value ...`.
 
     .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe best --minutes 60 --seed 0
     .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe mask --minutes 15 --seed 1
+    .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe best --target classes \
+        --minutes 60 --seed 0   (also one probability per defect type: type_accuracy=, classes_macro_auc= and the
+        baseline's per-type figures on the RESULT line; the curve adds the types' macro ROC AUC)
     .venv/bin/python bench/bench_realdata.py --plot  # redraw <out>/curves.png from <out>/curves.csv
     ... --set train.learning_rate=0.002   (a params override for probes)
 """
@@ -39,10 +42,13 @@ from sklearn import metrics as skm
 from steeldefect.data.dataset import split
 from steeldefect.data.masks import image_mask, target_map
 from steeldefect.data.prepare import prepare
+from steeldefect.data.types import columns, multi_hot
 from steeldefect.evaluate.baseline import run_baseline
 from steeldefect.evaluate.metrics import dice_iou
+from steeldefect.evaluate.types import Types, type_metrics
 from steeldefect.params import Params, load_params, map_stride, parse_params
 from steeldefect.train import segtrain, training
+from steeldefect.train.health import macro_auc
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset, mask_eval_dataset
 
@@ -131,10 +137,10 @@ class Curve(keras.callbacks.Callback):
     """Every `every` training seconds (at an epoch end), the validation and test ROC AUC of the current weights;
     the clock is paused meanwhile."""
 
-    def __init__(self, clock: Clock, every: float, parts: dict, masks: pd.DataFrame, p: Params, offset: float = 0):
+    def __init__(self, clock: Clock, every: float, parts: dict, masks: pd.DataFrame, p: Params, class_ids: list):
         super().__init__()
         self.clock, self.every, self.parts, self.masks, self.p = clock, every, parts, masks, p
-        self.offset, self.next, self.rows = offset, every, []
+        self.class_ids, self.offset, self.next, self.rows = class_ids, 0.0, every, []
 
     def on_epoch_end(self, epoch, logs=None):
         now = self.clock.seconds()
@@ -144,8 +150,11 @@ class Curve(keras.callbacks.Callback):
         paused = time.perf_counter()
         row = {"minutes": round((self.offset + now) / 60, 2), "epoch": epoch + 1}
         for name in ("val", "test"):
-            prob, _ = predict(self.model, self.parts[name], self.masks, self.p)
-            row[f"{name}_auc"] = round(auc(self.parts[name].label, prob), 4)
+            out = predict(self.model, self.parts[name], self.masks, self.p)
+            row[f"{name}_auc"] = round(auc(self.parts[name].label, out["probability"]), 4)
+            if "classes" in out:
+                truth = multi_hot(self.parts[name].classes, self.class_ids)
+                row[f"{name}_classes_auc"] = round(macro_auc(truth, out["classes"]) or float("nan"), 4)
         self.rows.append(row)
         logging.info("curve %s", row)
         self.clock.paused += time.perf_counter() - paused
@@ -171,13 +180,18 @@ def auc(y, prob) -> float:
     return float(skm.roc_auc_score(y, prob)) if len(set(y)) == 2 else float("nan")
 
 
-def predict(model: keras.Model, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, maps or None) of whole images at image_size."""
+def predict(model: keras.Model, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> dict[str, np.ndarray]:
+    """The outputs of whole images at image_size: `probability` (n,), and `classes` (n, K) of a classes model,
+    `defect_map` (n, h, w) of a mask model."""
     t = p.train
     if t.supervision == "image":
-        return model.predict(image_dataset(df.path, t.image_size, t.batch_size), verbose=0).ravel(), None
-    out = model.predict(mask_eval_dataset(df, masks, t.image_size, map_stride(t), t.batch_size, t.mask), verbose=0)
-    return out["probability"].ravel(), out["defect_map"][..., 0]
+        out = model.predict(image_dataset(df.path, t.image_size, t.batch_size), verbose=0)
+    else:
+        out = model.predict(mask_eval_dataset(df, masks, t.image_size, map_stride(t), t.batch_size, t.mask), verbose=0)
+    out = dict(out) if isinstance(out, dict) else {"probability": out}
+    if "defect_map" in out:
+        out["defect_map"] = out["defect_map"][..., 0]
+    return {**out, "probability": out["probability"].ravel()}
 
 
 def best_threshold(y: np.ndarray, prob: np.ndarray) -> float:
@@ -216,8 +230,20 @@ def pretrain(p: Params, parts: dict, work: Path, clock: Clock, seconds: float) -
     return out
 
 
-def run(recipe: str, parts: dict, masks: pd.DataFrame, raw: dict, minutes: float, work: Path) -> tuple[dict, list]:
-    spec, clock = RECIPES[recipe], Clock()
+def type_scores(parts: dict, types: Types, val_prob: np.ndarray, prob: np.ndarray) -> dict:
+    """type_accuracy (top type on single-type test images) and classes_macro_auc on the test split."""
+    val, test = (parts[n].assign(**dict(zip(columns(types[1]), p.T))) for n, p in (("val", val_prob), ("test", prob)))
+    return brief(type_metrics(P.evaluate.class_threshold, types, val, test))
+
+
+def brief(m: dict) -> dict:
+    return {"type_accuracy": m["type_accuracy"], "classes_macro_auc": m["classes_macro"]["roc_auc"]}
+
+
+def run(
+    recipe: str, parts: dict, masks: pd.DataFrame, raw: dict, minutes: float, work: Path, types: Types | None
+) -> tuple[dict, list]:
+    spec, clock, class_ids = RECIPES[recipe], Clock(), types[0] if types else []
     budget, share = minutes * 60, spec.get("pretrain_share", 0)
     if share:
         pre_epochs = max(1, int(budget * share / spec["pretrain_seconds_per_epoch"]))
@@ -231,22 +257,35 @@ def run(recipe: str, parts: dict, masks: pd.DataFrame, raw: dict, minutes: float
         pre_seconds = clock.seconds()
         p = parse_params(merge(raw, {"train": {"weights": str(weights)}}))
     train_clock = Clock()
-    curve = Curve(train_clock, budget / 30, parts, masks, p, offset=pre_seconds)
+    curve = Curve(train_clock, budget / 30, parts, masks, p, class_ids)
+    curve.offset = pre_seconds
     stop = Budget(train_clock, budget - pre_seconds)
     callbacks = [stop, curve]
     weights, live = work / f"{recipe}.weights.h5", work / f"{recipe}-live"
     if p.train.supervision == "mask":
-        segtrain.train(p.train, p.seed, parts["train"], parts["val"], masks, weights, live, callbacks=callbacks)
+        segtrain.train(
+            p.train,
+            p.seed,
+            parts["train"],
+            parts["val"],
+            masks,
+            weights,
+            live,
+            callbacks=callbacks,
+            class_ids=class_ids,
+        )
     else:
-        training.train(p.train, p.seed, parts["train"], parts["val"], weights, live, callbacks=callbacks)
+        training.train(
+            p.train, p.seed, parts["train"], parts["val"], weights, live, callbacks=callbacks, class_ids=class_ids
+        )
     trained = pre_seconds + train_clock.seconds()
-    model = build_model(p.train, None)[0]
+    model = build_model(p.train, None, len(class_ids), bool((parts["train"].label == 0).any()))[0]
     model.load_weights(weights)
-    val_prob, _ = predict(model, parts["val"], masks, p)
-    prob, maps = predict(model, parts["test"], masks, p)
+    val, test = (predict(model, parts[n], masks, p) for n in ("val", "test"))
     result = {
-        **scores(parts, val_prob, prob),
-        "dice": dice(maps, parts["test"], masks, p) if maps is not None else float("nan"),
+        **scores(parts, val["probability"], test["probability"]),
+        **(type_scores(parts, types, val["classes"], test["classes"]) if types else {}),
+        "dice": dice(test["defect_map"], parts["test"], masks, p) if "defect_map" in test else float("nan"),
         "minutes": round(trained / 60, 1),
         "train.epochs": epochs,
         "epochs_run": stop.epochs,
@@ -297,6 +336,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="best", help=f"one of {', '.join(RECIPES)}, or best (= {BEST})")
     parser.add_argument("--minutes", type=float, default=15, help="the budget: training + pretraining minutes")
     parser.add_argument("--seed", type=int, default=0, help="the split and training seed")
+    parser.add_argument("--target", choices=("defect", "classes"), default="defect", help="train.target")
     parser.add_argument("--set", action="append", default=[], help="params override, KEY=YAML")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "realdata", help="curves.csv and curves.png")
     parser.add_argument("--force", action="store_true", help="run even if the machine is busy (result marked)")
@@ -312,21 +352,31 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="bench-realdata.") as work:
         work = Path(work)
-        images, masks, _, _ = prepare(Path(args.data), "fail", P.data)
+        images, masks, _, data = prepare(Path(args.data), "fail", P.data)
+        names = data["class_names"]  # ClassId -> name
+        types = (
+            (sorted(names, key=int), [names[c] for c in sorted(names, key=int)]) if args.target == "classes" else None
+        )
         parts, report = split(images, P.split.test_size, P.split.val_size, args.seed)
         print(f"{args.data}: {report['sizes']} images, defective {report['defective']}", flush=True)
-        base = run_baseline(parts["train"], parts["val"], parts["test"], P.baseline, args.seed, P.evaluate)
+        base = run_baseline(parts["train"], parts["val"], parts["test"], P.baseline, args.seed, P.evaluate, types)
         baseline = scores(parts, base.val.probability.to_numpy(), base.test.probability.to_numpy())
+        if types:
+            baseline.update(brief(base.metrics))
+            print(f"baseline per type: {base.metrics['classes']}", flush=True)
         print(f"baseline: {baseline}", flush=True)
         raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, **RECIPES[recipe]["params"]})
+        raw = merge(raw, {"train": {"target": args.target}})
         for text in args.set:
             raw = merge(raw, setting(text))
-        result, rows = run(recipe, parts, masks, raw, args.minutes, work)
+        result, rows = run(recipe, parts, masks, raw, args.minutes, work, types)
     load_end = os.getloadavg()[0]
     curve = pd.DataFrame(rows).assign(recipe=recipe, seed=args.seed, budget=args.minutes, baseline_auc=baseline["auc"])
+    curve = curve.assign(target=args.target)
     args.out.mkdir(parents=True, exist_ok=True)
     csv = args.out / "curves.csv"
-    curve.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+    curve = pd.concat([pd.read_csv(csv), curve]) if csv.exists() else curve  # the columns of both
+    curve.to_csv(csv, index=False)
     plot(args.out)
     print(f"load average at end: {load_end:.2f}; curve appended to {csv}", flush=True)
     fields = {
@@ -334,6 +384,8 @@ def main() -> None:
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()},
         "baseline_auc": round(baseline["auc"], 4),
         "baseline_ap": round(baseline["ap"], 4),
+        **{f"baseline_{k}": round(baseline[k], 4) for k in ("type_accuracy", "classes_macro_auc") if k in baseline},
+        "target": args.target,
         "seed": args.seed,
         "budget": args.minutes,
         "load_start": round(load, 2),

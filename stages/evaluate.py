@@ -1,12 +1,15 @@
 """Stage evaluate: metrics, plots and galleries of the test predictions at the chosen threshold, localization
-metrics for a mask model, and the comparison with the classical baseline."""
+metrics for a mask model, per-type metrics with train.target classes, and the comparison with the classical
+baseline."""
 
 import sys
 
 import pandas as pd
 
+from steeldefect.data.types import read_types
 from steeldefect.errors import paths, run
 from steeldefect.evaluate.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
+from steeldefect.evaluate.types import summary
 from steeldefect.params import load_params
 from steeldefect.serve.maps import load_maps
 
@@ -16,6 +19,7 @@ TEST_MAPS = "test_maps.npz"  # written by the predict stage for a mask model onl
 def main() -> None:
     a = paths(
         "predictions",
+        "val",
         "test",
         "masks",
         "classes",
@@ -28,17 +32,19 @@ def main() -> None:
     )
     p = load_params()
     read = lambda path: pd.read_csv(path, keep_default_na=False, dtype={"classes": str})  # noqa: E731
-    val = read(a.predictions / "val.csv")
-    test = read(a.test).merge(
-        read(a.predictions / "test.csv")[["ImageId", "probability"]], on="ImageId", validate="one_to_one"
+    split = {"val": read(a.val), "test": read(a.test)}
+    # a split's images (path, classes, ...) with a model's probabilities (probability and / or p_<name>)
+    scored = lambda folder, name: split[name].merge(  # noqa: E731
+        read(folder / f"{name}.csv").drop(columns="label"), on="ImageId", validate="one_to_one"
     )
     classes = read(a.classes)
+    types = read_types(a.classes) if p.train.target == "classes" else None
     maps, stride = load_maps(a.predictions / TEST_MAPS) if (a.predictions / TEST_MAPS).exists() else (None, None)
     m = evaluate(
         p.evaluate,
         p.seed,
-        val,
-        test,
+        scored(a.predictions, "val"),
+        scored(a.predictions, "test"),
         read(a.masks),
         a.metrics,
         a.threshold,
@@ -47,11 +53,17 @@ def main() -> None:
         maps,
         stride,
         dict(zip(classes.ClassId.astype(str), classes["name"].astype(str))),
+        types,
     )
-    print(
-        f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
-        f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}"
-    )
+    if "defect_decision" in m:
+        print(f"defect / clean metrics not applicable: {m['defect_decision']['reason']}")
+    else:
+        print(
+            f"test accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3g}: "
+            f"TP {m['tp']} TN {m['tn']} FP {m['fp']} FN {m['fn']}"
+        )
+    if types:
+        print(f"types: {summary(m)}")
     if "localization" in m:
         loc = m["localization"]
         show = {k: "n/a" if loc[k] is None else f"{loc[k]:.3f}" for k in ("dice", "iou", "pointing_accuracy")}
@@ -61,13 +73,12 @@ def main() -> None:
         )
 
     base = evaluate_baseline(
-        p.evaluate,
-        read(a.baseline / "val.csv"),
-        read(a.baseline / "test.csv"),
-        a.baseline_metrics,
-        a.plots,
+        p.evaluate, scored(a.baseline, "val"), scored(a.baseline, "test"), a.baseline_metrics, a.plots, types
     )
-    print(f"baseline test accuracy {base['accuracy']:.3f} at threshold {base['threshold']:.3g}")
+    if "defect_decision" not in base:
+        print(f"baseline test accuracy {base['accuracy']:.3f} at threshold {base['threshold']:.3g}")
+    if types:
+        print(f"baseline types: {summary(base)}")
     warning = add_baseline_comparison(a.metrics, base)
     if warning:
         print(warning, file=sys.stderr)

@@ -32,6 +32,8 @@ def main() -> None:
         ", ".join(f"{k} {v}" for k, v in names.items()) or "none",
         f"; {metrics['ignored_files']} files neither images nor masks, ignored" if metrics["ignored_files"] else "",
     )
+    if not metrics["has_clean_images"]:
+        log.warning("%s", metrics["note"])
     for r in excluded.itertuples():
         log.info("skipped %s: %s", r.ImageId, r.problem)
     classes = pd.DataFrame({"ClassId": [int(k) for k in names], "name": list(names.values())})

@@ -8,6 +8,7 @@ import dataclasses
 
 import pandas as pd
 
+from steeldefect.data.types import read_types
 from steeldefect.errors import paths, run
 from steeldefect.params import load_params
 from steeldefect.train import segtrain
@@ -17,8 +18,9 @@ from steeldefect.train.training import train
 
 
 def main() -> None:
-    a, p = paths("split", "masks", "weights", "live", "pretrained"), load_params()
+    a, p = paths("split", "masks", "classes", "weights", "live", "pretrained"), load_params()
     t = p.train
+    class_ids = tuple(read_types(a.classes)[0]) if t.target == "classes" else ()
     if t.weights == "pretrained":
         t = dataclasses.replace(t, weights=pretrained_weights(a.pretrained))
     train_df, val_df = (pd.read_csv(a.split / f"{name}.csv", keep_default_na=False) for name in ("train", "val"))
@@ -27,10 +29,10 @@ def main() -> None:
         masks = pd.read_csv(a.masks, keep_default_na=False)
         segtrain.check(runtime, train_df, masks)  # before the settings are printed as in effect
         print(describe(runtime, t))
-        segtrain.train(t, p.seed, train_df, val_df, masks, a.weights, a.live, runtime)
+        segtrain.train(t, p.seed, train_df, val_df, masks, a.weights, a.live, runtime, class_ids=class_ids)
     else:
         print(describe(runtime, t))
-        train(t, p.seed, train_df, val_df, a.weights, a.live, runtime)
+        train(t, p.seed, train_df, val_df, a.weights, a.live, runtime, class_ids=class_ids)
 
 
 if __name__ == "__main__":

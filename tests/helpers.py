@@ -29,6 +29,8 @@ TINY_TRAIN = {
     "head": {"dense_units": 8},
     "patience": 5,
 }
+
+
 def tiny_image_model(size: tuple[int, int], seed: int):
     """A seeded one-convolution Keras model (image -> probability), as small as an exported model can be."""
     import keras  # here: most tests using helpers never start TensorFlow
@@ -138,3 +140,26 @@ def run_clean_python(script: str, *args: str) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def type_folders(root: Path, per_type: int = 16, size: int = 48, seed: int = 0, clean: bool = False) -> Path:
+    """Noise JPEGs sorted into three defect-type folders (scratch: a thin bright line, pit: a dark dot, band: a
+    bright column) and, with `clean`, a folder `good` of plain noise; without it every image is defective and
+    only the type is in question."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in ("scratch", "pit", "band", *(["good"] if clean else [])):
+        (root / name).mkdir(parents=True)
+        for i in range(per_type):
+            image = rng.integers(60, 110, (size, size), dtype=np.uint8)
+            y, x = rng.integers(4, size - 20, 2)
+            if name == "scratch":
+                image[y : y + 16, x : x + 2] = 230
+            elif name == "pit":
+                image[y : y + 6, x : x + 6] = 10
+            elif name == "band":
+                image[:, x : x + 8] = 200
+            Image.fromarray(image).save(root / name / f"{name}{i:02d}.jpg", quality=95)
+    return root

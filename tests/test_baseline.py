@@ -16,7 +16,9 @@ from PIL import Image
 from steeldefect.data.dataset import split
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import make_image
-from steeldefect.evaluate.baseline import features, image_features, run_baseline
+from steeldefect.data.types import multi_hot
+from steeldefect.errors import UserError
+from steeldefect.evaluate.baseline import classifier, features, image_features, run_baseline
 from steeldefect.evaluate.evaluation import COMPARED, baseline_warning, compare_with_baseline
 
 from helpers import SHARED_DATA, defaults, run, stage_cmd
@@ -24,15 +26,15 @@ from helpers import SHARED_DATA, defaults, run, stage_cmd
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> pd.DataFrame:
-    """40 real synthetic 1600x256 JPEGs (about half defective): ImageId, path, label."""
+    """40 real synthetic 1600x256 JPEGs (about half defective): ImageId, path, label, classes (the defect types)."""
     folder = tmp_path_factory.mktemp("baseline_images")
     rows = []
     for i in range(40):
         img, masks = make_image(defaults().synthesize, seed=3, index=i)
         path = folder / f"img_{i:02d}.jpg"
         Image.fromarray(img).convert("RGB").save(path, "JPEG", quality=90)
-        rows.append((path.name, str(path), int(bool(masks))))
-    return pd.DataFrame(rows, columns=["ImageId", "path", "label"])
+        rows.append((path.name, str(path), int(bool(masks)), " ".join(map(str, sorted(masks)))))
+    return pd.DataFrame(rows, columns=["ImageId", "path", "label", "classes"])
 
 
 def test_features_are_deterministic_and_differ_between_images(images):
@@ -70,6 +72,38 @@ def test_run_baseline_uses_evaluates_threshold_policy(images):
     choice = r.metrics["threshold_choice"]
     assert choice["policy"] == "auto" and choice["threshold"] == r.metrics["threshold"]
     assert choice["threshold"] in set(r.val.probability)  # chosen among the validation probabilities
+
+
+TYPES = (["1", "2", "3", "4"], ["roll", "pit", "scratch", "patch"])
+
+
+def test_baseline_per_type_one_vs_rest(images):
+    train, val, test = images[:24], images[24:32], images[32:]
+    p = defaults(baseline={"max_iter": 30})
+    r = run_baseline(train, val, test, p.baseline, 1, p.evaluate, TYPES)
+    assert list(r.test.columns) == ["ImageId", "label", "probability", "p_roll", "p_pit", "p_scratch", "p_patch"]
+    plain = run_baseline(train, val, test, p.baseline, 1, p.evaluate)
+    pd.testing.assert_series_equal(r.test.probability, plain.test.probability)  # the defect part as without types
+    # type 3 (scratch): a booster on "carries type 3" over the same features
+    booster = classifier(p.baseline, 1).fit(features(train.path, (128, 128)), multi_hot(train.classes, TYPES[0])[:, 2])
+    np.testing.assert_allclose(r.test.p_scratch, booster.predict_proba(features(test.path, (128, 128)))[:, 1])
+    assert "2" not in " ".join(train.classes)  # no pit in training: its probability is that share, 0
+    assert (r.test.p_pit == 0).all() and (r.val.p_pit == 0).all()
+    assert set(r.metrics["classes"]) == set(TYPES[1]) and "classes_macro" in r.metrics and "roc_auc" in r.metrics
+    keys = {"roc_auc", "average_precision", "precision", "recall", "f1", "threshold", "support"}
+    assert set(r.metrics["classes"]["scratch"]) == keys
+
+
+def test_baseline_on_a_set_with_no_clean_images_skips_the_defect_classifier(images):
+    defective = images[images.label == 1]
+    train, val, test = defective[:12], defective[12:15], defective[15:]
+    p = defaults(baseline={"max_iter": 30})
+    r = run_baseline(train, val, test, p.baseline, 1, p.evaluate, TYPES)
+    assert list(r.test.columns) == ["ImageId", "label", "p_roll", "p_pit", "p_scratch", "p_patch"]
+    assert r.metrics["defect_decision"]["applicable"] is False and "accuracy" not in r.metrics
+    assert r.metrics["type_accuracy_images"] == len(test)
+    with pytest.raises(UserError, match="train.target: classes"):  # train.target defect cannot learn from it
+        run_baseline(train, val, test, p.baseline, 1, p.evaluate)
 
 
 def test_compare_is_deep_minus_baseline():

@@ -124,6 +124,25 @@ def test_prepare_without_labels_file_derives_clean_images_from_the_folder(tiny):
     assert m["clean_derived_from_missing_csv_rows"] == m["clean"] == int((expected.label == 0).sum())
 
 
+def test_prepare_severstal_two_types_on_one_image_and_repeated_rows(tiny):
+    masks = _masks(tiny)
+    image = masks.ImageId[0]
+    other = next(c for c in "1234" if c not in set(masks.ClassId[masks.ImageId == image]))
+    extra = pd.DataFrame({"ImageId": [image, image], "ClassId": [other, masks.ClassId[0]]})
+    extra["EncodedPixels"] = ["1 10", masks.EncodedPixels[0]]  # a second type; a repeat of row 2
+    pd.concat([masks, extra]).to_csv(tiny / "train.csv", index=False)
+    images, prepared, _, m = prepare(tiny, "fail", DATA)
+    types = sorted({*masks.ClassId[masks.ImageId == image], other}, key=int)
+    assert images.set_index("ImageId").classes[image] == " ".join(types)
+    assert prepared[prepared.ImageId == image].ClassId.astype(str).tolist() == types  # in ClassId order
+    assert m["duplicate_mask_rows_dropped"] == 1 and m["masks"] == len(masks) + 1 == len(prepared)
+    assert other in m["class_names"].values() and m["has_clean_images"] is True and "note" not in m
+    extra.loc[1, "EncodedPixels"] = "5 3"  # now conflicting with row 2: refused
+    pd.concat([masks, extra]).to_csv(tiny / "train.csv", index=False)
+    with pytest.raises(UserError, match=f"rows 2 and {len(masks) + 3}: ImageId {image} has two different masks"):
+        prepare(tiny, "fail", DATA)
+
+
 def test_resolve_source():
     assert resolve_source("synthetic") == Path("data/synthetic")
     assert resolve_source("real/severstal", Path("/d")) == Path("/d/real/severstal")
@@ -354,6 +373,16 @@ def test_split_too_few_images_is_a_user_error():
     tiny = _frame({"": 3, "3": 1})
     with pytest.raises(UserError, match="split"):
         split(tiny, 0.15, 0.15, SEED)
+
+
+def test_split_of_a_set_with_no_clean_images_is_stratified_by_type():
+    images = _frame({"1": 60, "2": 30, "3": 10, "1 2": 2})  # every image defective
+    parts, report = split(images, 0.2, 0.2, SEED)
+    assert report["stratified_by"] == "defect classes (no clean images)" and report["folded_strata"] == ["1:1 2"]
+    assert report["defective"] == report["sizes"] and sum(report["sizes"].values()) == 102
+    for name, part in parts.items():
+        for classes, n in (("1", 60), ("2", 30), ("3", 10)):
+            assert abs((part.classes == classes).sum() - n * len(part) / 102) <= 1.5, (name, classes)
 
 
 def test_split_of_prepared_synthetic_data(prepared40):

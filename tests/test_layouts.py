@@ -175,10 +175,56 @@ def test_colour_alpha_and_bilevel_masks(tmp_path):
 
 def test_clean_names_param_and_last_part_match(tmp_path):
     write_folders(SAMPLES, tmp_path / "a", clean="Surface_Pass")
-    with pytest.raises(UserError, match="No folder in .* is named as clean"):
-        prepare(tmp_path / "a", "fail", DATA)
+    images, _, _, metrics = prepare(tmp_path / "a", "fail", DATA)  # no clean folder: Surface_Pass is a defect type
+    assert int(images.label.sum()) == 7 and list(metrics["class_names"].values()) == ["crack", "pit", "Surface_Pass"]
     images, _, _, metrics = prepare(tmp_path / "a", "fail", defaults(data={"clean_names": ["pass"]}).data)
     assert int(images.label.sum()) == 4 and metrics["layout"] == "folders"
+
+
+TYPES = [s for s in SAMPLES if s.class_name]  # 4 defective images of two types, crack and pit: no clean one
+
+
+def test_type_folders_without_a_clean_folder_are_all_defective_of_their_type(tmp_path):
+    names = write_folders(TYPES, tmp_path / "a")
+    images, masks, _, metrics = prepare(tmp_path / "a", "fail", DATA)
+    assert images.label.tolist() == [1, 1, 1, 1] and masks.empty
+    types = {names[i]: metrics["class_names"][c] for i, c in zip(images.ImageId, images.classes, strict=True)}
+    assert types == {s.stem: s.class_name for s in TYPES}
+    assert (metrics["layout"], metrics["class_names"], metrics["clean"]) == ("folders", {"1": "crack", "2": "pit"}, 0)
+    assert metrics["has_clean_images"] is False and "train.target: classes" in metrics["note"]
+    assert metrics["duplicate_mask_rows_dropped"] == 0
+
+
+def test_a_clean_folder_gives_clean_images_and_no_note(tmp_path):
+    write_folders(SAMPLES, tmp_path / "a")
+    metrics = prepare(tmp_path / "a", "fail", DATA)[3]
+    assert (metrics["clean"], metrics["has_clean_images"], metrics["duplicate_mask_rows_dropped"]) == (3, True, 0)
+    assert "note" not in metrics
+
+
+def test_no_clean_folder_with_masks_still_takes_labels_from_masks(tmp_path):
+    names = write_published(TYPES, tmp_path / "a")  # MT_Crack, MT_Pit with masks (all zero for d3), no MT_Free
+    got, metrics = prepared_by_stem(tmp_path / "a", names)
+    assert metrics["class_names"] == {"1": "defect"}
+    assert {stem: label for stem, (label, _, _) in got.items()} == {"d0": 1, "d1": 1, "d2": 1, "d3": 0}
+
+
+@pytest.mark.parametrize("parts", [[""], ["train", "test"]])  # crack/ alone; train/crack/ and test/crack/
+def test_one_type_folder_and_no_clean_folder_is_refused(tmp_path, parts):
+    cracks = [s for s in TYPES if s.class_name == "crack"]
+    for i, part in enumerate(parts):
+        write_folders(cracks[i :: len(parts)], tmp_path / "a" / part)
+    with pytest.raises(UserError, match=r"one class folder, crack, .*nothing to tell apart") as exc:
+        prepare(tmp_path / "a", "fail", DATA)
+    assert "\n" not in str(exc.value) and "data.clean_names" in str(exc.value)
+
+
+def test_images_without_masks_or_class_folders_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    for s in TYPES:
+        Image.fromarray(s.image).save(tmp_path / "a" / f"{s.stem}.jpg")
+    with pytest.raises(UserError, match=r"no mask and no class folder, so its label is unknown"):
+        prepare(tmp_path / "a", "fail", DATA)
 
 
 def test_explicit_format_must_match_the_folder(tmp_path):

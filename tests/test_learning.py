@@ -22,7 +22,7 @@ from steeldefect.train.model import build_model
 from steeldefect.train.runtime import Runtime
 from steeldefect.train.training import train
 
-from helpers import defaults
+from helpers import defaults, type_folders
 
 # easy data (no faint defects, no harmless marks): learning, not the difficulty of the default dataset
 DATA = defaults(synthesize={"n_images": 96, "faint_fraction": 0, "edge_fraction": 0, "mark_fraction": 0}).synthesize
@@ -110,3 +110,43 @@ def test_horizontal_flip_keeps_the_probability(trained, tmp_path):
     assert np.abs(flipped - same).mean() < FLIP_MEAN_TOLERANCE, (same, flipped)
     sure = (same <= 0.2) | (same >= 0.8)
     assert ((flipped[sure] >= 0.5) == (same[sure] >= 0.5)).all(), (same, flipped)
+
+
+TYPES_TRAIN = defaults(
+    train={
+        "epochs": 40,
+        "batch_size": 8,
+        "image_size": [64, 64],
+        "backbone_layer": "conv2_block3_out",
+        "head": {"dense_units": 32, "dropout": 0.1},
+        "patience": 40,
+        "target": "classes",
+    }
+).train
+
+
+def type_auc(tmp_path: Path, shuffle: bool) -> float:
+    """Validation macro ROC AUC of the types after training on three type folders (labels shuffled or not)."""
+    from steeldefect.data.types import multi_hot
+    from steeldefect.train.health import macro_auc
+
+    images = prepare(type_folders(tmp_path / "types", per_type=24), "fail", defaults().data)[0]
+    images = images.sample(frac=1, random_state=0).reset_index(drop=True)
+    train_df, val_df = images[:48].copy(), images[48:]
+    if shuffle:  # the types dealt in turn within each true type: the same images, no link from shape to type
+        train_df["classes"] = (train_df.groupby("classes").cumcount() % 3 + 1).astype(str).to_numpy()
+    class_ids = ("1", "2", "3")
+    train(TYPES_TRAIN, SEED, train_df, val_df, tmp_path / "w.weights.h5", tmp_path / "live", Runtime(), None, class_ids)
+    model = build_model(TYPES_TRAIN, None, types=3, defect=False)[0]
+    model.load_weights(tmp_path / "w.weights.h5")
+    from steeldefect.train.pipeline import image_dataset
+
+    prob = model.predict(image_dataset(val_df.path, TYPES_TRAIN.image_size, 8), verbose=0)["classes"]
+    return macro_auc(multi_hot(val_df.classes, list(class_ids)), prob)
+
+
+def test_types_are_learned_and_shuffled_types_are_not(tmp_path):
+    """Each type is a shape of its own: the per-type AUC is high with the true types and near chance with types
+    that do not follow the shapes (so it measures the types, not something else about the images)."""
+    learned, shuffled = type_auc(tmp_path / "true", False), type_auc(tmp_path / "shuffled", True)
+    assert learned >= 0.9 and shuffled <= 0.7, (learned, shuffled)

@@ -9,11 +9,15 @@ import pandas as pd
 import pytest
 
 from steeldefect.evaluate.metrics import (
+    NOT_APPLICABLE,
     binary_metrics,
     choose_threshold,
     recall_per_class,
+    scored_metrics,
     threshold_sweep,
 )
+
+from helpers import defaults
 
 # 4 defective (1) and 6 clean (0) images. At threshold 0.5 (prob >= 0.5 is defective):
 #   predicted = 1 1 0 1 | 1 0 0 0 0 1  ->  tp 3 (0, 1, 3), fn 1 (2), fp 2 (4, 9), tn 4 (5, 6, 7, 8)
@@ -189,3 +193,39 @@ def test_pointing_hit_is_the_maximum_inside_the_mask():
     assert pointing_hit(heat, true)
     heat[0, 0] = 0.95
     assert not pointing_hit(heat, true)
+
+
+# --- scored_metrics: the defect decision where there is a probability, the types where asked -----------------
+
+
+def _frame(with_probability: bool) -> pd.DataFrame:
+    df = pd.DataFrame({"label": Y, "classes": ["1", "2", "1 2", "2", "", "", "", "", "", ""], "p_a": PROB[::-1]})
+    return df.assign(p_b=PROB, probability=PROB) if with_probability else df.assign(p_b=PROB)
+
+
+def test_scored_metrics_without_a_probability_says_why_the_defect_metrics_do_not_apply():
+    p = defaults().evaluate
+    df = _frame(with_probability=False)
+    m = scored_metrics(p, df, df, (["1", "2"], ["a", "b"]))
+    assert m["defect_decision"] == NOT_APPLICABLE and NOT_APPLICABLE["applicable"] is False
+    assert "no clean images" in NOT_APPLICABLE["reason"]
+    assert not {"accuracy", "roc_auc", "fp", "fn", "threshold", "threshold_choice"} & set(m)  # nothing made up
+    assert set(m["classes"]) == {"a", "b"} and m["classes"]["b"]["support"] == 3
+    json.dumps(m, allow_nan=False)
+
+
+def test_scored_metrics_with_probability_and_types_has_both_and_the_defect_part_unchanged():
+    p = defaults().evaluate
+    df = _frame(with_probability=True)
+    both = scored_metrics(p, df, df, (["1", "2"], ["a", "b"]))
+    defect_only = scored_metrics(p, df, df)
+    assert (
+        {k: both[k] for k in defect_only}
+        == defect_only
+        == {
+            **binary_metrics(Y, PROB, 0.5),
+            "threshold_choice": {"threshold": 0.5, "policy": "fixed"},
+        }
+    )
+    assert not {"classes", "classes_macro", "type_accuracy"} & set(defect_only)
+    assert {"classes", "classes_macro", "type_accuracy", "type_accuracy_images", "class_threshold_choice"} <= set(both)

@@ -242,16 +242,31 @@ def test_read_masks_empty_image_id(tmp_path):
 
 
 def test_read_masks_duplicate_mask(tmp_path):
-    p = _write(tmp_path, "ImageId,ClassId,EncodedPixels\na.jpg,1,1 1\nb.jpg,1,1 1\na.jpg,1,5 2\n")
+    p = _write(tmp_path, "ImageId,ClassId,EncodedPixels\na.jpg,1,1 1\nb.jpg,1,1 1\na.jpg,1,1 1\na.jpg,1,5 2\n")
     with pytest.raises(UserError) as exc:
         read_masks(p)
-    msg = str(exc.value)
-    assert str(p) in msg and "rows 2 and 4" in msg and "a.jpg" in msg and "ClassId 1" in msg
+    msg = str(exc.value)  # row 4 repeats row 2 exactly (dropped); row 5 conflicts with it
+    assert str(p) in msg and "rows 2 and 5" in msg and "a.jpg" in msg and "two different masks for ClassId 1" in msg
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ImageId,ClassId,EncodedPixels\na.jpg,1,1 1\na.jpg,3,5 2\na.jpg,1,1 1\nb.jpg,1,1 1\na.jpg,3,5 2\n",
+        "ImageId_ClassId,EncodedPixels\na.jpg_1,1 1\na.jpg_3,5 2\na.jpg_1,1 1\nb.jpg_1,1 1\na.jpg_3,5 2\n",
+    ],
+    ids=["long", "2019"],
+)
+def test_read_masks_drops_repeated_rows_and_counts_them(tmp_path, text):
+    parsed = read_masks(_write(tmp_path, text))
+    assert parsed.duplicates_dropped == 2
+    rows = parsed.masks[["ImageId", "ClassId", "row"]].values.tolist()
+    assert rows == [["a.jpg", 1, 2], ["a.jpg", 3, 3], ["b.jpg", 1, 5]]  # the first of each, two types on a.jpg
 
 
 def test_read_masks_duplicate_key_with_empty_mask_is_allowed(tmp_path):
     p = _write(tmp_path, "ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg_1,1 1\n")
-    assert len(read_masks(p).masks) == 1
+    assert len(read_masks(p).masks) == 1 and read_masks(p).duplicates_dropped == 0
 
 
 def test_read_masks_missing_and_empty_file(tmp_path):

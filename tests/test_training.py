@@ -24,7 +24,7 @@ from steeldefect.train.cache import feature_key, image_cache_key
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset
 from steeldefect.train.runtime import Runtime
-from steeldefect.train.training import train, unfreeze_last_stages
+from steeldefect.train.training import check_target, targets, train, unfreeze_last_stages
 
 from helpers import TINY_TRAIN, defaults
 
@@ -212,3 +212,32 @@ def test_cosine_schedule_decays_to_zero_and_drops_the_plateau_cut(tmp_path):
             for p in (TINY, cosine)
         }
     assert "ReduceLROnPlateau" in kinds["plateau"] and "ReduceLROnPlateau" not in kinds["cosine"]
+
+
+def _typed(classes: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "ImageId": [f"i{k}" for k in range(len(classes))],
+            "classes": classes,
+            "label": [int(bool(c)) for c in classes],
+        }
+    )
+
+
+def test_targets_carry_every_type_of_an_image_and_the_defect_label():
+    df = _typed(["1 3", "", "2"])
+    y = targets(df, ("1", "2", "3"), defect=True)
+    np.testing.assert_array_equal(y["classes"], [[1, 0, 1], [0, 0, 0], [0, 1, 0]])  # two types on one image
+    np.testing.assert_array_equal(y["probability"], [[1], [0], [1]])
+    assert set(targets(df[df.label == 1], ("1", "2", "3"), defect=False)) == {"classes"}
+    np.testing.assert_array_equal(targets(df, (), defect=True), [1, 0, 1])  # train.target defect: as before
+
+
+def test_a_target_the_data_cannot_give_is_refused_before_training():
+    no_clean = _typed(["1", "2", "1 2"])
+    with pytest.raises(UserError, match="train.target: classes"):
+        check_target(defaults(train={"target": "defect"}).train, no_clean, no_clean, ("1", "2"))
+    check_target(defaults(train={"target": "classes"}).train, no_clean, no_clean, ("1", "2"))
+    untyped = pd.concat([no_clean, pd.DataFrame({"ImageId": ["u"], "classes": [""], "label": [1]})])
+    with pytest.raises(UserError, match="1 defective image.*u:"):
+        check_target(defaults(train={"target": "classes"}).train, untyped, no_clean, ("1", "2"))

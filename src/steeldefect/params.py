@@ -138,6 +138,9 @@ class TrainParams:
     # network trained end to end with a segmentation head (defect map) and a classifier on features + map
     supervision: Literal["image", "mask"]
     mask: MaskParams
+    # defect: one probability (defect or clean); classes: also one sigmoid per defect type (multi-label, the types of
+    # data/prepared/classes.csv), the defect probability kept where the data has clean images
+    target: Literal["defect", "classes"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class EvaluateParams:
     target_recall: float
     gallery_size: int
     map_threshold: float  # mask models: a defect-map cell counts as defect when its value >= this
+    # train.target classes: a type is predicted when its probability >= its threshold: one number for every type,
+    # "auto" (per type, the best F1 on the validation split), or a map from type name to number
+    class_threshold: float | Literal["auto"] | dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,10 @@ def _convert(key: str, value: object, hint: object) -> object:
         if value not in args:
             raise _bad(key, value, "one of " + ", ".join(map(repr, args)))
         return value
+    if origin is dict:  # e.g. evaluate.class_threshold by type name
+        if not isinstance(value, dict):
+            raise _bad(key, value, f"a mapping of names to {args[1].__name__}s")
+        return {str(k): _convert(f"{key}.{k}", v, args[1]) for k, v in value.items()}
     if origin is tuple and args[-1] is Ellipsis:  # a list of any length, e.g. data.clean_names
         if not isinstance(value, list | tuple):
             raise _bad(key, value, f"a list of {args[0].__name__}s")
@@ -308,7 +318,14 @@ def _check(p: Params) -> None:
     _check_mask(t, need)
     _check_pretrain(p, need)
     _check_export(p.export)
-    e = p.evaluate
+    _check_evaluate(p.evaluate, need)
+    b = p.baseline
+    need(min(b.image_size) >= 32, "baseline.image_size", list(b.image_size), "[height, width], each >= 32")
+    need(b.max_iter >= 1, "baseline.max_iter", b.max_iter, "an integer >= 1")
+    need(b.learning_rate > 0, "baseline.learning_rate", b.learning_rate, "a number > 0")
+
+
+def _check_evaluate(e: EvaluateParams, need) -> None:
     need(
         e.threshold == "auto" or 0 <= e.threshold <= 1,
         "evaluate.threshold",
@@ -316,12 +333,16 @@ def _check(p: Params) -> None:
         "a number in [0, 1] or 'auto'",
     )
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
-    need(p.evaluate.gallery_size >= 1, "evaluate.gallery_size", p.evaluate.gallery_size, "an integer >= 1")
+    need(e.gallery_size >= 1, "evaluate.gallery_size", e.gallery_size, "an integer >= 1")
     need(0 <= e.map_threshold <= 1, "evaluate.map_threshold", e.map_threshold, "a number in [0, 1]")
-    b = p.baseline
-    need(min(b.image_size) >= 32, "baseline.image_size", list(b.image_size), "[height, width], each >= 32")
-    need(b.max_iter >= 1, "baseline.max_iter", b.max_iter, "an integer >= 1")
-    need(b.learning_rate > 0, "baseline.learning_rate", b.learning_rate, "a number > 0")
+    ct = e.class_threshold
+    for key, value in ct.items() if isinstance(ct, dict) else [("", ct)]:
+        need(
+            value == "auto" or 0 <= value <= 1,
+            f"evaluate.class_threshold{'.' + key if key else ''}",
+            value,
+            "a number in [0, 1], 'auto', or a map from type name to a number in [0, 1]",
+        )
 
 
 STAGE_STRIDES = {"conv1": 2, "pool1": 4, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}

@@ -29,20 +29,24 @@ def class_label(class_id: object, names: dict[str, str]) -> str:
 def split(images: pd.DataFrame, test_size: float, val_size: float, seed: int) -> tuple[dict[str, pd.DataFrame], dict]:
     """Seeded split stratified by label and, where each stratum is big enough, by defect-class combination.
 
-    Returns ({"train", "val", "test"} -> rows of `images`, report). Strata with fewer than 3 images are
-    folded into their label's stratum (named in the report)."""
+    Returns ({"train", "val", "test"} -> rows of `images`, report). Strata with fewer than 3 images are folded
+    into their label's stratum, or, in a set with no clean images (one label), into its most common stratum
+    (named in the report)."""
     combo = images.label.astype(str) + ":" + images.classes.fillna("")
     counts = combo.value_counts()
     rare = sorted(counts[counts < 3].index)
-    strata = combo.where(~combo.isin(rare), images.label.astype(str))
-    report = {"stratified_by": "label and defect classes", "folded_strata": rare}
+    has_clean = bool((images.label == 0).any())
+    strata = combo.where(~combo.isin(rare), images.label.astype(str) if has_clean else counts.index[0])
+    by = "label and defect classes" if has_clean else "defect classes (no clean images)"
+    report = {"stratified_by": by, "folded_strata": rare}
     try:
         rest, test = train_test_split(images, test_size=test_size, stratify=strata, random_state=seed)
         train, val = train_test_split(
             rest, test_size=val_size / (1 - test_size), stratify=strata[rest.index], random_state=seed
         )
     except ValueError:
-        report = {"stratified_by": "label only (defect-class strata too small)", "folded_strata": []}
+        by = "label only" if has_clean else "nothing (no clean images)"
+        report = {"stratified_by": f"{by}: defect-class strata too small", "folded_strata": []}
         try:
             rest, test = train_test_split(images, test_size=test_size, stratify=images.label, random_state=seed)
             train, val = train_test_split(

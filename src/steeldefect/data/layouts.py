@@ -11,8 +11,10 @@ The rules (docs/data.md):
 - Structural folders (`train`, `test`, `val`, `images`, `imgs`, ...) are not classes. An image's class folder is
   its nearest other folder. When some folder's name is clean (`data.clean_names`, matched against the whole
   name or its last `_`/`-` part), folders give the labels: images under a clean folder are clean, the others
-  defective of their folder's class. When no folder is clean (KolektorSDD, KolektorSDD2), the mask gives the
-  label: non-empty means defective, of the one class `defect`.
+  defective of their folder's class. When no folder is clean but images have masks (KolektorSDD, KolektorSDD2),
+  the mask gives the label: non-empty means defective, of the one class `defect`. When no folder is clean and
+  no image has a mask (defects sorted by type), every image is defective, of its folder's class; this needs at
+  least two class folders (with one there is nothing to tell apart).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -60,8 +62,14 @@ class Entry:
 class Layout:
     name: str  # folders, pairs or mvtec (or coco, severstal)
     entries: list[Entry]
-    class_names: list[str]  # defect classes: ClassId i + 1 is class_names[i]
+    class_names: list[str]  # defect classes: ClassId i + 1 is class_names[i], unless class_ids says otherwise
     ignored: list[str]  # files that are neither images nor masks
+    # Severstal: the ClassIds of class_names (its own numbers), the folder its bad images are reported in
+    # (train_images/), the images clean only because train.csv does not list them, the repeated rows dropped
+    class_ids: list[int] | None = None
+    image_dir: Path | None = None
+    derived_clean: set[str] = field(default_factory=set)
+    duplicates_dropped: int = 0
 
 
 def is_clean(folder: str, clean_names: tuple[str, ...]) -> bool:
@@ -260,7 +268,17 @@ def _class_folders(source: Path, image: Path) -> list[str]:
 
 def _entries(source: Path, scan: _Scan, clean_names: tuple[str, ...], name: str) -> Layout:
     folders = {image: _class_folders(source, image) for image in scan.images}
-    by_folder = any(is_clean(f, clean_names) for fs in folders.values() for f in fs)
+    has_clean = any(is_clean(f, clean_names) for fs in folders.values() for f in fs)
+    types = sorted({fs[-1] for fs in folders.values() if fs}, key=str.lower)
+    no_masks = not any(scan.images.values())
+    if not has_clean and no_masks and len(types) == 1:
+        raise UserError(
+            f"{source}: every image is in one class folder, {types[0]}, and no folder is named as clean "
+            f"(data.clean_names: {list(clean_names)}), so there is nothing to tell apart. Add a folder of clean "
+            "images (named as one of data.clean_names) or folders of other defect types, or give the images masks "
+            "(labels then come from the masks)."
+        )
+    by_folder = has_clean or (no_masks and bool(types))  # folders give the labels (no clean one: all defective)
     entries = []
     for image, mask in scan.images.items():
         image_id = str(PurePosixPath(*image.relative_to(source).parts))
@@ -277,7 +295,8 @@ def _entries(source: Path, scan: _Scan, clean_names: tuple[str, ...], name: str)
             raise UserError(
                 f"{image}: no mask and no class folder, so its label is unknown. No folder in {source} is named "
                 f"as clean (data.clean_names: {list(clean_names)}), so labels come from masks: add its mask (all "
-                "zero if clean), or sort the images into clean and defect folders."
+                "zero if clean), or sort the images into clean and defect folders (or into one folder per defect "
+                "type, if every image is defective)."
             )
         else:
             label, cls = None, DEFECT

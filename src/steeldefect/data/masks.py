@@ -26,6 +26,18 @@ def image_mask(masks: pd.DataFrame, image_id: str, height: int, width: int, size
     return resize_nearest(full.astype(np.uint8), size)
 
 
+def type_masks(
+    masks: pd.DataFrame, image_id: str, height: int, width: int, size: Sequence[int], class_ids: Sequence[str]
+) -> np.ndarray:
+    """uint8 (size[0], size[1], 1 + K): `image_mask` (any defect), then one channel per defect type of `class_ids`
+    (ClassIds as strings, the order of a classes model's output)."""
+    rows = masks[masks.ImageId == image_id]
+    channels = [image_mask(masks, image_id, height, width, size)]
+    for c in class_ids:
+        channels.append(image_mask(rows[rows.ClassId.astype(str) == str(c)], image_id, height, width, size))
+    return np.stack(channels, axis=-1)
+
+
 def resize_nearest(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Nearest-neighbour resize of a 2-D array to `size` (height, width), sampling each output pixel's centre."""
     h, w = mask.shape

@@ -1,23 +1,31 @@
-"""Prepare: read the data folder in its layout (Severstal CSV, class folders, image + mask pairs, MVTec AD, COCO),
-check every image and mask, and give one row per image, one per (image, class) mask, and the data metrics."""
+"""Prepare: detect the data folder's layout (Severstal CSV, class folders, image + mask pairs, MVTec AD, COCO), read
+it as a Layout (one entry per image: its label or classes and how to read its masks), then assemble: check every
+image and mask, and give one row per image, one per (image, class) mask, and the data metrics."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from steeldefect.data.coco import annotation_files, read_coco
 from steeldefect.data.dataset import IMAGE_COLUMNS, class_label
-from steeldefect.data.layouts import IMAGE_SUFFIXES, BadImage, Layout, read_tree
+from steeldefect.data.layouts import IMAGE_SUFFIXES, BadImage, Entry, Layout, read_tree
 from steeldefect.data.severstal import MasksCsv, read_labels, read_masks, rle_decode, rle_encode
 from steeldefect.errors import UserError
 from steeldefect.params import DataParams
 
 log = logging.getLogger(__name__)
+
+NO_CLEAN_NOTE = (
+    "The set has no clean images (every image is defective), so the defect/clean metrics (accuracy, ROC AUC, false "
+    "positives and negatives) will not apply; train with train.target: classes to tell the defect types apart."
+)
 
 
 def _check_image(path: Path) -> tuple[int, int, str]:
@@ -30,7 +38,8 @@ def _check_image(path: Path) -> tuple[int, int, str]:
 
 
 def prepare(source: Path, on_bad_image: str, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """Read and check a data folder in any layout (`data.format`, detected when "auto").
+    """Read and check a data folder in any layout (`data.format`, detected when "auto"): detect, read (a Layout),
+    assemble.
 
     Returns (images, masks, excluded, data metrics): one row per image (IMAGE_COLUMNS), one row per non-empty
     (image, defect class) mask (ImageId, ClassId, EncodedPixels, area), the images left out (ImageId, problem) and
@@ -40,18 +49,29 @@ def prepare(source: Path, on_bad_image: str, data: DataParams) -> tuple[pd.DataF
     """
     fmt = detect(source, data.format)
     if fmt == "severstal":
-        images, masks, excluded, derived = _prepare_severstal(source, on_bad_image)
-        names, ignored = {str(k): str(k) for k in sorted(masks.ClassId.unique())}, []
+        layout = read_severstal(source)
+    elif fmt == "coco":
+        layout = read_coco(source)
     else:
-        layout = read_coco(source) if fmt == "coco" else read_tree(source, data.clean_names, fmt)
-        fmt, ignored, derived = layout.name, layout.ignored, 0
-        if ignored:
-            more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
-            log.info("ignored, neither images nor masks: %s%s", ", ".join(ignored[:5]), more)
-        names = {str(i + 1): name for i, name in enumerate(layout.class_names)}
-        images, masks, excluded = _assemble(layout, on_bad_image, source)
-    metrics = data_metrics(images, masks, excluded, derived, names)
-    return images, masks, excluded, {"layout": fmt, "class_names": names, **metrics, "ignored_files": len(ignored)}
+        layout = read_tree(source, data.clean_names, fmt)
+    if layout.ignored:
+        more = f" and {len(layout.ignored) - 5} more" if len(layout.ignored) > 5 else ""
+        log.info("ignored, neither images nor masks: %s%s", ", ".join(layout.ignored[:5]), more)
+    ids = dict(zip(layout.class_names, layout.class_ids or range(1, len(layout.class_names) + 1), strict=True))
+    images, masks, excluded = _assemble(layout, ids, on_bad_image, layout.image_dir or source)
+    names = {str(i): name for name, i in ids.items()}
+    derived = int(images.ImageId.isin(layout.derived_clean).sum())
+    metrics = {
+        "layout": layout.name,
+        "class_names": names,
+        **data_metrics(images, masks, excluded, derived, names),
+        "ignored_files": len(layout.ignored),
+        "duplicate_mask_rows_dropped": layout.duplicates_dropped,
+        "has_clean_images": bool((images.label == 0).any()),
+    }
+    if not metrics["has_clean_images"]:
+        metrics["note"] = NO_CLEAN_NOTE
+    return images, masks, excluded, metrics
 
 
 def detect(source: Path, fmt: str = "auto") -> str:
@@ -83,16 +103,18 @@ def detect(source: Path, fmt: str = "auto") -> str:
     return found[0][0] if found else "auto"
 
 
-def _assemble(layout: Layout, on_bad_image: str, source: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(images, masks, excluded) of a layout's entries: each image checked, each mask read at its image's size."""
-    ids = {name: i + 1 for i, name in enumerate(layout.class_names)}
+def _assemble(
+    layout: Layout, ids: dict[str, int], on_bad_image: str, where: Path
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(images, masks, excluded) of a layout's entries: each image checked, each mask read at its image's size
+    (`ids`: class name -> ClassId; bad images are reported in `where`)."""
     rows, mask_rows, problems = [], [], []
     for e in layout.entries:
         try:
             height, width, md5 = _check_image(e.path)
             found = {k: m for k, m in (e.masks(height, width) if e.masks else {}).items() if m.any()}
         except FileNotFoundError:
-            problems.append((e.image_id, f"file not found ({e.path})"))
+            problems.append((e.image_id, "file not found" + ("" if e.path == where / e.image_id else f" ({e.path})")))
             continue
         except BadImage as err:
             problems.append((e.image_id, str(err)))
@@ -102,14 +124,16 @@ def _assemble(layout: Layout, on_bad_image: str, source: Path) -> tuple[pd.DataF
             continue
         label = e.label if e.label is not None else int(bool(found))
         classes = sorted({ids[c] for c in (*e.classes, *found)})
-        mask_rows += [(e.image_id, ids[k], rle_encode(m), int(m.sum())) for k, m in sorted(found.items())]
+        mask_rows += [
+            (e.image_id, ids[k], rle_encode(found[k]), int(found[k].sum())) for k in sorted(found, key=ids.get)
+        ]
         rows.append((e.image_id, str(e.path), label, " ".join(map(str, classes)), len(found), height, width, md5))
     _report(
         problems,
-        source,
+        where,
         on_bad_image,
-        "image(s) are missing or unreadable, or have a bad mask",
-        "Fix or remove the files",
+        "listed image(s) are missing or unreadable, or have a bad mask",
+        "Restore, fix or remove the files (and any rows listing them)",
     )
     return (
         pd.DataFrame(rows, columns=IMAGE_COLUMNS),
@@ -125,8 +149,9 @@ def _report(problems: list[tuple[str, str]], where: Path, on_bad_image: str, wha
         raise UserError(f"{where}: {len(problems)} {what}: {listing}{more}. {fix}, or set prepare.on_bad_image: skip.")
 
 
-def _prepare_severstal(source: Path, on_bad_image: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
-    """The Severstal layout: train_images/ + train.csv (+ defect_and_no_defect.csv)."""
+def read_severstal(source: Path) -> Layout:
+    """The Severstal layout: train_images/ + train.csv (+ defect_and_no_defect.csv, which gives the labels when
+    present; else an image is defective when it has a mask). Class names are the ClassIds ("1".."4")."""
     masks_csv, labels_csv = source / "train.csv", source / "defect_and_no_defect.csv"
     image_dir = source / "train_images"
     for p in (masks_csv, image_dir):
@@ -136,15 +161,46 @@ def _prepare_severstal(source: Path, on_bad_image: str) -> tuple[pd.DataFrame, p
                 "defect_and_no_defect.csv); for other layouts see docs/data.md."
             )
     parsed = read_masks(masks_csv)
+    if parsed.duplicates_dropped:
+        log.info(
+            "%s: dropped %d repeated mask row(s) (same ImageId, ClassId and EncodedPixels as an earlier row)",
+            masks_csv,
+            parsed.duplicates_dropped,
+        )
     if labels_csv.exists():
         labels, derived = _checked_labels(parsed.masks, masks_csv, labels_csv), set()
     else:
         labels, derived = _labels_from_masks(parsed, image_dir)
-    by_image = parsed.masks.groupby("ImageId").ClassId.apply(lambda s: " ".join(map(str, sorted(s))))
-    images, excluded = _check_images(labels, image_dir, by_image, on_bad_image)
-    masks = parsed.masks[~parsed.masks.ImageId.isin(excluded.ImageId)]
-    masks = masks.assign(area=_mask_areas(masks, images, masks_csv))[["ImageId", "ClassId", "EncodedPixels", "area"]]
-    return images, masks, excluded, int(images.ImageId.isin(derived).sum())
+    by_image = {image_id: rows for image_id, rows in parsed.masks.groupby("ImageId")}
+    entries = [
+        Entry(i, image_dir / i, int(label), masks=_rle_reader(by_image[i], masks_csv) if i in by_image else None)
+        for i, label in zip(labels.ImageId, labels.label, strict=True)
+    ]
+    class_ids = sorted(int(c) for c in parsed.masks.ClassId.unique())
+    return Layout(
+        "severstal",
+        entries,
+        class_names=[str(c) for c in class_ids],
+        ignored=[],
+        class_ids=class_ids,
+        image_dir=image_dir,
+        derived_clean=derived,
+        duplicates_dropped=parsed.duplicates_dropped,
+    )
+
+
+def _rle_reader(rows: pd.DataFrame, masks_csv: Path) -> Callable[[int, int], dict[str, np.ndarray]]:
+    """An image's masks from its train.csv rows, decoded (and so validated) at the image's own size."""
+
+    def read(height: int, width: int) -> dict[str, np.ndarray]:
+        return {
+            str(r.ClassId): rle_decode(
+                r.EncodedPixels, height, width, f"{masks_csv} row {r.row} (ImageId {r.ImageId}, ClassId {r.ClassId})"
+            )
+            for r in rows.itertuples(index=False)
+        }
+
+    return read
 
 
 def _checked_labels(masks: pd.DataFrame, masks_csv: Path, labels_csv: Path) -> pd.DataFrame:
@@ -174,44 +230,6 @@ def _labels_from_masks(parsed: MasksCsv, image_dir: Path) -> tuple[pd.DataFrame,
     ids = sorted(set(parsed.images) | on_disk)
     defective = set(parsed.masks.ImageId)
     return pd.DataFrame({"ImageId": ids, "label": [int(i in defective) for i in ids]}), derived
-
-
-def _check_images(
-    labels: pd.DataFrame, image_dir: Path, by_image: pd.Series, on_bad_image: str
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(images, excluded): one checked row per labelled image that decodes, and the ones that do not."""
-    rows, problems = [], []
-    for image_id, label in zip(labels.ImageId, labels.label, strict=True):
-        path = image_dir / image_id
-        try:
-            height, width, md5 = _check_image(path)
-        except FileNotFoundError:
-            problems.append((image_id, "file not found"))
-            continue
-        except (OSError, ValueError) as e:
-            problems.append((image_id, f"does not decode as an image ({e})"))
-            continue
-        classes = by_image.get(image_id, "")
-        rows.append((image_id, str(path), int(label), classes, len(classes.split()), height, width, md5))
-    _report(
-        problems,
-        image_dir,
-        on_bad_image,
-        "listed image(s) are missing or unreadable",
-        "Restore the files, remove them from the CSV files",
-    )
-    return pd.DataFrame(rows, columns=IMAGE_COLUMNS), pd.DataFrame(problems, columns=["ImageId", "problem"])
-
-
-def _mask_areas(masks: pd.DataFrame, images: pd.DataFrame, masks_csv: Path) -> list[int]:
-    """Pixels of every mask, decoded (and so validated) at its image's own size."""
-    size = images.set_index("ImageId")[["height", "width"]]
-    areas = []
-    for rec in masks.itertuples(index=False):
-        h, w = size.loc[rec.ImageId]
-        where = f"{masks_csv} row {rec.row} (ImageId {rec.ImageId}, ClassId {rec.ClassId})"
-        areas.append(int(rle_decode(rec.EncodedPixels, int(h), int(w), where).sum()))
-    return areas
 
 
 def data_metrics(

@@ -196,12 +196,13 @@ def _parse_class_id(text: str, where: str) -> int:
 
 @dataclass(frozen=True)
 class MasksCsv:
-    """A parsed ``train.csv``: the non-empty masks, every ImageId the file lists (with or without a mask, sorted)
-    and its format, ``"2019"`` or ``"long"``."""
+    """A parsed ``train.csv``: the non-empty masks, every ImageId the file lists (with or without a mask, sorted),
+    its format, ``"2019"`` or ``"long"``, and the mask rows dropped as exact repeats of an earlier row."""
 
     masks: pd.DataFrame
     images: list[str]
     format: str
+    duplicates_dropped: int
 
 
 def read_masks(csv_path: Path) -> MasksCsv:
@@ -211,7 +212,9 @@ def read_masks(csv_path: Path) -> MasksCsv:
     Long format: ``ImageId,ClassId,EncodedPixels`` (rows only for defects).
 
     The masks table has columns ImageId (str), ClassId (int), EncodedPixels (str) and ``row`` (1-based line
-    number in the file; the header is line 1), one row per non-empty mask, in file order.
+    number in the file; the header is line 1), one row per non-empty mask, in file order. A row repeating an
+    earlier one (same ImageId, ClassId and EncodedPixels, as concatenated exports have) is dropped and counted;
+    two different masks for one (image, class) are refused.
     """
     path = Path(csv_path)
     raw = _read_csv(path)
@@ -225,10 +228,10 @@ def read_masks(csv_path: Path) -> MasksCsv:
             "row": raw["row"].to_numpy(dtype=np.int64),
         }
     )
-    images = sorted(set(image_ids))
-    df = df.loc[df["EncodedPixels"] != ""].reset_index(drop=True)
-    _check_one_mask_per_class(df, path)
-    return MasksCsv(df, images, fmt)
+    masks = df.loc[df["EncodedPixels"] != ""]
+    unique = masks.drop_duplicates(["ImageId", "ClassId", "EncodedPixels"]).reset_index(drop=True)
+    _check_one_mask_per_class(unique, path)
+    return MasksCsv(unique, sorted(set(image_ids)), fmt, len(masks) - len(unique))
 
 
 def _masks_format(raw: pd.DataFrame, path: Path) -> str:
@@ -268,14 +271,14 @@ def _image_and_class_ids(raw: pd.DataFrame, fmt: str, path: Path) -> tuple[list[
 
 
 def _check_one_mask_per_class(df: pd.DataFrame, path: Path) -> None:
-    """UserError naming the first two rows that give one image two masks of one class."""
+    """UserError naming the first two rows that give one image two different masks of one class."""
     dup = df.duplicated(["ImageId", "ClassId"], keep=False)
     if dup.any():
         first = df.loc[dup].iloc[0]
         same = df.loc[dup & (df["ImageId"] == first.ImageId) & (df["ClassId"] == first.ClassId), "row"]
         rows = same.tolist()
         raise UserError(
-            f"{path} rows {rows[0]} and {rows[1]}: ImageId {first.ImageId} has two masks for ClassId "
+            f"{path} rows {rows[0]} and {rows[1]}: ImageId {first.ImageId} has two different masks for ClassId "
             f"{first.ClassId}; keep one row per (image, class), merging the masks if both are needed."
         )
 

@@ -1,8 +1,9 @@
-"""Evaluation of the test predictions: metrics, plot data, mistake lists and galleries."""
+"""Evaluation of the test predictions: metrics, plot data, mistake lists and galleries, per defect type too."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,28 +14,37 @@ from dvclive import Live
 from steeldefect import atomic
 from steeldefect.data.dataset import class_label, load_masks
 from steeldefect.data.masks import resize_nearest
+from steeldefect.data.types import PREFIX
 from steeldefect.evaluate.localization import DICE_COLUMNS, localization_metrics
-from steeldefect.evaluate.metrics import (
-    binary_metrics,
-    pick_threshold,
-    recall_per_class,
-    scored_metrics,
-    threshold_sweep,
-)
+from steeldefect.evaluate.metrics import SWEEP_COLUMNS, recall_per_class, scored_metrics, threshold_sweep
 from steeldefect.evaluate.plots import Tile, gallery
+from steeldefect.evaluate.types import Types, single_type, truth_and_probabilities
 from steeldefect.params import EvaluateParams
+
+# the picture of a gallery that does not apply
+NO_DEFECT_DECISION = "Not applicable: the data has no clean images,\nso the model gives no defect probability."
+NO_TYPES = "Not applicable: train.target is defect (one probability,\nno defect types); set train.target: classes."
 
 
 def _label(v: int) -> str:
     return "defect" if v else "clean"
 
 
+def _title(r) -> str:
+    """True label and types; the defect decision where there is one; the top type with train.target classes."""
+    title = f"{r.ImageId}  true: {_label(r.label)}{f' ({r.shown})' if r.shown else ''}"
+    if hasattr(r, "predicted"):
+        title += f" / pred: {_label(r.predicted)}  (p = {r.probability:.3f})"
+    if hasattr(r, "top_type"):
+        title += f" / top type: {r.top_shown}  (p = {r.top_probability:.3f})"
+    return title
+
+
 def _tiles(df: pd.DataFrame, masks: pd.DataFrame, with_masks: bool, outlines: dict | None = None) -> list[Tile]:
     return [
         Tile(
             r.path,
-            f"{r.ImageId}  true: {_label(r.label)}{f' ({r.shown})' if r.shown else ''} / pred: {_label(r.predicted)}"
-            f"  (p = {r.probability:.3f})",
+            _title(r),
             load_masks(masks, r.ImageId, r.height, r.width) if with_masks else {},
             resize_nearest(outlines[r.ImageId], (r.height, r.width)) if outlines is not None else None,
         )
@@ -70,34 +80,64 @@ def evaluate(
     maps: dict | None = None,
     map_stride: int | None = None,
     class_names: dict[str, str] | None = None,
+    types: Types | None = None,
 ) -> dict:
-    """`val` holds ImageId, label, probability; `test` also holds path, classes, height, width. `maps`: a mask
-    model's test maps by ImageId (at `map_stride`), for the localization metrics and the galleries' outlines.
-    `class_names` (ClassId -> name, data/prepared/classes.csv) names the classes in per-class metrics and titles."""
+    """`val` and `test` hold ImageId, label and probability (none for a set with no clean images); `test` also
+    holds path, classes, height, width. `maps`: a mask model's test maps by ImageId (at `map_stride`), for the
+    localization metrics and the galleries' outlines.
+    `class_names` (ClassId -> name, data/prepared/classes.csv) names the classes in per-class metrics and titles.
+    `types` (ClassIds, names; train.target classes): both frames also hold classes and p_<name>, for the per-type
+    metrics, thresholds and plots. Without a probability column (a set with no clean images) the defect / clean
+    metrics do not apply: metrics/evaluate.json says why, and their plots are written with no data."""
     names = class_names or {}
     shown = test.classes.astype(str).str.split().apply(lambda cs: ", ".join(class_label(c, names) for c in cs))
     test = test.assign(shown=shown)
-    choice = pick_threshold(p, val)
-    y, prob = test.label.to_numpy(), test.probability.to_numpy()
-    test = test.assign(predicted=(prob >= choice["threshold"]).astype(int))
-    metrics = {
-        **binary_metrics(y, prob, choice["threshold"]),
-        "threshold_choice": choice,
-        "recall_per_class": _named(recall_per_class(test, test.predicted.to_numpy()), names),
-    }
+    metrics = scored_metrics(p, val, test, types)
+    if "probability" in test:
+        choice = metrics["threshold_choice"]
+        y, prob = test.label.to_numpy(), test.probability.to_numpy()
+        test = test.assign(predicted=(prob >= choice["threshold"]).astype(int))
+        metrics["recall_per_class"] = _named(recall_per_class(test, test.predicted.to_numpy()), names)
+        write_curves(plots_dir, y, prob, predicted=test.predicted.to_numpy())
+        sweep = threshold_sweep(y, prob, choice["threshold"])
+    else:
+        choice = {"defect_decision": metrics["defect_decision"]}
+        write_empty_curves(plots_dir)
+        atomic.write_json(plots_dir / "confusion.json", [])
+        sweep = pd.DataFrame(columns=SWEEP_COLUMNS)
+    atomic.write_text(plots_dir / "threshold_sweep.csv", sweep.to_csv(index=False))
+    if types:
+        thresholds = {n: m["threshold"] for n, m in metrics["classes"].items()}
+        choice = {**choice, "class_thresholds": thresholds, "class_threshold_choice": metrics["class_threshold_choice"]}
+        test = with_types(test, types, thresholds, names)
+    write_type_plots(plots_dir, test, types)
     write_results(test, results_dir)
-    write_curves(plots_dir, y, prob, predicted=test.predicted.to_numpy())
-    atomic.write_text(
-        plots_dir / "threshold_sweep.csv", threshold_sweep(y, prob, choice["threshold"]).to_csv(index=False)
-    )
     localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
     if localization is not None:  # threshold.json also gives the command its default map threshold
         localization["dice_per_class"] = _named(localization["dice_per_class"], names)
         metrics["localization"], choice = localization, {**choice, "map_threshold": p.map_threshold}
-    write_galleries(test, masks, p.gallery_size, seed, choice["threshold"], outlines, note, plots_dir)
+    write_galleries(test, masks, p.gallery_size, seed, choice.get("threshold"), outlines, note, plots_dir)
+    write_wrong_type_gallery(test, masks, p.gallery_size, outlines, note, plots_dir)
     atomic.write_json(threshold_path, choice)
     atomic.write_json(metrics_path, metrics)
     return metrics
+
+
+def with_types(test: pd.DataFrame, types: Types, thresholds: dict[str, float], names: dict[str, str]) -> pd.DataFrame:
+    """`test` with top_type (the type of highest probability), top_probability, top_shown (its label in titles),
+    predicted_types (the types at or above their thresholds, joined by ";") and wrong_type (a defect with a true
+    type whose top type is not among its true types: right defect, wrong type)."""
+    class_ids, type_names = types
+    y, prob = truth_and_probabilities(test, types)
+    top = prob.argmax(1)
+    at = prob >= np.array([thresholds[n] for n in type_names])
+    return test.assign(
+        top_type=[type_names[k] for k in top],
+        top_probability=prob.max(1),
+        top_shown=[class_label(class_ids[k], names) for k in top],
+        predicted_types=[";".join(n for n, a in zip(type_names, row) if a) for row in at],
+        wrong_type=y.any(1) & (y[np.arange(len(y)), top] == 0),
+    )
 
 
 def _named(per_class: dict, names: dict[str, str]) -> dict:
@@ -105,7 +145,10 @@ def _named(per_class: dict, names: dict[str, str]) -> dict:
 
 
 def mistakes(test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(false positives, most confident first; false negatives, most confidently missed first)."""
+    """(false positives, most confident first; false negatives, most confidently missed first); none without a
+    defect decision."""
+    if "predicted" not in test:
+        return test[:0], test[:0]
     fp = test[(test.predicted == 1) & (test.label == 0)].sort_values("probability", ascending=False)
     fn = test[(test.predicted == 0) & (test.label == 1)].sort_values("probability")
     return fp, fn
@@ -114,7 +157,8 @@ def mistakes(test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def write_results(test: pd.DataFrame, results_dir: Path) -> None:
     """predictions.csv, false_positives.csv and false_negatives.csv in `results_dir`, replaced whole."""
     fp, fn = mistakes(test)
-    columns = ["ImageId", "label", "classes", "probability", "predicted"]
+    extra = [c for c in test if c.startswith(PREFIX)] + ["top_type", "predicted_types"]
+    columns = [c for c in ["ImageId", "label", "classes", "probability", "predicted", *extra] if c in test]
     with atomic.atomic_dir(results_dir) as tmp:
         test[columns].to_csv(tmp / "predictions.csv", index=False)
         fp[columns].to_csv(tmp / "false_positives.csv", index=False)
@@ -146,8 +190,40 @@ def write_curves(
         for path in written.glob("*.json"):
             atomic.write_text(plots_dir / path.name, path.read_text())
     if not both:
-        atomic.write_json(plots_dir / f"roc{suffix}.json", {"roc": []})
-        atomic.write_json(plots_dir / f"precision_recall{suffix}.json", {"precision_recall": []})
+        write_empty_curves(plots_dir, suffix)
+
+
+def write_empty_curves(plots_dir: Path, suffix: str = "") -> None:
+    """roc{suffix}.json and precision_recall{suffix}.json with no points: one class only, or no probability."""
+    atomic.write_json(plots_dir / f"roc{suffix}.json", {"roc": []})
+    atomic.write_json(plots_dir / f"precision_recall{suffix}.json", {"precision_recall": []})
+
+
+def write_type_plots(plots_dir: Path, test: pd.DataFrame, types: Types | None) -> None:
+    """type_confusion.json: the rows of a DVC confusion plot (actual = true type, predicted = top type) of the test
+    images with exactly one type; classes_roc/<name>.json and classes_precision_recall/<name>.json: each type's
+    curves (write_curves, one-vs-rest), folders DVC draws as one plot per file. Without types (train.target
+    defect): an empty confusion, and each folder holds only not_applicable.json, an empty list."""
+    rows, curves = [], {}
+    if types:
+        names = types[1]
+        y, prob = truth_and_probabilities(test, types)
+        one = single_type(y)
+        rows = [{"actual": names[a], "predicted": names[b]} for a, b in zip(y[one].argmax(1), prob[one].argmax(1))]
+        curves = {name.replace("/", "_"): (y[:, k], prob[:, k]) for k, name in enumerate(names)}
+    atomic.write_json(plots_dir / "type_confusion.json", rows)
+    with (
+        atomic.atomic_dir(plots_dir / "classes_roc") as roc,
+        atomic.atomic_dir(plots_dir / "classes_precision_recall") as pr,
+        tempfile.TemporaryDirectory(prefix="steeldefect-type-curves.") as tmp,
+    ):
+        for stem, (y_k, prob_k) in curves.items():
+            write_curves(Path(tmp), y_k, prob_k)
+            shutil.move(Path(tmp) / "roc.json", roc / f"{stem}.json")
+            shutil.move(Path(tmp) / "precision_recall.json", pr / f"{stem}.json")
+        if not curves:
+            for folder in (roc, pr):
+                atomic.write_json(folder / "not_applicable.json", [])
 
 
 def write_galleries(
@@ -155,19 +231,26 @@ def write_galleries(
     masks: pd.DataFrame,
     n: int,
     seed: int,
-    threshold: float,
+    threshold: float | None,
     outlines: dict | None,
     note: str,
     plots_dir: Path,
 ) -> None:
-    """Three PNGs of up to `n` test images each: a random sample, the false negatives, the false positives."""
+    """Three PNGs of up to `n` test images each: a random sample, the false negatives, the false positives.
+    Without a defect decision (threshold None) the last two say why they do not apply."""
     fp, fn = mistakes(test)
     sample = test.sample(n=min(n, len(test)), random_state=seed).sort_values("ImageId")
+    decided = threshold is not None
+    decision = f"threshold {threshold:.3g}" if decided else "no defect decision"
     gallery(
         _tiles(sample, masks, with_masks=outlines is not None, outlines=outlines),
         plots_dir / "gallery_random.png",
-        f"Random test images (threshold {threshold:.3g}{'; true mask overlaid' if note else ''}{note})",
+        f"Random test images ({decision}{'; true mask overlaid' if note else ''}{note})",
     )
+    if not decided:
+        for name, title in (("gallery_false_negatives", "Missed defects"), ("gallery_false_positives", "False alarms")):
+            gallery([], plots_dir / f"{name}.png", f"{title}: not applicable", empty=NO_DEFECT_DECISION)
+        return
     gallery(
         _tiles(fn.head(n), masks, with_masks=True, outlines=outlines),
         plots_dir / "gallery_false_negatives.png",
@@ -182,16 +265,47 @@ def write_galleries(
     )
 
 
+def write_wrong_type_gallery(
+    test: pd.DataFrame, masks: pd.DataFrame, n: int, outlines: dict | None, note: str, plots_dir: Path
+) -> None:
+    """gallery_wrong_type.png: up to `n` test images of right defect, wrong type (with_types), the most confident
+    top type first, true mask overlaid; without types (train.target defect) a picture saying it does not apply."""
+    path = plots_dir / "gallery_wrong_type.png"
+    if "wrong_type" not in test:
+        gallery([], path, "Right defect, wrong type", empty=NO_TYPES)
+        return
+    wrong = test[test.wrong_type].sort_values("top_probability", ascending=False)
+    gallery(
+        _tiles(wrong.head(n), masks, with_masks=True, outlines=outlines),
+        path,
+        f"Right defect, wrong type: {len(wrong)} test images whose top type is none of their true types "
+        f"(showing {min(n, len(wrong))}, true mask overlaid{note})",
+        empty="No wrong types: the top type of every defect is one of its true types.",
+    )
+
+
 # Deep model against the classical baseline (stage `baseline`, steeldefect.evaluate.baseline).
 COMPARED = ("roc_auc", "average_precision", "balanced_accuracy", "accuracy", "precision", "recall", "specificity", "f1")
+TYPE_COMPARED = ("roc_auc", "average_precision")  # per type (classes.<name>) and classes_macro
 NAMES = {"roc_auc": "ROC AUC", "average_precision": "average precision", "balanced_accuracy": "balanced accuracy"}
 
 
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 6)
+
+
 def compare_with_baseline(deep: dict, baseline: dict) -> dict:
-    """Deep model minus baseline for each metric in COMPARED (None where either is missing)."""
-    return {
-        k: None if deep.get(k) is None or baseline.get(k) is None else round(deep[k] - baseline[k], 6) for k in COMPARED
-    }
+    """Deep model minus baseline (None where either is missing): each metric in COMPARED where the deep model has a
+    defect decision; with types, TYPE_COMPARED per type (classes.<name>) and of classes_macro, and type_accuracy."""
+    out = {} if "defect_decision" in deep else {k: _minus(deep.get(k), baseline.get(k)) for k in COMPARED}
+    if "classes" in deep:  # the baseline was scored with the same types
+        out["classes"] = {
+            n: {k: _minus(m[k], baseline["classes"][n][k]) for k in TYPE_COMPARED} for n, m in deep["classes"].items()
+        }
+        macro = baseline["classes_macro"]
+        out["classes_macro"] = {k: _minus(deep["classes_macro"][k], macro[k]) for k in TYPE_COMPARED}
+        out["type_accuracy"] = _minus(deep["type_accuracy"], baseline["type_accuracy"])
+    return out
 
 
 def baseline_warning(deep: dict, baseline: dict) -> str | None:
@@ -200,7 +314,7 @@ def baseline_warning(deep: dict, baseline: dict) -> str | None:
     worse = [
         f"{name} {deep[k]:.3f} vs {baseline[k]:.3f} ({diff[k]:+.3f})"
         for k, name in NAMES.items()
-        if diff[k] is not None and diff[k] < 0
+        if diff.get(k) is not None and diff[k] < 0
     ]
     if not worse:
         return None
@@ -212,11 +326,20 @@ def baseline_warning(deep: dict, baseline: dict) -> str | None:
 
 
 def evaluate_baseline(
-    p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame, metrics_path: Path, plots_dir: Path
+    p: EvaluateParams,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    metrics_path: Path,
+    plots_dir: Path,
+    types: Types | None = None,
 ) -> dict:
-    """The baseline's metrics (same threshold policy as the deep model's) and its ROC / precision-recall data."""
-    metrics = scored_metrics(p, val, test)
-    write_curves(plots_dir, test.label.to_numpy(), test.probability.to_numpy(), suffix="_baseline")
+    """The baseline's metrics (same threshold policies as the deep model's, per type too with `types`) and its ROC /
+    precision-recall data (with no points when it has no defect probability)."""
+    metrics = scored_metrics(p, val, test, types)
+    if "probability" in test:
+        write_curves(plots_dir, test.label.to_numpy(), test.probability.to_numpy(), suffix="_baseline")
+    else:
+        write_empty_curves(plots_dir, "_baseline")
     atomic.write_json(metrics_path, metrics)
     return metrics
 

@@ -6,7 +6,21 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from steeldefect.evaluate.types import Types, type_metrics
 from steeldefect.params import EvaluateParams
+
+SWEEP_COLUMNS = ["threshold", "false_positives", "false_negatives", "chosen_threshold"]
+
+# a set with no clean images: the model gives no defect probability (predictions without a probability column)
+NOT_APPLICABLE = {
+    "applicable": False,
+    "reason": (
+        "the data has no clean images, so the model gives no defect probability (no probability column in the "
+        "predictions): the defect / clean metrics (accuracy, false positives and negatives, ROC AUC, average "
+        "precision, the threshold and vs_baseline of these) do not apply; the per-type metrics (classes, "
+        "classes_macro, type_accuracy) evaluate the model"
+    ),
+}
 
 
 def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
@@ -62,14 +76,7 @@ def threshold_sweep(y: np.ndarray, prob: np.ndarray, chosen: float, steps: int =
     fp = [int(((prob >= t) & (y == 0)).sum()) for t in grid]
     fn = [int(((prob < t) & (y == 1)).sum()) for t in grid]
     top = max(max(fp), max(fn), 1)
-    return pd.DataFrame(
-        {
-            "threshold": grid,
-            "false_positives": fp,
-            "false_negatives": fn,
-            "chosen_threshold": [top if t == chosen else 0 for t in grid],
-        }
-    )
+    return pd.DataFrame(dict(zip(SWEEP_COLUMNS, [grid, fp, fn, [top if t == chosen else 0 for t in grid]])))
 
 
 def dice_iou(predicted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
@@ -101,10 +108,16 @@ def pick_threshold(p: EvaluateParams, val: pd.DataFrame) -> dict:
     }
 
 
-def scored_metrics(p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame) -> dict:
-    """Metrics on `test` at the threshold chosen on `val` (both: label, probability), as evaluate's."""
-    choice = pick_threshold(p, val)
-    return {
-        **binary_metrics(test.label.to_numpy(), test.probability.to_numpy(), choice["threshold"]),
-        "threshold_choice": choice,
-    }
+def scored_metrics(p: EvaluateParams, val: pd.DataFrame, test: pd.DataFrame, types: Types | None = None) -> dict:
+    """Metrics on `test` at the thresholds chosen on `val`, as evaluate's: the defect decision where the frames hold
+    a probability column (else defect_decision says why it does not apply), and with `types` (train.target
+    classes; the frames then hold classes and p_<name>) the per-type metrics of steeldefect.evaluate.types."""
+    if "probability" in test:
+        choice = pick_threshold(p, val)
+        out = {
+            **binary_metrics(test.label.to_numpy(), test.probability.to_numpy(), choice["threshold"]),
+            "threshold_choice": choice,
+        }
+    else:
+        out = {"defect_decision": NOT_APPLICABLE}
+    return out | (type_metrics(p.class_threshold, types, val, test) if types else {})

@@ -1,18 +1,20 @@
 """The `steeldefect` command.
 
     steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
-                        [--engine keras|openvino] [--maps DIR]
+                        [--class-threshold X] [--engine keras|openvino] [--maps DIR]
     steeldefect cache info | clear [--kind features|images|selfcheck|pretrain]
     steeldefect preset demo|scratch|imagenet [-S key=value ...] [more dvc exp run arguments]
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, or the OpenVINO
 IR in openvino/, the default when it exists; the image size from model_meta.json), through the same tf.data
 preprocessing and prediction code as the predict stage, and writes one CSV row per image: path, probability,
-predicted (0 clean / 1 defect), engine (keras or openvino), precision (fp32 or int8), error. A mask-supervised
-model (one with a defect map) adds defect_area_share and box_x0, box_y0, box_x1, box_y1 (the defect's bounding
-box in the original image's pixels) after predicted, and `--maps DIR` writes each image with its map overlaid. An
-unreadable image gets its error text instead of a probability and does not stop the run. The IR is first checked
-on this CPU against Keras (serve/selfcheck.py). Exit codes: see EXIT_CODES (the same for the stages).
+predicted (0 clean / 1 defect), engine (keras or openvino), precision (fp32 or int8), error. A model with defect
+types (train.target classes) adds p_<name> per type and classes (the types at or above their thresholds, joined by
+";") after predicted; without a defect probability (trained on no clean images) probability and predicted are
+absent. A mask-supervised model (one with a defect map) adds defect_area_share and box_x0, box_y0, box_x1, box_y1
+(the defect's bounding box in the original image's pixels) after those, and `--maps DIR` writes each image with its
+map overlaid. An unreadable image gets its error text instead of a probability and does not stop the run. The IR is
+first checked on this CPU against Keras (serve/selfcheck.py). Exit codes: see EXIT_CODES (the same for the stages).
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def _add_predict(commands) -> None:
         help="defect probability of images with the exported model",
         description="Predict the defect probability of images (files, or folders of .jpg/.jpeg/.png files) with "
         "the exported model and write one CSV row per image: path, probability, predicted (1 = defect), engine, "
-        "precision, error. "
+        "precision, error. A model with defect types adds p_<name> per type and classes (the types whose probability "
+        "reaches their threshold, joined by ';'); one trained with no clean images has no probability and predicted. "
         "A mask-supervised model also gives defect_area_share and the defect's bounding box box_x0, box_y0, "
         "box_x1, box_y1 in the image's own pixels (x1, y1 exclusive; empty when no map cell reaches the map "
         "threshold). Exit code 1 when some images could not be read (their rows hold the error), 2 for usage errors, "
@@ -117,13 +120,7 @@ def _add_predict(commands) -> None:
     predict.add_argument(
         "--output", type=Path, default=Path("predictions.csv"), help="CSV to write (default: predictions.csv)"
     )
-    predict.add_argument(
-        "--threshold",
-        type=_threshold,
-        default=None,
-        help="predicted = 1 when probability >= threshold (default: the evaluate stage's choice in "
-        f"MODEL_DIR/threshold.json if present, else {DEFAULT_THRESHOLD})",
-    )
+    _add_thresholds(predict)
     predict.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -156,6 +153,25 @@ def _add_predict(commands) -> None:
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
 
+def _add_thresholds(parser) -> None:
+    """The decision thresholds of `predict`: the defect probability's and the defect types'."""
+    parser.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help="predicted = 1 when probability >= threshold (default: the evaluate stage's choice in "
+        f"MODEL_DIR/threshold.json if present, else {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--class-threshold",
+        type=_threshold,
+        default=None,
+        help="models with defect types: a type is listed in `classes` when its probability >= this, for every type "
+        "(default: the evaluate stage's class_thresholds in MODEL_DIR/threshold.json if present, else "
+        f"{DEFAULT_THRESHOLD} for each type)",
+    )
+
+
 def cache_command(action: str, kind: str | None) -> None:
     """`steeldefect cache info` / `steeldefect cache clear [--kind features|images|selfcheck|pretrain]`."""
     from steeldefect.train import cache
@@ -186,6 +202,11 @@ def expand_images(inputs: Sequence[str | Path]) -> list[str]:
     return paths
 
 
+def is_fraction(value) -> bool:
+    """A number in [0, 1] (not a bool), as threshold.json must hold."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1
+
+
 def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, str]:
     """(threshold, where it comes from): `threshold` if given, else the evaluate stage's choice in
     MODEL_DIR/threshold.json if that file exists, else 0.5."""
@@ -199,7 +220,7 @@ def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, 
     try:
         data = json.loads(path.read_text())
         value = data["threshold"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        if not is_fraction(value):
             raise ValueError(f"threshold {value!r} is not a number in [0, 1]")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(
@@ -224,9 +245,36 @@ def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple
         raise UserError(f"{path}: cannot read it ({type(e).__name__}: {e}); rerun `dvc repro evaluate`.") from e
     if value is None:
         return DEFAULT_THRESHOLD, f"default (no --map-threshold and no map_threshold in {path})"
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+    if not is_fraction(value):
         raise UserError(f"{path}: map_threshold {value!r} is not a number in [0, 1]; rerun `dvc repro evaluate`.")
     return float(value), str(path)
+
+
+def resolve_class_thresholds(
+    class_threshold: float | None, model_dir: Path, names: list[str]
+) -> tuple[dict[str, float], str]:
+    """({type name: threshold}, where they come from): `class_threshold` for every type if given, else
+    `class_thresholds` in MODEL_DIR/threshold.json (the evaluate stage's, one per type of `names`) if there, else
+    0.5 for each type."""
+    from steeldefect.serve.export import THRESHOLD
+
+    if class_threshold is not None:
+        return dict.fromkeys(names, class_threshold), "--class-threshold"
+    path = Path(model_dir) / THRESHOLD
+    try:
+        values = json.loads(path.read_text()).get("class_thresholds") if path.is_file() else None
+        if values is not None and (not isinstance(values, dict) or sorted(values) != sorted(names)):
+            raise ValueError(f"class_thresholds {values!r} does not name this model's types {names}")
+        if values is not None and not all(map(is_fraction, values.values())):
+            raise ValueError(f"class_thresholds {values!r}: not every value is a number in [0, 1]")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(
+            f"{path}: cannot read the per-type thresholds chosen by the evaluate stage ({type(e).__name__}: {e}); "
+            "rerun `dvc repro evaluate`, delete the file, or give --class-threshold."
+        ) from e
+    if values is None:
+        return dict.fromkeys(names, DEFAULT_THRESHOLD), f"default (no --class-threshold, no class_thresholds in {path})"
+    return {name: float(values[name]) for name in names}, str(path)
 
 
 def map_columns(result, map_threshold: float | None, model_dir: Path, maps_dir: Path | None):
@@ -312,6 +360,54 @@ def check_model_use(model, meta: dict, model_dir: Path, maps_dir: Path | None, p
         check_maps_dir(Path(maps_dir), paths)
 
 
+def thresholds(
+    outputs: list[str], meta: dict, threshold: float | None, class_threshold: float | None, model_dir: Path
+) -> tuple[float | None, dict[str, float]]:
+    """(the defect threshold, None without a defect probability; {type: threshold} in output order, {} without
+    types), each printed with where it comes from. A threshold given for an output the model lacks is refused."""
+    if threshold is not None and "probability" not in outputs:
+        raise UserError(
+            f"--threshold: the model in {model_dir} has no defect probability (it was trained on a set with no clean "
+            "images), only defect types: give --class-threshold instead."
+        )
+    if class_threshold is not None and "classes" not in outputs:
+        raise UserError(
+            f"--class-threshold: the model in {model_dir} has no defect types (it was trained with train.target "
+            "defect): give --threshold instead."
+        )
+    value, limits = None, {}
+    if "probability" in outputs:
+        value, source = resolve_threshold(threshold, model_dir)
+        print(f"threshold {value:g} from {source}")
+    if "classes" in outputs:
+        limits, source = resolve_class_thresholds(class_threshold, model_dir, meta.get("classes", []))
+        print(f"class thresholds {', '.join(f'{n}: {t:g}' for n, t in limits.items())} from {source}")
+    return value, limits
+
+
+def decisions(table, result, threshold: float | None, limits: dict[str, float]) -> list[str]:
+    """Add `predicted` (at `threshold`, when the model has a defect probability) and `classes` (the types at or
+    above their `limits`, joined by ';') to `table`; return the summary's parts."""
+    import numpy as np
+    import pandas as pd
+
+    ok, said = np.array([not e for e in result.errors], dtype=bool), []
+    if threshold is not None:
+        predicted = pd.array(
+            [int(p >= threshold) if good else pd.NA for p, good in zip(result.probability, ok)], "Int64"
+        )
+        table.insert(2, "predicted", predicted)
+        n_defect = int((predicted[ok] == 1).sum())
+        said.append(f"{n_defect} predicted defect, {int(ok.sum()) - n_defect} clean")
+    if limits:
+        names = list(limits)
+        hits = result.classes >= np.array([limits[n] for n in names])  # (images, types); False when unreadable
+        table["classes"] = [";".join(np.array(names)[row]) for row in hits]
+        counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(names, hits.sum(axis=0)))
+        said.append(f"by predicted type: {counts} ({int((ok & ~hits.any(axis=1)).sum())} with none)")
+    return said
+
+
 def predict(
     inputs: Sequence[str | Path],
     model_dir: Path = Path("models"),
@@ -322,27 +418,27 @@ def predict(
     map_threshold: float | None = None,
     maps_dir: Path | None = None,
     engine: str | None = None,
+    class_threshold: float | None = None,
 ) -> int:
     """The `predict` command: writes `output` and returns the exit code (0 all predicted, 1 some unreadable)."""
-    import numpy as np
     import pandas as pd
     from tqdm import tqdm
 
     from steeldefect import atomic
-    from steeldefect.serve.inference import predict_files
+    from steeldefect.serve.inference import output_names, predict_files, probability_columns
     from steeldefect.serve.openvino_engine import OpenVINOEngine
 
     paths = expand_images(inputs)
     if not paths:
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
-    value, source = resolve_threshold(threshold, model_dir)
     model, image_size, meta = load_for_inference(model_dir, engine)
     check_model_use(model, meta, model_dir, maps_dir, paths)
+    value, limits = thresholds(output_names(model), meta, threshold, class_threshold, model_dir)
+    names = list(limits)
     engine = "openvino" if isinstance(model, OpenVINOEngine) else "keras"
     precision = (meta.get("openvino") or {}).get("precision", "unknown") if engine == "openvino" else "fp32"
     name = f"OpenVINO {precision} IR" if engine == "openvino" else "Keras"
     batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
-    print(f"threshold {value:g} from {source}")
     print(
         f"predicting {len(paths)} images with the model in {model_dir} ({name}) "
         f"(image size {image_size[0]}x{image_size[1]}, batch size {batch_size})"
@@ -350,20 +446,18 @@ def predict(
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
         result = predict_files(model, paths, batch_size, image_size, progress=bar.update)
 
-    ok = np.array([not e for e in result.errors], dtype=bool)
-    predicted = pd.array([int(p >= value) if good else pd.NA for p, good in zip(result.probability, ok)], "Int64")
-    table = pd.DataFrame({"path": result.paths, "probability": result.probability, "predicted": predicted})
+    table = pd.DataFrame({"path": result.paths, **probability_columns(result, names)})
+    said = [
+        f"{len(paths)} images",
+        *decisions(table, result, value, limits),
+    ]
     located = map_columns(result, map_threshold, model_dir, maps_dir)
     table = pd.concat([table, located], axis=1) if located is not None else table
     table = table.assign(engine=engine, precision=precision, error=result.errors)
     atomic.write_text(Path(output), table.to_csv(index=False))
 
     failed = result.failed
-    n_defect = int((predicted[ok] == 1).sum())
-    print(
-        f"wrote {output}: {len(paths)} images, {n_defect} predicted defect, {int(ok.sum()) - n_defect} clean"
-        + (f", {len(failed)} unreadable" if failed else "")
-    )
+    print(f"wrote {output}: {', '.join(said)}" + (f", {len(failed)} unreadable" if failed else ""))
     for i in failed[:10]:
         print(f"  unreadable: {result.paths[i]}: {result.errors[i]}", file=sys.stderr)
     if len(failed) > 10:
@@ -395,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             map_threshold=args.map_threshold,
             maps_dir=args.maps,
             engine=args.engine,
+            class_threshold=args.class_threshold,
         )
 
     run(command)

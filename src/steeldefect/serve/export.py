@@ -25,7 +25,7 @@ from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import decode_and_preprocess, image_dataset
 
 MODEL_JSON, MODEL_WEIGHTS, MODEL_META = "model.json", "model.weights.h5", "model_meta.json"
-SAVED_MODEL = "saved_model"  # folder: TensorFlow SavedModel, signature serving_default (image_bytes -> probability)
+SAVED_MODEL = "saved_model"  # folder: TensorFlow SavedModel, signature serving_default (image_bytes -> outputs)
 THRESHOLD = "threshold.json"  # written beside the model by the evaluate stage; read by the command if present
 CLASS_MEANING = {"0": "clean", "1": "defect"}
 SAVED_MODEL_DISABLED = (
@@ -62,9 +62,10 @@ def load_model(model_dir: Path) -> keras.Model:
 
 def save_serving_model(model: keras.Model, image_size: tuple[int, int], path: Path) -> None:
     """A TensorFlow SavedModel at `path` whose `serving_default` signature maps `image_bytes` (tf.string, shape
-    [None]: encoded JPEG, or PNG / GIF / BMP) to `probability` (float32, shape [None]) and, for a model with a
-    defect map, `defect_map` (float32, [None, h, w, 1], as the Keras model), with the preprocessing of
-    `pipeline.decode_and_preprocess` inside the graph: servable by TF Serving or any TF runtime."""
+    [None]: encoded JPEG, or PNG / GIF / BMP) to the model's outputs, those it has: `probability` (float32, shape
+    [None]), `classes` (float32 [None, K], one probability per defect type) and `defect_map` (float32,
+    [None, h, w, 1]), as the Keras model, with the preprocessing of `pipeline.decode_and_preprocess` inside the
+    graph: servable by TF Serving or any TF runtime."""
     size = tuple(int(s) for s in image_size)
 
     def serve(image_bytes):
@@ -74,9 +75,8 @@ def save_serving_model(model: keras.Model, image_size: tuple[int, int], path: Pa
             fn_output_signature=tf.TensorSpec((*size, 3), tf.float32),
         )
         outputs = model(images, training=False)
-        if isinstance(outputs, dict):
-            return {"probability": tf.reshape(outputs["probability"], [-1]), "defect_map": outputs["defect_map"]}
-        return {"probability": tf.reshape(outputs, [-1])}
+        outputs = outputs if isinstance(outputs, dict) else {"probability": outputs}
+        return {name: tf.reshape(v, [-1]) if name == "probability" else v for name, v in outputs.items()}
 
     module = tf.Module(name="steeldefect")
     module.model = model
@@ -96,7 +96,8 @@ def _stable_fingerprint(path: Path) -> None:
 
 
 def keras_outputs(model: keras.Model, images: tf.data.Dataset) -> dict[str, np.ndarray]:
-    """The model's outputs by name: `probability` (n, 1), and `defect_map` (n, h, w, 1) for a mask model."""
+    """The model's outputs by name, those it has: `probability` (n, 1), `classes` (n, K), `defect_map`
+    (n, h, w, 1)."""
     outputs = model.predict(images, verbose=0)
     return dict(outputs) if isinstance(outputs, dict) else {"probability": outputs}
 
@@ -110,9 +111,11 @@ def max_difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) 
 
 
 def output_meta(outputs: dict[str, np.ndarray], image_size: tuple[int, int]) -> dict:
-    """`supervision`, `map_stride` and the map output's description, read from the model's outputs."""
+    """`supervision`, `map_stride` and the map output's description, read from the model's outputs; for a model
+    with defect types also `target` (classes) and `defect_output` (whether it has the defect probability)."""
+    typed = {"target": "classes", "defect_output": "probability" in outputs} if "classes" in outputs else {}
     if "defect_map" not in outputs:
-        return {"supervision": "image", "map_stride": None}
+        return {"supervision": "image", "map_stride": None, **typed}
     (h, w), (height, width) = outputs["defect_map"].shape[1:3], image_size
     stride = height // h
     if (h * stride, w * stride) != (height, width):
@@ -126,12 +129,21 @@ def output_meta(outputs: dict[str, np.ndarray], image_size: tuple[int, int]) -> 
         "map_size": [h, w],
         "defect_map": f"float32 [{h}, {w}]: probability that each {stride}x{stride}-pixel cell of the resized image "
         "shows any defect; cell (r, c) covers rows r*H/h..(r+1)*H/h and columns c*W/w..(c+1)*W/w of an HxW image",
+        **typed,
     }
 
 
 def checked_output_meta(meta: dict, outputs: dict[str, np.ndarray], image_size, out_dir: Path) -> dict:
-    """`output_meta`, after checking it agrees with the `supervision` and `map_stride` in `meta` (from params)."""
+    """`output_meta`, after checking it agrees with the `supervision` and `map_stride` in `meta` (from params) and
+    that `meta` names as many defect types (`classes`) as the model gives probabilities per type."""
     derived = output_meta(outputs, image_size)
+    names, k = meta.get("classes", []), outputs["classes"].shape[1] if "classes" in outputs else 0
+    if len(names) != k:
+        raise UserError(
+            f"{out_dir}: the model gives {k} defect-type probabilities but model_meta names {len(names)} defect types "
+            f"({', '.join(names) or 'none'}); retrain (`dvc repro train`) so the weights belong to the types of "
+            "classes.csv. Nothing was exported."
+        )
     for key in ("supervision", "map_stride"):
         if key in meta and meta[key] != derived[key]:
             raise UserError(
@@ -165,9 +177,18 @@ def export(
     saved_model: bool = True,
     openvino: IRRequest | None = None,
 ) -> float:
-    """Build the model of `p`, load `trained_weights` and export it (see `export_model`)."""
-    model, _, _ = build_model(p, weights=None)
-    model.load_weights(trained_weights)
+    """Build the model of `p` with the outputs `meta` says (`classes`: the defect types; `defect_output`), load
+    `trained_weights` and export it (see `export_model`)."""
+    names = meta.get("classes", [])
+    model, _, _ = build_model(p, weights=None, types=len(names), defect=meta.get("defect_output", True))
+    try:
+        model.load_weights(trained_weights)
+    except ValueError as e:  # Keras: the saved layers or shapes differ
+        typed = f" with the {len(names)} defect types of classes.csv" if names else ""
+        raise UserError(
+            f"{trained_weights}: these weights do not fit the model the params describe{typed} ({e}); retrain "
+            "(`dvc repro train`). Nothing was exported."
+        ) from e
     return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model, openvino)
 
 
@@ -184,7 +205,7 @@ def export_model(
     saved_model/ folder (a serving SavedModel, or only a README.txt when `saved_model` is false) and the openvino/
     folder (the IR `openvino` asks for, whose check figures go into model_meta.json, or only a README.txt) into
     `out_dir`. Everything is written to temporary paths first, reloaded from there, and moved into place only if
-    the reloaded models' outputs (probability, and the defect map of a mask model) on `check_paths` (images
+    the reloaded models' outputs (each of probability, classes, defect_map the model has) on `check_paths` (images
     resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph differs) and the IR
     passes its check. Returns the largest difference seen (the IR's excepted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,8 +218,14 @@ def export_model(
         images = image_dataset(check_paths, image_size, batch_size=len(check_paths))
         expected = keras_outputs(model, images)
         meta = {**meta, **checked_output_meta(meta, expected, image_size, out_dir)}
-        if meta.get("saved_model") and "defect_map" in expected:
-            served = {**meta["saved_model"]["outputs"], "defect_map": "float32 [None, h, w, 1]: see defect_map"}
+        if meta.get("saved_model"):  # the SavedModel's outputs are the model's
+            served = {
+                **meta["saved_model"]["outputs"],
+                "classes": f"float32 [None, {len(meta.get('classes', []))}]: probability of each defect type, in the "
+                "order of classes, preprocessing included",
+                "defect_map": "float32 [None, h, w, 1]: see defect_map",
+            }
+            served = {name: text for name, text in served.items() if name in expected}
             meta["saved_model"] = {**meta["saved_model"], "outputs": served}
         (tmp / MODEL_JSON).write_text(model.to_json())
         model.save_weights(tmp / MODEL_WEIGHTS)
@@ -213,7 +240,7 @@ def export_model(
         else:
             (tmp_saved / "README.txt").write_text(SAVED_MODEL_DISABLED)
         if openvino is not None:
-            meta = {**meta, "openvino": export_ir(model, image_size, tmp_ir, openvino)}
+            meta = {**meta, "openvino": export_ir(model, image_size, tmp_ir, openvino, meta.get("classes", []))}
         else:
             (tmp_ir / "README.txt").write_text(OPENVINO_DISABLED)
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -230,12 +257,15 @@ def read_meta(model_dir: Path) -> dict:
         raise UserError(f"{path}: cannot read the model metadata ({e}); run the export stage first.") from e
 
 
-def model_meta(p: Params, train_df: pd.DataFrame) -> dict:
+def model_meta(p: Params, train_df: pd.DataFrame, classes: list[str] | None = None) -> dict:
     """What the inference command (and anyone serving the model) needs besides the model: input size,
     preprocessing, output and class meaning, the batch size the predict stage uses (the command's default, so
     its probabilities match the stage's), the SavedModel's interface, a fingerprint of the training images and
-    the library versions. The threshold is not here: the evaluate stage writes it to threshold.json."""
-    return {
+    the library versions. The threshold is not here: the evaluate stage writes it to threshold.json.
+    With train.target classes (`classes`: the defect types' names, in output order) also `target`, `classes` and
+    `defect_output` (the model has the defect probability: the training images include clean ones); with
+    train.target defect these keys are absent (read them as defect, [] and true), so today's file is unchanged."""
+    meta = {
         "image_size": list(p.train.image_size),
         "preprocessing": "decode as RGB, bilinear antialiased resize to image_size, "
         "keras.applications.resnet50.preprocess_input (caffe: BGR, ImageNet mean removed)",
@@ -258,3 +288,15 @@ def model_meta(p: Params, train_df: pd.DataFrame) -> dict:
         "training_images_md5": hashlib.md5("".join(sorted(train_df.md5)).encode()).hexdigest(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
     }
+    if p.train.target == "defect":
+        return meta
+    defect = bool((train_df.label == 0).any())
+    by_type = (
+        "classes: probability of each defect type (the names in `classes`, in that order; an image may show several)"
+    )
+    types = f"a type is predicted when its probability >= its threshold (class_thresholds in {THRESHOLD}, else 0.5)"
+    if defect:
+        meta.update(output=f"{by_type}; probability: {meta['output']}", decision=f"{types}; {meta['decision']}")
+    else:
+        meta.update(output=f"{by_type}; no defect probability (no clean training images)", decision=types)
+    return {**meta, "target": "classes", "classes": list(classes or []), "defect_output": defect}

@@ -18,23 +18,33 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from steeldefect.data import types
 from steeldefect.errors import UserError
 from steeldefect.train.pipeline import decode_and_preprocess
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """One entry per input path, in order: the defect probability (NaN when the image could not be read) and
-    the error text ("" when it could); for a model with a defect map also the map (h, w), None when unreadable."""
+    """One entry per input path, in order: the error text ("" when the image could be read) and each output the
+    model has (None for one it has not): the defect probability (n,) and the per-type probabilities `classes`
+    (n, K), NaN for an unreadable image; the defect maps, one (h, w) array per image, None when unreadable."""
 
     paths: list[str]
-    probability: np.ndarray  # float32
+    probability: np.ndarray | None  # float32; None: the model has no defect probability (a set with no clean images)
     errors: list[str]
     maps: list[np.ndarray | None] | None = None  # None: the model has no defect map
+    classes: np.ndarray | None = None  # float32 (n, K), in the order of model_meta.json's classes; None: no types
 
     @property
     def failed(self) -> list[int]:
         return [i for i, e in enumerate(self.errors) if e]
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The outputs the model has, by name, the maps stacked (so every image must have been read)."""
+        maps = None if self.maps is None else np.stack(self.maps)
+        named = {"probability": self.probability, "classes": self.classes, "defect_map": maps}
+        return {name: value for name, value in named.items() if value is not None}
 
 
 def model_image_size(model: keras.Model) -> tuple[int, int]:
@@ -58,26 +68,30 @@ def indexed_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size:
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def split_outputs(outputs) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probabilities (n,), defect maps (n, h, w) or None) from a model's batch output: an array of
-    probabilities, or a dict of `probability` and (a mask model's) `defect_map`."""
-    if not isinstance(outputs, dict):
-        return np.asarray(outputs).reshape(-1), None
-    maps = outputs.get("defect_map")
-    return np.asarray(outputs["probability"]).reshape(-1), None if maps is None else np.asarray(maps)[..., 0]
+def split_outputs(outputs) -> dict[str, np.ndarray]:
+    """A model's batch output by name: `probability` (n,), `classes` (n, K) and `defect_map` (n, h, w), those it
+    has. `outputs` is an array (a one-output model: the defect probability) or a dict of named outputs."""
+    outputs = outputs if isinstance(outputs, dict) else {"probability": outputs}
+    named = {name: np.asarray(value) for name, value in outputs.items()}
+    if "probability" in named:
+        named["probability"] = named["probability"].reshape(-1)
+    if "defect_map" in named:
+        named["defect_map"] = named["defect_map"][..., 0]
+    return named
 
 
 def iter_predictions(
     model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(indices into `paths`, defect probabilities, defect maps or None) batch by batch; unreadable images are
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(indices into `paths`, the outputs by name, see `split_outputs`) batch by batch; unreadable images are
     skipped. Each batch goes through `model.predict_on_batch`: for Keras the same compiled function
-    `model.predict` uses; an `openvino_engine.OpenVINOEngine` returns a dict of named outputs, as a mask model does."""
+    `model.predict` uses; an `openvino_engine.OpenVINOEngine` returns a dict of named outputs, as a dict-output
+    Keras model does."""
     if not len(paths):
         return
     size = tuple(image_size) if image_size is not None else model_image_size(model)
     for indices, images in indexed_dataset(paths, size, batch_size):
-        yield indices.numpy(), *split_outputs(model.predict_on_batch(images))
+        yield indices.numpy(), split_outputs(model.predict_on_batch(images))
 
 
 def why_unreadable(path: str, image_size: Sequence[int]) -> str:
@@ -103,40 +117,59 @@ def predict_files(
     image_size: Sequence[int] | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> Predictions:
-    """Defect probability for every image in `paths` that can be read; the others get an error text instead.
-    `progress(n)` is called with the number of paths handled since the last call."""
+    """Every output of the model for every image in `paths` that can be read; the others get NaN and an error
+    text instead. `progress(n)` is called with the number of paths handled since the last call."""
     paths = [str(p) for p in paths]
     size = tuple(image_size) if image_size is not None else model_image_size(model)
-    probability = np.full(len(paths), np.nan, dtype=np.float32)
     seen = np.zeros(len(paths), dtype=bool)
-    maps = [None] * len(paths) if has_defect_map(model) else None
+    outputs: dict[str, np.ndarray] = {}  # by name: one row per path, NaN until predicted
     done = 0
-    for indices, prob, batch_maps in iter_predictions(model, paths, batch_size, size):
-        if len(prob) != len(indices):
-            raise RuntimeError(f"predicted {len(prob)} probabilities for a batch of {len(indices)} images")
-        probability[indices] = prob
+    for indices, batch in iter_predictions(model, paths, batch_size, size):
+        for name, value in batch.items():
+            if len(value) != len(indices):
+                raise RuntimeError(f"the model gave {len(value)} {name} rows for a batch of {len(indices)} images")
+            outputs.setdefault(name, np.full((len(paths), *value.shape[1:]), np.nan, np.float32))[indices] = value
         seen[indices] = True
-        if maps is not None:
-            keep_maps(maps, indices, batch_maps)
         if progress is not None:
             progress(int(indices[-1]) + 1 - done)
         done = int(indices[-1]) + 1
     if progress is not None and done < len(paths):
         progress(len(paths) - done)
+    if not outputs:  # no image could be read: which outputs the model has, from one blank image
+        blank = split_outputs(model.predict_on_batch(np.zeros((1, *size, 3), np.float32)))
+        outputs = {name: np.full((len(paths), *v.shape[1:]), np.nan, np.float32) for name, v in blank.items()}
     errors = ["" if ok else why_unreadable(path, size) for path, ok in zip(paths, seen)]
-    return Predictions(paths, probability, errors, maps)
+    maps = outputs.get("defect_map")
+    maps = None if maps is None else [m if ok else None for m, ok in zip(maps, seen)]
+    return Predictions(paths, outputs.get("probability"), errors, maps, outputs.get("classes"))
+
+
+def output_names(model) -> list[str]:
+    """The names of the model's outputs (a Keras model, or an OpenVINOEngine): `probability` for a one-output
+    Keras model, else those of its dict (`probability`, `classes`, `defect_map`)."""
+    if isinstance(model, keras.Model) and not isinstance(model.output, dict):
+        return ["probability"]
+    return list(model.output_names)
 
 
 def has_defect_map(model) -> bool:
     """Whether the model (Keras, or an OpenVINOEngine) also outputs a defect map (a mask-supervised model)."""
-    return "defect_map" in model.output_names
+    return "defect_map" in output_names(model)
 
 
-def keep_maps(maps: list, indices: np.ndarray, batch_maps: np.ndarray | None) -> None:
-    if batch_maps is None or len(batch_maps) != len(indices):
-        raise RuntimeError(f"the model gave no defect map for each of the {len(indices)} images of a batch")
-    for i, m in zip(indices, batch_maps):
-        maps[i] = m
+def probability_columns(result: Predictions, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The CSV columns of the probabilities: `probability` (when the model has it), then `p_<name>` per defect
+    type, `names` being model_meta.json's classes (the order of the model's `classes` output)."""
+    columns = {} if result.probability is None else {"probability": result.probability}
+    if result.classes is not None:
+        if len(names) != result.classes.shape[1]:
+            raise UserError(
+                f"model_meta.json names {len(names)} defect types ({', '.join(names) or 'none'}) but the model "
+                f"gives {result.classes.shape[1]} probabilities per image: the files do not belong together; export "
+                "the model again."
+            )
+        columns.update(zip(types.columns(list(names)), result.classes.T))
+    return columns
 
 
 def predict_all(
@@ -154,6 +187,6 @@ def predict_all(
 
 def predict_paths(
     model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
-) -> np.ndarray:
-    """Defect probability for every image in `paths`, in order (see `predict_all`)."""
+) -> np.ndarray | None:
+    """Defect probability for every image in `paths`, in order (see `predict_all`); None for a model without it."""
     return predict_all(model, paths, batch_size, image_size).probability

@@ -27,6 +27,7 @@ from steeldefect.errors import UserError
 
 IR_DIR, IR_XML = "openvino", "model.xml"  # models/openvino/model.xml + model.bin
 REFERENCE_DIR, REFERENCE_CSV = "reference", "reference.csv"  # models/openvino/reference/: the self-check's images
+REFERENCE_MAPS = "keras_maps.npy"  # beside reference.csv for a model with a defect map: the Keras maps of its images
 PRECISIONS = ("none", "fp32", "int8")
 DISABLED = (
     "export.openvino is none in params.yaml, so no OpenVINO IR was exported.\n"
@@ -65,11 +66,11 @@ class IRRequest:
 
 
 class OpenVINOEngine:
-    """A compiled IR on the CPU. `predict_on_batch(images)` returns a dict of named outputs (`probability`
-    (N, 1), and `defect_map` when the model has it); each batch is split across the CPU streams the
-    performance hint creates, which run at the same time. What is not quantized computes in float32: on CPUs
-    with AMX OpenVINO would otherwise compute in bfloat16 (probabilities off by up to 0.012 on the default
-    model, against 1.5e-6), unless `config` says so ({"INFERENCE_PRECISION_HINT": "bf16"})."""
+    """A compiled IR on the CPU. `predict_on_batch(images)` returns a dict of named outputs, those of the Keras
+    model (`probability` (N, 1), `classes` (N, K), `defect_map`: those it has); each batch is split across the
+    CPU streams the performance hint creates, which run at the same time. What is not quantized computes in
+    float32: on CPUs with AMX OpenVINO would otherwise compute in bfloat16 (probabilities off by up to 0.012 on
+    the default model, against 1.5e-6), unless `config` says so ({"INFERENCE_PRECISION_HINT": "bf16"})."""
 
     def __init__(self, xml_path: Path, hint: str = "THROUGHPUT", config: dict | None = None):
         import openvino as ov
@@ -98,11 +99,13 @@ class OpenVINOEngine:
 
 def convert(model, image_size: Sequence[int]):
     """The Keras model as an `openvino.Model` taking (N, height, width, 3) preprocessed images, its outputs
-    named as the model names them (`probability` for a model with one output)."""
+    named as the model names them (`probability` for a model with one output, not a dict)."""
     import openvino as ov
 
+    from steeldefect.serve.inference import output_names
+
     ov_model = ov.convert_model(model, input=[(-1, *map(int, image_size), 3)])
-    names = ["probability"] if len(ov_model.outputs) == 1 else list(model.output_names)
+    names = output_names(model)  # sorted by name, as the converted model orders a dict's outputs
     for output, name in zip(ov_model.outputs, names, strict=True):
         output.get_tensor().set_names({name})
     return ov_model
@@ -131,38 +134,44 @@ def save(ov_model, path: Path) -> None:
     ov.save_model(ov_model, path, compress_to_fp16=False)
 
 
-def compare(expected: np.ndarray, got: np.ndarray, threshold: Callable[[np.ndarray], float]) -> dict:
-    """Largest probability difference, and decisions changed at the evaluate threshold (each engine's own
-    when the policy is `auto`)."""
-    t_keras, t_ir = threshold(expected), threshold(got)
-    changed = int(np.sum((expected >= t_keras) != (got >= t_ir)))
-    return {
-        "max_probability_difference": float(np.max(np.abs(expected - got))),
-        "images_checked": len(expected),
+def compare(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold: Callable) -> dict:
+    """The largest difference over every output of `expected` (by name, one row per image, as
+    `inference.Predictions.outputs`), and the images whose decision changed: on the defect probability at the
+    evaluate threshold (`threshold(probabilities)`: each engine's own when the policy is `auto`) when the model has
+    it, else on the defect types, each at 0.5 (an image changes when any of its types does; `decisions_on` says
+    which, for a model with types)."""
+    on = "probability" if "probability" in expected else "classes"
+    t_keras, t_ir = (threshold(expected[on]), threshold(got[on])) if on == "probability" else (0.5, 0.5)
+    n = len(expected[on])
+    changed = int(np.sum(np.any(((expected[on] >= t_keras) != (got[on] >= t_ir)).reshape(n, -1), axis=1)))
+    figures = {
+        "max_probability_difference": max(float(np.max(np.abs(expected[k] - got[k]))) for k in expected),
+        "images_checked": n,
         "decisions_changed": changed,
-        "decisions_changed_share": changed / len(expected),
+        "decisions_changed_share": changed / n,
         "threshold_keras": t_keras,
         "threshold_openvino": t_ir,
     }
+    return {**figures, "decisions_on": on} if "classes" in expected else figures
 
 
-def export_ir(model, image_size: Sequence[int], folder: Path, request: IRRequest) -> dict:
-    """Write `folder`/model.xml + model.bin and return the check's figures (for model_meta.json). UserError
-    when the IR disagrees with Keras beyond `request`'s limits: `folder` must be a temporary folder that the
-    caller moves into place only on success."""
+def export_ir(model, image_size: Sequence[int], folder: Path, request: IRRequest, names: Sequence[str] = ()) -> dict:
+    """Write `folder`/model.xml + model.bin and return the check's figures (for model_meta.json), comparing every
+    output (`names`: the defect types of a `classes` output). UserError when the IR disagrees with Keras beyond
+    `request`'s limits: `folder` must be a temporary folder that the caller moves into place only on success."""
 
-    from steeldefect.serve.inference import predict_paths
+    from steeldefect.serve.inference import predict_all
 
     ov_model = convert(model, image_size)
     if request.precision == "int8":
         ov_model = quantize(ov_model, request.calibration_paths, image_size)
     save(ov_model, folder / IR_XML)  # what is checked is what is shipped
-    keras_prob = predict_paths(model, request.check_paths, request.batch_size, image_size)
-    ir_prob = predict_paths(OpenVINOEngine(folder / IR_XML), request.check_paths, request.batch_size, image_size)
+    keras_out = predict_all(model, request.check_paths, request.batch_size, image_size).outputs
+    ir_out = predict_all(OpenVINOEngine(folder / IR_XML), request.check_paths, request.batch_size, image_size).outputs
     figures = {
         "precision": request.precision,
         "path": f"{IR_DIR}/{IR_XML}",
-        **compare(keras_prob, ir_prob, request.threshold),
+        **compare(keras_out, ir_out, request.threshold),
     }
     figures.update(max_changed=request.max_changed, tolerance=request.tolerance)
     if request.precision == "int8":
@@ -173,44 +182,60 @@ def export_ir(model, image_size: Sequence[int], folder: Path, request: IRRequest
     ):
         raise UserError(
             f"{folder.parent / IR_DIR / IR_XML}: the OpenVINO {request.precision} IR disagrees with the Keras model "
-            f"on the {len(keras_prob)} validation images: {figures['decisions_changed']} decisions changed "
+            f"on the {figures['images_checked']} validation images: {figures['decisions_changed']} decisions changed "
             f"({figures['decisions_changed_share']:.2%}, limit export.openvino_max_changed = "
             f"{request.max_changed:.2%}), "
             f"largest probability difference {figures['max_probability_difference']:.3g} (limit "
             f"export.openvino_tolerance = {request.tolerance:g}); nothing was exported. Use export.openvino: fp32 "
             "(or none), or raise the limits if this is acceptable."
         )
-    figures["reference_images"] = write_reference(folder, request.check_paths, keras_prob, figures)
+    figures["reference_images"] = write_reference(folder, request.check_paths, keras_out, figures, names)
     return figures
 
 
 def reference_indices(prob: np.ndarray, threshold: float, margin: float, n: int = 16) -> np.ndarray:
-    """The reference set (sorted indices into `prob`): the n/2 images closest to the threshold, and the others
-    spread evenly over the probability order of the rest; all among the images farther than `margin` (the export
-    check's largest difference) from the threshold, whose decisions the checked IR keeps for sure (closer ones
-    are a coin toss between any two implementations; all images when none is that far)."""
-    pool = np.flatnonzero(np.abs(prob - threshold) > margin)
+    """The reference set (sorted indices into `prob`, the defect probabilities (n,), or the types' (n, K)): the n/2
+    images closest to the threshold, and the others spread evenly over the (largest) probability order of the rest;
+    all among the images whose every probability is farther than `margin` (the export check's largest difference)
+    from the threshold, whose decisions the checked IR keeps for sure (closer ones are a coin toss between any two
+    implementations; all images when none is that far)."""
+    prob = prob.reshape(len(prob), -1)
+    distance = np.min(np.abs(prob - threshold), axis=1)
+    pool = np.flatnonzero(distance > margin)
     pool = pool if len(pool) else np.arange(len(prob))
-    near = pool[np.argsort(np.abs(prob[pool] - threshold), kind="stable")][: n // 2]
+    near = pool[np.argsort(distance[pool], kind="stable")][: n // 2]
     rest = np.setdiff1d(pool, near)
-    rest = rest[np.argsort(prob[rest], kind="stable")]
+    rest = rest[np.argsort(prob[rest].max(axis=1), kind="stable")]
     spread = rest[np.linspace(0, len(rest) - 1, min(n - len(near), len(rest))).round().astype(int)]
     return np.sort(np.concatenate([near, spread]))
 
 
-def write_reference(folder: Path, paths: Sequence[str], prob: np.ndarray, figures: dict) -> int:
-    """`folder`/reference/: the `reference_indices` images of `paths` (copied byte for byte, numbered) and
-    reference.csv: file, keras_probability, and the threshold and limits the export check applied (`figures`).
-    Returns the number of images."""
+def write_reference(
+    folder: Path, paths: Sequence[str], outputs: dict[str, np.ndarray], figures: dict, names: Sequence[str] = ()
+) -> int:
+    """`folder`/reference/: the `reference_indices` images of `paths` (copied byte for byte, numbered), chosen on
+    the defect probability, or the types' without it, and reference.csv: file, the Keras outputs
+    (`keras_probability`, `keras_p_<name>` per defect type of `names`: those the model has), and the threshold and
+    limits the export check applied (`figures`); with a defect map, the Keras maps in keras_maps.npy. Returns the
+    number of images."""
     import pandas as pd
 
+    from steeldefect.data.types import columns
+
     threshold, out = figures["threshold_keras"], Path(folder) / REFERENCE_DIR
-    chosen = reference_indices(prob, threshold, figures["max_probability_difference"])
-    names = [f"{k:02d}-{Path(paths[i]).name}" for k, i in enumerate(chosen)]
+    on = outputs.get("probability", outputs.get("classes"))
+    chosen = reference_indices(on, threshold, figures["max_probability_difference"])
+    files = [f"{k:02d}-{Path(paths[i]).name}" for k, i in enumerate(chosen)]
     out.mkdir()
-    for name, i in zip(names, chosen):
+    for name, i in zip(files, chosen):
         shutil.copyfile(paths[i], out / name)
-    table = pd.DataFrame({"file": names, "keras_probability": prob[chosen].astype(float), "threshold": threshold})
-    table = table.assign(tolerance=figures["tolerance"], max_changed=figures["max_changed"])
+    table = pd.DataFrame({"file": files})
+    if "probability" in outputs:
+        table["keras_probability"] = outputs["probability"][chosen].astype(float)
+    if "classes" in outputs:
+        table[["keras_" + c for c in columns(list(names))]] = outputs["classes"][chosen].astype(float)
+    table = table.assign(threshold=threshold, tolerance=figures["tolerance"], max_changed=figures["max_changed"])
     table.to_csv(out / REFERENCE_CSV, index=False)
+    if "defect_map" in outputs:
+        np.save(out / REFERENCE_MAPS, outputs["defect_map"][chosen])
     return len(chosen)

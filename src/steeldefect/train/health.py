@@ -47,3 +47,14 @@ def warning(report: dict) -> str:
         "Params to look at:",
     ]
     return "\n".join(lines + [f"  - {p}" for p in PARAMS_TO_CHECK])
+
+
+def macro_auc(labels: np.ndarray, probability: np.ndarray) -> float | None:
+    """The mean ROC AUC over the columns (defect types) of (n, K) 0/1 labels and probabilities that have both
+    classes; None when no column has."""
+    aucs = [
+        roc_auc_score(labels[:, k], probability[:, k])
+        for k in range(labels.shape[1])
+        if len(set(labels[:, k].tolist())) == 2 and np.isfinite(probability[:, k]).all()
+    ]
+    return float(np.mean(aucs)) if aucs else None

@@ -47,42 +47,62 @@ def pool(features: keras.KerasTensor, p: HeadParams) -> keras.KerasTensor:
     )
 
 
-def build_classifier(n_features: int, p: HeadParams) -> keras.Model:
+def build_classifier(n_features: int, p: HeadParams, types: int = 0, defect: bool = True) -> keras.Model:
     """The head's trainable part: [BatchNormalization ->] Dense(relu) -> Dropout -> Dense(1, sigmoid). The
     normalisation makes the head independent of the features' scale (momentum 0.9: the running statistics
-    used at inference follow the batches within a few epochs)."""
+    used at inference follow the batches within a few epochs). With `types` > 0 (train.target classes) its output
+    is a dict: `classes` (`types` sigmoids, one per defect type) and, with `defect`, `probability`."""
     inputs = keras.Input((n_features,))
     x = keras.layers.BatchNormalization(momentum=0.9)(inputs) if p.normalize == "batchnorm" else inputs
     x = keras.layers.Dense(p.dense_units, activation="relu")(x)
     x = keras.layers.Dropout(p.dropout)(x)
     # float32 even under a mixed precision policy, so the probabilities (and the loss) stay float32
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x), name="classifier")
+    if not types:
+        return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x), name="classifier")
+    outputs = {"classes": keras.layers.Dense(types, activation="sigmoid", dtype="float32", name="classes")(x)}
+    if defect:
+        outputs["probability"] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+    return keras.Model(inputs, outputs, name="classifier")
 
 
-def build_model(p: TrainParams, weights: str | None) -> tuple[keras.Model, keras.Model | None, keras.Model | None]:
+def named(outputs: dict) -> dict:
+    """A nested model's dict of outputs, each through an Identity layer named by its key, so that the outer model's
+    `output_names` are the keys (Keras names a nested model's outputs after the nested model)."""
+    return {k: keras.layers.Identity(name=k)(v) for k, v in sorted(outputs.items())}
+
+
+def build_model(
+    p: TrainParams, weights: str | None, types: int = 0, defect: bool = True
+) -> tuple[keras.Model, keras.Model | None, keras.Model | None]:
     """(whole model, feature extractor, classifier), sharing layers: model = classifier(features(image)).
+    `types` > 0 (train.target classes, the number of defect types): the outputs are a dict, `classes` (one sigmoid per
+    type) and, when `defect` (the data has clean images), `probability`.
     With p.supervision "mask": (the two-output model of `build_mask_model`, None, None).
     The features are the backbone's output after the head's pooling; the backbone starts from `weights`
     (train passes p.weights, export None before loading the trained weights). With p.freeze_backbone the
     backbone is frozen (BatchNorm in inference mode), so the features of an image never change."""
     if p.supervision == "mask":
-        return build_mask_model(p, weights), None, None
+        return build_mask_model(p, weights, types, defect), None, None
     backbone = build_backbone(p.image_size, weights, p.backbone_layer)
     backbone.trainable = not p.freeze_backbone
     inputs = keras.Input((*p.image_size, 3), name="image")
     pooled = pool(backbone(inputs), p.head)
-    classifier = build_classifier(pooled.shape[-1], p.head)
+    classifier = build_classifier(pooled.shape[-1], p.head, types, defect)
     features = keras.Model(inputs, pooled, name="features")
-    return keras.Model(inputs, classifier(pooled), name="steeldefect"), features, classifier
+    outputs = classifier(pooled)
+    model = keras.Model(inputs, named(outputs) if types else outputs, name="steeldefect")
+    return model, features, classifier
 
 
-def build_mask_model(p: TrainParams, weights: str | None) -> keras.Model:
+def build_mask_model(p: TrainParams, weights: str | None, types: int = 0, defect: bool = True) -> keras.Model:
     """One fully convolutional model (input: preprocessed images of any size, multiples of the map stride)
     with two float32 outputs, as in Bozic et al. 2021:
     - `defect_map` (N, H/s, W/s, 1): sigmoid probability that a map cell (s x s input pixels, s =
       `params.map_stride(p)`) holds any defect, from a 3x3 convolution on the backbone's feature map;
     - `probability` (N, 1): the image is defective, from a small convolutional classifier on the segmentation
-      features and the map, then global average and max of both (so also the map's maximum).
+      features and the map, then global average and max of both (so also the map's maximum);
+    - with `types` > 0: `classes` (N, types), one sigmoid per defect type on the same pooled features (without
+      `defect`, no `probability`).
     The whole network trains end to end (BatchNorm momentum `train.mask.bn_momentum`)."""
     backbone = build_backbone((None, None), weights, p.backbone_layer)
     for layer in backbone.layers:
@@ -105,8 +125,13 @@ def build_mask_model(p: TrainParams, weights: str | None) -> keras.Model:
             keras.layers.GlobalMaxPooling2D(dtype="float32")(defect_map),
         ]
     )
-    probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(pooled)
-    return keras.Model(inputs, {"probability": probability, "defect_map": defect_map}, name="steeldefect")
+    outputs = {"defect_map": defect_map}
+    if defect:
+        outputs["probability"] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")
+    if types:
+        outputs["classes"] = keras.layers.Dense(types, activation="sigmoid", dtype="float32", name="classes")
+    outputs = {k: v if k == "defect_map" else v(pooled) for k, v in outputs.items()}
+    return keras.Model(inputs, outputs, name="steeldefect")
 
 
 OPTIMIZERS = {
@@ -124,9 +149,19 @@ def learning_rate(p: TrainParams, steps_per_epoch: int) -> float | keras.optimiz
     return p.learning_rate
 
 
+def output_metrics(name: str) -> list:
+    """What is logged of an output: accuracy and ROC AUC (per type, averaged, for `classes`)."""
+    if name == "classes":  # the share of (image, type) pairs right at 0.5 ("accuracy" would take the argmax)
+        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc", multi_label=True)]
+    return ["accuracy", keras.metrics.AUC(name="auc")]
+
+
 def compile_for_training(model: keras.Model, learning_rate, optimizer: str = "adam") -> None:
+    """Binary cross-entropy on the one output, or on each output of a dict (their sum is `loss`)."""
+    names = [n for n in model.output_names if n in ("probability", "classes")]
+    multi = "classes" in names
     model.compile(
         optimizer=OPTIMIZERS[optimizer](learning_rate),
-        loss="binary_crossentropy",
-        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+        loss={n: "binary_crossentropy" for n in names} if multi else "binary_crossentropy",
+        metrics={n: output_metrics(n) for n in names} if multi else output_metrics("probability"),
     )

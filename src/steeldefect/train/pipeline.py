@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from steeldefect.data.masks import image_mask
+from steeldefect.data.masks import image_mask, type_masks
+from steeldefect.data.types import multi_hot
 
 
 def decode_and_preprocess(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
@@ -40,14 +42,14 @@ def image_dataset(
     paths: Sequence[str],
     image_size: Sequence[int],
     batch_size: int,
-    labels: Sequence[int] | None = None,
+    labels: Sequence[int] | dict[str, np.ndarray] | None = None,
     shuffle_seed: int | None = None,
     augment_seed: int | None = None,
     cache: str | None = None,
 ) -> tf.data.Dataset:
-    """Batches of preprocessed images (and labels when given), in order unless `shuffle_seed` is set, and
-    augmented (differently every epoch, reproducibly) when `augment_seed` is set. The last partial batch is
-    kept.
+    """Batches of preprocessed images (and labels, or a dict of label arrays, when given), in order unless
+    `shuffle_seed` is set, and augmented (differently every epoch, reproducibly) when `augment_seed` is set. The
+    last partial batch is kept.
 
     With `cache` (a file prefix whose folder exists) the decoded, resized images are kept there by tf.data:
     the first full pass writes `<cache>.index` + `<cache>.data-*`, later passes (epochs, runs) read them and
@@ -55,7 +57,8 @@ def image_dataset(
     image list and size. Shuffling, augmentation and preprocessing come after the cache, so they still change
     every epoch, and the batches equal the uncached ones (the same shuffle order: it depends only on the seed
     and the number of images); but the shuffle buffer then holds decoded images (all of `paths`) in memory."""
-    label = tf.constant(list(labels), tf.float32) if labels is not None else None
+    # labels: one per image, or a dict of arrays (a dict-output model's targets, e.g. defect types)
+    label = None if labels is None else tf.nest.map_structure(lambda v: tf.constant(np.asarray(v), tf.float32), labels)
     if cache is None:
         columns = {"path": list(paths)} if label is None else {"path": list(paths), "label": label}
         ds = tf.data.Dataset.from_tensor_slices(columns)
@@ -96,23 +99,27 @@ def defect_target(mask: tf.Tensor, stride: int) -> tf.Tensor:
     return tf.nn.max_pool2d(tf.cast(mask, tf.float32)[None], stride, stride, "VALID")[0]
 
 
-def _mask_reader(masks: pd.DataFrame, image_size: Sequence[int]):
+def _mask_reader(masks: pd.DataFrame, image_size: Sequence[int], class_ids: Sequence[str] = ()):
     """A tf function (image id, height, width) -> uint8 (h, w, 1) mask at image_size, decoded on demand from
-    the prepared RLE rows by `masks.image_mask` (no mask is kept in memory)."""
+    the prepared RLE rows by `masks.image_mask` (no mask is kept in memory). With `class_ids` (train.target
+    classes): (h, w, 1 + K), the any-defect mask then one channel per type (`masks.type_masks`)."""
     size = tuple(int(s) for s in image_size)
 
     def read(image_id, height, width):
+        if class_ids:
+            return type_masks(masks, image_id.decode(), int(height), int(width), size, class_ids)
         return image_mask(masks, image_id.decode(), int(height), int(width), size)
 
     def tf_read(image_id, height, width):
         mask = tf.numpy_function(read, [image_id, height, width], tf.uint8, stateful=False)
-        return tf.reshape(mask, (*size, 1))
+        return tf.reshape(mask, (*size, 1 + len(class_ids)))
 
     return tf_read
 
 
-def _mask_rows(df: pd.DataFrame, masks: pd.DataFrame) -> tf.data.Dataset:
-    """One dict per row of df: what loading its image and mask needs, its label, and whether it has a mask."""
+def _mask_rows(df: pd.DataFrame, masks: pd.DataFrame, class_ids: Sequence[str] = ()) -> tf.data.Dataset:
+    """One dict per row of df: what loading its image and mask needs, its label, whether it has a mask, and its
+    defect types (K 0/1 values; K = 0 without `class_ids`)."""
     return tf.data.Dataset.from_tensor_slices(
         {
             "path": list(df.path),
@@ -121,13 +128,14 @@ def _mask_rows(df: pd.DataFrame, masks: pd.DataFrame) -> tf.data.Dataset:
             "width": df.width.to_numpy("int64"),
             "label": df.label.to_numpy("float32"),
             "has_mask": df.ImageId.isin(set(masks.ImageId)).to_numpy(),
+            "types": multi_hot(df.classes, list(class_ids)) if class_ids else np.zeros((len(df), 0), np.float32),
         }
     )
 
 
-def _loader(masks: pd.DataFrame, image_size: Sequence[int]):
-    """row -> (image 0..255 float32 (h, w, 3), mask uint8 (h, w, 1)) at image_size."""
-    read_mask = _mask_reader(masks, image_size)
+def _loader(masks: pd.DataFrame, image_size: Sequence[int], class_ids: Sequence[str] = ()):
+    """row -> (image 0..255 float32 (h, w, 3), mask uint8 (h, w, 1 + K)) at image_size."""
+    read_mask = _mask_reader(masks, image_size, class_ids)
 
     def load(row):
         image = _decode_resize(tf.io.read_file(row["path"]), image_size)
@@ -140,7 +148,7 @@ def crop_on_defect(image: tf.Tensor, mask: tf.Tensor, crop: Sequence[int], seed:
     """A crop (crop[0] x crop[1]) of image and mask holding a defect pixel chosen at random (uniformly among the
     mask's pixels), placed at a random position that keeps that pixel inside."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    pixels = tf.where(mask[..., 0] > 0)
+    pixels = tf.where(mask[..., 0] > 0)  # channel 0: any defect
     k = tf.random.stateless_uniform([], seeds[0], 0, tf.shape(pixels, tf.int64)[0], tf.int64)
     corner = []
     for axis in (0, 1):
@@ -153,7 +161,7 @@ def crop_on_defect(image: tf.Tensor, mask: tf.Tensor, crop: Sequence[int], seed:
 def random_crop(image: tf.Tensor, mask: tf.Tensor, crop: Sequence[int], seed: tf.Tensor) -> tuple:
     """The same random crop (anywhere) of image and mask."""
     both = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
-    both = tf.image.stateless_random_crop(both, (*crop, 4), seed)
+    both = tf.image.stateless_random_crop(both, (*crop, 3 + mask.shape[-1]), seed)
     return both[..., :3], tf.cast(both[..., 3:], tf.uint8)
 
 
@@ -172,16 +180,23 @@ def _adjust_colour(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(tf.image.stateless_random_contrast(image, 0.9, 1.1, seeds[1]), 0, 255)
 
 
-def _example(image, mask, label, seg_weight, stride: int, m) -> tuple:
+def _example(image, mask, label, seg_weight, stride: int, m, types=None, defect: bool = True) -> tuple:
     """(preprocessed image, targets, sample weights) of one image or crop. The map's pixel loss weighs
-    m.seg_loss_weight (times m.seg_positive_weight on defective cells), or 0 when the mask is unknown."""
-    target = defect_target(mask, stride)
+    m.seg_loss_weight (times m.seg_positive_weight on defective cells), or 0 when the mask is unknown. With
+    `types` (train.target classes: the K 0/1 types of the image or crop) also the `classes` target, weighted as the
+    image loss; without `defect` (a set with no clean images) no `probability` target."""
+    target = defect_target(mask[..., :1], stride)
     pixel_weight = seg_weight * m.seg_loss_weight * (1 + (m.seg_positive_weight - 1) * target[..., 0])
-    return (
-        keras.applications.resnet50.preprocess_input(image),
-        {"probability": tf.reshape(label, [1]), "defect_map": target},
-        {"probability": tf.constant(m.cls_loss_weight, tf.float32), "defect_map": pixel_weight},
-    )
+    y, w = {"defect_map": target}, {"defect_map": pixel_weight}
+    for name, value in (("probability", tf.reshape(label, [1]) if defect else None), ("classes", types)):
+        if value is not None:
+            y[name], w[name] = value, tf.constant(m.cls_loss_weight, tf.float32)
+    return keras.applications.resnet50.preprocess_input(image), y, w
+
+
+def _crop_types(mask: tf.Tensor) -> tf.Tensor:
+    """The K 0/1 types a crop shows: the type channels (1..K) of its mask with a pixel in it."""
+    return tf.cast(tf.reduce_any(mask[..., 1:] > 0, axis=(0, 1)), tf.float32)
 
 
 def _seg_weight(mask: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
@@ -190,26 +205,37 @@ def _seg_weight(mask: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
 
 
 def mask_eval_dataset(
-    df: pd.DataFrame, masks: pd.DataFrame, image_size: Sequence[int], stride: int, batch_size: int, m
+    df: pd.DataFrame,
+    masks: pd.DataFrame,
+    image_size: Sequence[int],
+    stride: int,
+    batch_size: int,
+    m,
+    class_ids: Sequence[str] = (),
+    defect: bool = True,
 ) -> tf.data.Dataset:
-    """Whole images at image_size, in order: (image, {probability, defect_map}, sample weights) batches."""
+    """Whole images at image_size, in order: (image, {probability, defect_map}, sample weights) batches (with
+    `class_ids`, also the image's types as `classes`; without `defect`, no `probability`)."""
     load = _loader(masks, image_size)
 
     def example(row):
         image, mask = load(row)
-        return _example(image, mask, row["label"], _seg_weight(mask, row["label"]), stride, m)
+        types = row["types"] if class_ids else None
+        return _example(image, mask, row["label"], _seg_weight(mask, row["label"]), stride, m, types, defect)
 
-    ds = _mask_rows(df, masks).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _mask_rows(df, masks, class_ids).map(example, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _crops(df: pd.DataFrame, masks: pd.DataFrame, p, seed: int) -> tf.data.Dataset:
-    """Endless (image, mask, label, pixel-loss weight) examples before augmentation: see mask_training_dataset."""
+def _crops(df: pd.DataFrame, masks: pd.DataFrame, p, seed: int, class_ids: Sequence[str] = ()) -> tf.data.Dataset:
+    """Endless (image, mask, label, pixel-loss weight, types) examples before augmentation: see
+    mask_training_dataset."""
     m, crop = p.mask, p.mask.crop_size
-    load = _loader(masks, p.image_size)
+    load = _loader(masks, p.image_size, class_ids)
 
     def stream(rows: pd.DataFrame, k: int, cut) -> tf.data.Dataset:
-        shuffled = _mask_rows(rows, masks).shuffle(len(rows), seed=seed + k, reshuffle_each_iteration=True).repeat()
+        shuffled = _mask_rows(rows, masks, class_ids).shuffle(len(rows), seed=seed + k, reshuffle_each_iteration=True)
+        shuffled = shuffled.repeat()
         seeds = tf.data.Dataset.random(seed=seed + k, rerandomize_each_iteration=True).batch(2)
         return tf.data.Dataset.zip(shuffled, seeds).map(cut, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -219,15 +245,17 @@ def _crops(df: pd.DataFrame, masks: pd.DataFrame, p, seed: int) -> tf.data.Datas
         image, mask = tf.cond(
             visible,
             lambda: crop_on_defect(image, mask, crop, seed),
-            lambda: (tf.image.resize(image, crop), tf.zeros((*crop, 1), tf.uint8)),
+            lambda: (tf.image.resize(image, crop), tf.zeros((*crop, 1 + len(class_ids)), tf.uint8)),
         )
-        return image, mask, row["label"], tf.cast(visible, tf.float32)
+        # the types the crop shows; the whole image (mask unknown or vanished) shows the image's types
+        types = tf.cond(visible, lambda: _crop_types(mask), lambda: row["types"])
+        return image, mask, row["label"], tf.cast(visible, tf.float32), types
 
-    def anywhere(row, seed):
+    def anywhere(row, seed):  # crops of clean images, or whole images (crop null): the image's types
         image, mask = load(row)
         if crop is not None:
             image, mask = random_crop(image, mask, crop, seed)
-        return image, mask, row["label"], _seg_weight(mask, row["label"])
+        return image, mask, row["label"], _seg_weight(mask, row["label"]), row["types"]
 
     defective, clean = df[df.label == 1], df[df.label == 0]
     if crop is None:
@@ -244,7 +272,14 @@ def _crops(df: pd.DataFrame, masks: pd.DataFrame, p, seed: int) -> tf.data.Datas
 
 
 def mask_training_dataset(
-    df: pd.DataFrame, masks: pd.DataFrame, p, stride: int, seed: int, steps_per_epoch: int
+    df: pd.DataFrame,
+    masks: pd.DataFrame,
+    p,
+    stride: int,
+    seed: int,
+    steps_per_epoch: int,
+    class_ids: Sequence[str] = (),
+    defect: bool = True,
 ) -> tf.data.Dataset:
     """Endless training batches for train.supervision mask (p: TrainParams), reproducible from `seed`.
 
@@ -254,24 +289,29 @@ def mask_training_dataset(
     "crop" is the whole image resized to the crop size, with label 1 and pixel-loss weight 0. Without crops
     (null: the squash), every training image in turn, reshuffled per pass. With p.augment the image and its
     mask get the same random flips (and the image small brightness / contrast changes). The classification
-    weight ramps from 0 to p.mask.cls_loss_weight over p.mask.cls_ramp_epochs epochs."""
+    weight ramps from 0 to p.mask.cls_loss_weight over p.mask.cls_ramp_epochs epochs.
+
+    With `class_ids` (train.target classes) each example also has the `classes` target: the types whose mask
+    shows in the crop (or the image's types, for a whole image), weighted and ramped as the image loss; without
+    `defect` (no clean images) there is no `probability` target."""
     m = p.mask
 
     def finish(example, seed):
-        image, mask, label, seg_weight = example
+        image, mask, label, seg_weight, types = example
         if p.augment:
             seeds = tf.random.experimental.stateless_split(seed, 2)
             image, mask = flip_both(image, mask, seeds[0])
             image = _adjust_colour(image, seeds[1])
-        return _example(image, mask, label, seg_weight, stride, m)
+        return _example(image, mask, label, seg_weight, stride, m, types if class_ids else None, defect)
 
     seeds = tf.data.Dataset.random(seed=seed + 3, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip(_crops(df, masks, p, seed), seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip(_crops(df, masks, p, seed, class_ids), seeds)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     ramp = max(m.cls_ramp_epochs * steps_per_epoch, 1)
 
     def ramp_up(step, batch):
         x, y, w = batch
         share = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / ramp) if m.cls_ramp_epochs else 1.0
-        return x, y, {**w, "probability": w["probability"] * share}
+        return x, y, {k: v if k == "defect_map" else v * share for k, v in w.items()}
 
     return ds.batch(p.batch_size).enumerate().map(ramp_up).prefetch(tf.data.AUTOTUNE)

@@ -28,29 +28,19 @@ from steeldefect.atomic import path_for
 from steeldefect.errors import UserError
 from steeldefect.params import MaskParams, TrainParams, map_stride
 from steeldefect.train.distribute import make_strategy
-from steeldefect.train.model import OPTIMIZERS, build_mask_model, learning_rate
+from steeldefect.train.model import OPTIMIZERS, build_mask_model, learning_rate, output_metrics
 from steeldefect.train.pipeline import image_dataset, mask_eval_dataset, mask_training_dataset
 from steeldefect.train.runtime import Runtime, load_runtime
 from steeldefect.train.seeding import set_seed
-from steeldefect.train.training import check_health, standard_callbacks
+from steeldefect.train.training import AliasMetrics, check_health, check_target, standard_callbacks, targets
 
 log = logging.getLogger(__name__)
 # The checkpoint, EarlyStopping and ReduceLROnPlateau follow the validation AUC of the image probability, not
 # val_loss: trained on crops, the classifier is miscalibrated on whole images early on (its loss soars while its
 # ranking improves), and val_loss then keeps the first epoch's weights.
-MONITOR = "val_probability_auc"
+MONITOR = "val_probability_auc"  # a set with no clean images: `monitor` gives val_classes_auc
 # the classifier of `build_mask_model`: the layers the whole-image phase trains (train.mask.whole_image_epochs)
 CLASSIFIER = ("cls_conv0", "cls_conv1", "probability")
-
-
-class AliasMetrics(keras.callbacks.Callback):
-    """Logs the probability output's accuracy also as `accuracy` (and val_accuracy), the names the dvc.yaml
-    plots read for both supervisions."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        for prefix in ("", "val_"):
-            if logs is not None and f"{prefix}probability_accuracy" in logs:
-                logs[f"{prefix}accuracy"] = logs[f"{prefix}probability_accuracy"]
 
 
 class DiceBCE(keras.losses.Loss):
@@ -95,35 +85,46 @@ def pack_pixel_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _metrics() -> dict:
-    return {"probability": ["accuracy", keras.metrics.AUC(name="auc")]}
+def _metrics(model: keras.Model) -> dict:
+    return {n: output_metrics(n) for n in ("probability", "classes") if n in model.output_names}
+
+
+def monitor(model: keras.Model) -> str:
+    """MONITOR, or for a model without a defect probability (no clean images) the types' validation AUC."""
+    return MONITOR if "probability" in model.output_names else "val_classes_auc"
 
 
 def compile_mask_model(model: keras.Model, p: TrainParams, steps_per_epoch: int) -> None:
-    """Pixel and image binary cross-entropy (plus the Dice term of the map with seg_loss dice_bce); their weights
-    (and the ramp) come as sample weights (dice_bce: the pixel weights inside the map's target) from the input
-    pipeline, so the compiled model stays standard Keras."""
+    """Pixel and image binary cross-entropy (plus the Dice term of the map with seg_loss dice_bce; and the types'
+    binary cross-entropy with train.target classes); their weights (and the ramp) come as sample weights (dice_bce:
+    the pixel weights inside the map's target) from the input pipeline, so the compiled model stays standard Keras."""
+    image_losses = {n: "binary_crossentropy" for n in _metrics(model)}
     model.compile(
         optimizer=OPTIMIZERS[p.optimizer](learning_rate(p, steps_per_epoch)),
-        loss={"probability": "binary_crossentropy", "defect_map": map_loss(p.mask)},
-        metrics=_metrics(),
+        loss={**image_losses, "defect_map": map_loss(p.mask)},
+        metrics=_metrics(model),
     )
 
 
-def whole_image_dataset(train_df: pd.DataFrame, p: TrainParams, stride: int, seed: int) -> tf.data.Dataset:
+def whole_image_dataset(
+    train_df: pd.DataFrame, p: TrainParams, stride: int, seed: int, class_ids: tuple[str, ...] = (), defect: bool = True
+) -> tf.data.Dataset:
     """Every training image once per epoch, whole at image_size, reshuffled every epoch and (with p.augment)
-    flipped. The map's target is zeros: the phase has no map loss, but Keras wants a target per output."""
-    labels = train_df.label.to_numpy("float32")
+    flipped. The map's target is zeros: the phase has no map loss, but Keras wants a target per output. With
+    `class_ids`, the types too (`training.targets`)."""
+    labels = targets(train_df, class_ids, defect)
+    if not class_ids:
+        labels = {"probability": labels[:, None]}
     ds = image_dataset(train_df.path, p.image_size, p.batch_size, labels, shuffle_seed=seed)
     cells = (p.image_size[0] // stride, p.image_size[1] // stride, 1)
     seeds = tf.data.Dataset.random(seed=seed + 4, rerandomize_each_iteration=True).batch(2)
 
     def example(batch, seed):
-        x, label = batch
+        x, y = batch
         if p.augment:  # 4-D: each image of the batch is flipped or not on its own
             flips = tf.random.experimental.stateless_split(seed, 2)
             x = tf.image.stateless_random_flip_up_down(tf.image.stateless_random_flip_left_right(x, flips[0]), flips[1])
-        return x, {"probability": label[:, None], "defect_map": tf.zeros((tf.shape(x)[0], *cells))}
+        return x, {**y, "defect_map": tf.zeros((tf.shape(x)[0], *cells))}
 
     return tf.data.Dataset.zip(ds, seeds).map(example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -147,12 +148,12 @@ def whole_image_phase(
     validation AUC `best_auc`) keeps the new weights only if they beat that AUC. Returns the validation AUC of
     each epoch."""
     for layer in model.layers:
-        layer.trainable = layer.name in CLASSIFIER
+        layer.trainable = layer.name in (*CLASSIFIER, "classes")
     with strategy.scope():
         model.compile(
             optimizer=keras.optimizers.Adam(p.learning_rate),
-            loss={"probability": "binary_crossentropy"},
-            metrics=_metrics(),
+            loss={n: "binary_crossentropy" for n in _metrics(model)},
+            metrics=_metrics(model),
         )
     best_whole = best.with_name("best_whole.weights.h5")
     log.info(
@@ -166,14 +167,14 @@ def whole_image_phase(
         callbacks=[
             *callbacks,
             AliasMetrics(),
-            *standard_callbacks(best_whole, p, live, best_so_far=best_auc, monitor=MONITOR),
+            *standard_callbacks(best_whole, p, live, best_so_far=best_auc, monitor=monitor(model)),
         ],
         verbose=2,
     )
     improved = best_whole.exists()
     log.info("the whole-image phase %s the validation AUC", "improved" if improved else "did not improve")
     model.load_weights(best_whole if improved else best)
-    return history.history[MONITOR]
+    return history.history[monitor(model)]
 
 
 def check(runtime: Runtime, train_df: pd.DataFrame, masks: pd.DataFrame) -> None:
@@ -207,11 +208,12 @@ def _fit(
     live: Live,
     best: Path,
     callbacks: list,
+    class_ids: tuple[str, ...] = (),
 ) -> tuple[keras.callbacks.History, list[float]]:
     """The first fit (on crops, or whole images) with its best weights loaded, then the whole-image phase when
     train.mask.whole_image_epochs asks for it. Returns (the first fit's history, the phase's validation AUCs)."""
     train_ds, val_ds = datasets
-    standard = standard_callbacks(best, p, live, monitor=MONITOR)
+    standard = standard_callbacks(best, p, live, monitor=monitor(model))
     history = model.fit(
         train_ds,
         validation_data=val_ds,
@@ -223,7 +225,8 @@ def _fit(
     model.load_weights(best)
     if not p.mask.whole_image_epochs:
         return history, []
-    whole_ds, first_best = whole_image_dataset(train_df, p, map_stride(p), seed), standard[0].best
+    defect = "probability" in model.output_names
+    whole_ds, first_best = whole_image_dataset(train_df, p, map_stride(p), seed, class_ids, defect), standard[0].best
     return history, whole_image_phase(
         model, p, whole_ds, val_ds, strategy, live, best, first_best, len(history.epoch), callbacks
     )
@@ -239,24 +242,28 @@ def train(
     live_dir: Path,
     runtime: Runtime | None = None,
     callbacks: list | None = None,
+    class_ids: tuple[str, ...] = (),
 ) -> keras.callbacks.History:
     """Fit and save the best (highest validation AUC) weights of the whole model to `weights_out`. `masks` is the
     prepared masks table (ImageId, ClassId, EncodedPixels); `callbacks` are added to the standard ones (the
     real-data benchmark stops by wall clock with one; they reach the whole-image phase's fit too). Returns the
-    first phase's history.
+    first phase's history. With train.target classes, `class_ids` are the defect types in output order.
 
     `runtime` (default: from the environment): the default and mirrored strategies are honoured, the rest is
     refused by `check` (the feature cache does not apply: the whole network trains)."""
     runtime = runtime or load_runtime()
     check(runtime, train_df, masks)
+    class_ids = tuple(class_ids) if p.target == "classes" else ()
+    check_target(p, train_df, val_df, class_ids)
+    defect = bool((train_df.label == 0).any())
     strategy = make_strategy(runtime.strategy)
     set_seed(seed)
     stride, steps = map_stride(p), math.ceil(len(train_df) / p.batch_size)
     with strategy.scope():
-        model = build_mask_model(p, p.weights)
+        model = build_mask_model(p, p.weights, len(class_ids), defect)
         compile_mask_model(model, p, steps)
-    train_ds = mask_training_dataset(train_df, masks, p, stride, seed, steps)
-    val_ds = mask_eval_dataset(val_df, masks, p.image_size, stride, p.batch_size, p.mask)
+    train_ds = mask_training_dataset(train_df, masks, p, stride, seed, steps, class_ids, defect)
+    val_ds = mask_eval_dataset(val_df, masks, p.image_size, stride, p.batch_size, p.mask, class_ids, defect)
     if p.mask.seg_loss == "dice_bce":
         train_ds, val_ds = pack_pixel_weights(train_ds), pack_pixel_weights(val_ds)
     crops = "whole images" if p.mask.crop_size is None else "{}x{} crops".format(*p.mask.crop_size)
@@ -265,10 +272,11 @@ def train(
     with tempfile.TemporaryDirectory(prefix="steeldefect-segtrain.") as scratch:
         best = Path(scratch) / "best.weights.h5"
         with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-            history, whole = _fit(model, p, train_df, seed, (train_ds, val_ds), strategy, live, best, callbacks or [])
+            datasets = (train_ds, val_ds)
+            history, whole = _fit(model, p, train_df, seed, datasets, strategy, live, best, callbacks or [], class_ids)
             seconds = time.perf_counter() - start
-            check_health(model, val_ds, val_df.label.to_numpy(), live)
-            scores = history.history[MONITOR]
+            check_health(model, val_ds, targets(val_df, class_ids, defect), live)
+            scores = history.history[monitor(model)]
             best_epoch = (scores + whole).index(max(scores + whole)) + 1  # the kept weights' (ties: the first phase)
             live.log_params({"supervision": "mask", "map_stride": stride, "training": crops})
             for name, value in {

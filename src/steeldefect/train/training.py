@@ -34,6 +34,8 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from steeldefect.atomic import path_for
+from steeldefect.data.types import check_typed, multi_hot
+from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
 from steeldefect.train import health
 from steeldefect.train.cache import FeatureCache, ImageCache, feature_key
@@ -75,6 +77,46 @@ def cached_features(
     if cache is not None and write and (written := cache.save(key, x)):
         log.info("features written to %s", written)
     return x
+
+
+# --- targets ----------------------------------------------------------------------------------------------
+
+
+def check_target(p: TrainParams, train_df: pd.DataFrame, val_df: pd.DataFrame, class_ids: tuple[str, ...]) -> None:
+    """Refuse, before anything trains, a target the data cannot give: the defect probability of a set without clean
+    images, or defect types for defective images that have none."""
+    if p.target == "defect" and not (train_df.label == 0).any():
+        raise UserError(
+            f"train.target is defect, but none of the {len(train_df)} training images is clean (the set has no clean "
+            "images: every image is defective, so there is no defect/clean decision to learn). Set train.target: "
+            "classes to learn which defect type each image shows."
+        )
+    if p.target == "classes":
+        if not class_ids:
+            raise UserError("train.target is classes, but the data names no defect type (classes.csv is empty).")
+        check_typed(train_df, "the train split")
+        check_typed(val_df, "the validation split")
+
+
+def targets(df: pd.DataFrame, class_ids: tuple[str, ...], defect: bool) -> np.ndarray | dict[str, np.ndarray]:
+    """The labels of df's images: the defect label (train.target defect: `class_ids` empty), or a dict of the types'
+    (n, K) 0/1 matrix (`classes`) and, with `defect`, the defect label (`probability`, (n, 1))."""
+    label = df.label.to_numpy("float32")
+    if not class_ids:
+        return label
+    return {"classes": multi_hot(df.classes, list(class_ids)), **({"probability": label[:, None]} if defect else {})}
+
+
+class AliasMetrics(keras.callbacks.Callback):
+    """Logs the accuracy of a dict-output model's `probability` (or, without one, `classes`) also as `accuracy` (and
+    val_accuracy), the names the dvc.yaml plots read for every model."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for prefix in ("", "val_"):
+            for name in ("probability", "classes"):
+                if logs is not None and f"{prefix}{name}_accuracy" in logs:
+                    logs[f"{prefix}accuracy"] = logs[f"{prefix}{name}_accuracy"]
+                    break
 
 
 # --- training ---------------------------------------------------------------------------------------------
@@ -125,10 +167,12 @@ def train(
     live_dir: Path,
     runtime: Runtime | None = None,
     callbacks: list | None = None,
+    class_ids: tuple[str, ...] = (),
 ) -> dict:
     """Fit the model and save the whole model's best (lowest val_loss) weights to `weights_out`. Returns the
     health check of the saved model on the validation split (also in `live_dir`'s metrics.json). `callbacks`
     are added to the standard ones of the first fit (the real-data benchmark stops by wall clock with one).
+    With train.target classes, `class_ids` are the defect types (data/prepared/classes.csv) in output order.
 
     `runtime` (default: from the environment, see steeldefect.train.runtime) chooses the strategy and the caches.
     Under the multi_worker strategy every worker calls this with the same arguments; the chief writes
@@ -136,6 +180,8 @@ def train(
     still take part in every collective op: fit, predict, and the final save)."""
     runtime = runtime or load_runtime()
     check_precision(p)
+    class_ids = tuple(class_ids) if p.target == "classes" else ()
+    check_target(p, train_df, val_df, class_ids)
     strategy = make_strategy(runtime.strategy)  # first: MultiWorkerMirroredStrategy needs a TensorFlow not yet started
     set_seed(seed)
     chief = is_chief(strategy)
@@ -160,7 +206,7 @@ def train(
                 keras.mixed_precision.set_global_policy(p.mixed_precision)
                 log.info("mixed precision %s: float32 weights and output", p.mixed_precision)
             features = FeatureCache(runtime.feature_cache) if runtime.feature_cache else None
-            job = Job(p, seed, train_df, val_df, strategy, images, features)
+            job = Job(p, seed, train_df, val_df, strategy, images, features, class_ids)
             return _train(job, Path(weights_out), Path(live_dir), scratch, callbacks)
         finally:
             images.close()
@@ -180,14 +226,20 @@ class Job:
     strategy: tf.distribute.Strategy
     images: ImageCache
     features: FeatureCache | None
+    class_ids: tuple[str, ...] = ()  # train.target classes: the defect types, in output order
 
     @property
-    def y_train(self) -> np.ndarray:
-        return self.train_df.label.to_numpy("float32")
+    def defect(self) -> bool:
+        """Whether the model has the defect probability: the data has clean images."""
+        return bool((self.train_df.label == 0).any())
 
     @property
-    def y_val(self) -> np.ndarray:
-        return self.val_df.label.to_numpy("float32")
+    def y_train(self) -> np.ndarray | dict[str, np.ndarray]:
+        return targets(self.train_df, self.class_ids, self.defect)
+
+    @property
+    def y_val(self) -> np.ndarray | dict[str, np.ndarray]:
+        return targets(self.val_df, self.class_ids, self.defect)
 
 
 def _train(job: Job, weights_out: Path, live_dir: Path, scratch: Path, extra_callbacks: list | None = None) -> dict:
@@ -195,7 +247,7 @@ def _train(job: Job, weights_out: Path, live_dir: Path, scratch: Path, extra_cal
     model on the images), optionally fine-tune, check the health, save the whole model's weights."""
     p, strategy = job.p, job.strategy
     with strategy.scope():
-        model, features, classifier = build_model(p, p.weights)
+        model, features, classifier = build_model(p, p.weights, len(job.class_ids), job.defect)
     start = time.perf_counter()
     on_features = p.freeze_backbone and not p.augment
     if p.freeze_backbone and p.augment:
@@ -271,7 +323,7 @@ def fit_head(
         train_ds,
         validation_data=val_ds,
         epochs=p.epochs,
-        callbacks=[*(extra_callbacks or []), *callbacks],
+        callbacks=[*(extra_callbacks or []), AliasMetrics(), *callbacks],
         verbose=2,
     )
     if best.exists():
@@ -308,7 +360,7 @@ def fine_tune(
         validation_data=val_ds,
         initial_epoch=done,
         epochs=done + p.fine_tune.epochs,
-        callbacks=standard_callbacks(best_tuned, p, live, best_so_far=best_so_far),
+        callbacks=[AliasMetrics(), *standard_callbacks(best_tuned, p, live, best_so_far=best_so_far)],
         verbose=2,
     )
     improved = best_tuned.exists()
@@ -323,11 +375,20 @@ def write_weights(model: keras.Model, weights_out: Path) -> None:
     log.info("weights written to %s", weights_out)
 
 
-def check_health(model: keras.Model, val_ds: tf.data.Dataset, y_val: np.ndarray, live: Live) -> dict:
+def check_health(model: keras.Model, val_ds: tf.data.Dataset, y_val, live: Live) -> dict:
     """The health check of the trained model on the validation split, added to the training metrics; a
-    warning naming the params to look at when the run is degenerate. A mask model is judged by its probability."""
+    warning naming the params to look at when the run is degenerate. A model with a defect probability is judged by
+    it, one with only defect types by their probabilities pooled (every (image, type) pair); with types, their
+    macro ROC AUC is logged too (`val_classes_macro_auc`)."""
     predicted = model.predict(val_ds, verbose=0)
-    report = health.check(y_val, predicted["probability"] if isinstance(predicted, dict) else predicted)
+    if not isinstance(predicted, dict):
+        predicted, y_val = {"probability": predicted}, {"probability": y_val}
+    elif not isinstance(y_val, dict):
+        y_val = {"probability": y_val}
+    judged = "probability" if "probability" in predicted else "classes"
+    report = health.check(np.ravel(y_val[judged]), np.ravel(predicted[judged]))
+    if "classes" in predicted:
+        live.summary["val_classes_macro_auc"] = health.macro_auc(y_val["classes"], predicted["classes"])
     live.summary["degenerate"] = report["degenerate"]
     for key in ("val_roc_auc", "val_prob_spread"):
         if report[key] is not None:
