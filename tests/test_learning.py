@@ -4,6 +4,7 @@ changes it (invariance). Each test fails when the classifier is a constant (test
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -112,17 +113,8 @@ def test_horizontal_flip_keeps_the_probability(trained, tmp_path):
     assert ((flipped[sure] >= 0.5) == (same[sure] >= 0.5)).all(), (same, flipped)
 
 
-TYPES_TRAIN = defaults(
-    train={
-        "epochs": 40,
-        "batch_size": 8,
-        "image_size": [64, 64],
-        "backbone_layer": "conv2_block3_out",
-        "head": {"dense_units": 32, "dropout": 0.1},
-        "patience": 40,
-        "target": "classes",
-    }
-).train
+# the same small network on 64x64 type images, with one output per type
+TYPES_TRAIN = dataclasses.replace(TRAIN, epochs=40, image_size=(64, 64), patience=40, target="classes")
 
 
 def type_auc(tmp_path: Path, shuffle: bool) -> float:
