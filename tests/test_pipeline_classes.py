@@ -29,8 +29,9 @@ def with_clean(tmp_path_factory) -> Path:
     tree = type_folders(tmp / "types", clean=True)
     (tmp / "project").mkdir()
     root = make_project(tmp / "project", PARAMS)
-    run(["dvc", "exp", "run", "-S", f"data.source={tree}", "-S", "train.target=classes"], root)
-    run(["dvc", "exp", "run", "-S", "evaluate.class_threshold=auto"], root)  # only evaluate reruns
+    own_cache = {"STEELDEFECT_CACHE_DIR": str(tmp / "cache")}  # not the session's: test_runtime counts its entries
+    run(["dvc", "exp", "run", "-S", f"data.source={tree}", "-S", "train.target=classes"], root, env=own_cache)
+    run(["dvc", "exp", "run", "-S", "evaluate.class_threshold=auto"], root, env=own_cache)  # only evaluate reruns
     return root
 
 
