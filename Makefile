@@ -18,9 +18,9 @@ install: $(VENV)/.installed
 repro: install
 	dvc repro
 
-test: install
+test: install  # two workers: the tests of a module, and those of the shared pipeline, each stay on one (conftest.py)
 	ruff check src stages tests bench
-	pytest
+	pytest -n 2 --dist loadgroup
 
 test-fast: install  # the quick loop: every test not marked slow (no dvc pipeline runs, no multi-process training)
 	ruff check src stages tests bench

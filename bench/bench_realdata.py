@@ -241,9 +241,17 @@ def brief(m: dict) -> dict:
 
 
 def run(
-    recipe: str, parts: dict, masks: pd.DataFrame, raw: dict, minutes: float, work: Path, types: Types | None
+    recipe: str,
+    parts: dict,
+    masks: pd.DataFrame,
+    raw: dict,
+    minutes: float,
+    work: Path,
+    types: Types | None,
+    seconds_per_epoch: float | None = None,
 ) -> tuple[dict, list]:
     spec, clock, class_ids = RECIPES[recipe], Clock(), types[0] if types else []
+    spec = {**spec, "seconds_per_epoch": seconds_per_epoch or spec["seconds_per_epoch"]}
     budget, share = minutes * 60, spec.get("pretrain_share", 0)
     if share:
         pre_epochs = max(1, int(budget * share / spec["pretrain_seconds_per_epoch"]))
@@ -337,6 +345,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15, help="the budget: training + pretraining minutes")
     parser.add_argument("--seed", type=int, default=0, help="the split and training seed")
     parser.add_argument("--target", choices=("defect", "classes"), default="defect", help="train.target")
+    parser.add_argument(
+        "--seconds-per-epoch",
+        type=float,
+        help="the training seconds per epoch that turn the budget into train.epochs, where this machine is slower or "
+        "faster than the recipe's measured figure (a cosine schedule then still ends within the budget)",
+    )
     parser.add_argument("--set", action="append", default=[], help="params override, KEY=YAML")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "realdata", help="curves.csv and curves.png")
     parser.add_argument("--force", action="store_true", help="run even if the machine is busy (result marked)")
@@ -376,7 +390,7 @@ def main() -> None:
         raw = merge(raw, {"train": {"target": args.target}})
         for text in args.set:
             raw = merge(raw, setting(text))
-        result, rows = run(recipe, parts, masks, raw, args.minutes, work, types)
+        result, rows = run(recipe, parts, masks, raw, args.minutes, work, types, args.seconds_per_epoch)
     load_end = os.getloadavg()[0]
     curve = pd.DataFrame(rows).assign(recipe=recipe, seed=args.seed, budget=args.minutes, baseline_auc=baseline["auc"])
     curve = curve.assign(target=args.target)
@@ -400,6 +414,7 @@ def main() -> None:
         **({"loaded": 1} if load >= 1.5 else {}),
         **({"set": ";".join(args.set)} if args.set else {}),
         **({"untyped_left_out": sum(untyped.values())} if untyped else {}),
+        **({"seconds_per_epoch": args.seconds_per_epoch} if args.seconds_per_epoch else {}),
     }
     print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 

@@ -31,3 +31,11 @@ def cache_dir(tmp_path_factory, monkeypatch) -> Path:
 def pipeline(tmp_path_factory) -> Path:
     """A tiny default pipeline after a real `dvc repro`, committed (so diffs compare with HEAD)."""
     return reproduced_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
+
+
+def pytest_collection_modifyitems(items):
+    """For `make test` (pytest-xdist, --dist loadgroup): the tests of a module run on one worker, so its module
+    fixtures are built once, and every test of the shared `pipeline` runs on one worker, so it is built once."""
+    for item in items:
+        group = "pipeline" if "pipeline" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
