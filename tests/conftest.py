@@ -33,6 +33,7 @@ def pipeline(tmp_path_factory) -> Path:
     return reproduced_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """For `make test` (pytest-xdist, --dist loadgroup): the tests of a module run on one worker, so its module
     fixtures are built once, and every test of the shared `pipeline` runs on one worker, so it is built once."""
