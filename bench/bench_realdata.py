@@ -312,12 +312,14 @@ def plot(out: Path) -> None:
     import matplotlib.pyplot as plt
 
     df = pd.read_csv(out / "curves.csv")
+    df = df.assign(target=df.target.fillna("defect")) if "target" in df else df.assign(target="defect")
     fig, ax = plt.subplots(figsize=(8, 5))
-    runs = df.groupby(["recipe", "budget", "seed"], sort=True)
+    runs = df.groupby(["recipe", "budget", "seed", "target"], sort=True)
     colours = dict(zip(runs.groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
-    for (recipe, budget, seed), run_df in runs:
-        kwargs = {"color": colours[recipe, budget, seed], "marker": "o" if seed == 0 else "s", "markersize": 3}
-        label = f"{recipe}, {budget:g}-min budget, split seed {seed}: test"
+    for (recipe, budget, seed, target), run_df in runs:
+        kwargs = {"color": colours[recipe, budget, seed, target], "marker": "o" if seed == 0 else "s", "markersize": 3}
+        types = f", target {target} (last epoch {run_df.epoch.max()})" if target != "defect" else ""
+        label = f"{recipe}, {budget:g}-min budget, split seed {seed}{types}: test"
         ax.plot(run_df.minutes, run_df.test_auc, label=label, **kwargs)
         ax.plot(run_df.minutes, run_df.val_auc, linestyle=":", alpha=0.6, **kwargs)
     bases = df.groupby("seed").baseline_auc.first()

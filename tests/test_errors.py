@@ -15,6 +15,11 @@ HINT = "; this is a bug - rerun with STEELDEFECT_DEBUG=1 for the traceback"
 RUN = "import os, signal, sys\nfrom steeldefect.errors import UserError, run\ndef main():\n    {}\nrun(main)"
 
 
+# Python started by a pytest-xdist worker inherits its ignored SIGINT and then installs no KeyboardInterrupt
+# handler: give the stage the handler a Python started from a shell has
+SIGINT_AS_IN_A_SHELL = "signal.signal(signal.SIGINT, signal.default_int_handler)"
+
+
 def python(body: str, debug: bool = False):
     """Run `body` as the main function of a stage in a fresh Python."""
     env = {"STEELDEFECT_DEBUG": "1" if debug else "0"}
@@ -47,7 +52,11 @@ def test_a_user_error_exits_2_with_its_message_only():
 
 @pytest.mark.parametrize(
     ("body", "code"),
-    [("sys.exit(5)", 5), ("return 7", 0), ("os.kill(os.getpid(), signal.SIGINT)", -signal.SIGINT)],
+    [
+        ("sys.exit(5)", 5),
+        ("return 7", 0),
+        (f"{SIGINT_AS_IN_A_SHELL}; os.kill(os.getpid(), signal.SIGINT)", -signal.SIGINT),
+    ],
 )
 def test_exit_and_ctrl_c_pass_through(body, code):
     """A stage's own exit code stays; Ctrl-C ends the process by SIGINT as usual (130 in a shell)."""
