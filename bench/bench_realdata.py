@@ -314,10 +314,12 @@ def plot(out: Path) -> None:
     df = pd.read_csv(out / "curves.csv")
     df = df.assign(target=df.target.fillna("defect")) if "target" in df else df.assign(target="defect")
     fig, ax = plt.subplots(figsize=(8, 5))
-    runs = df.groupby(["recipe", "budget", "seed", "target"], sort=True)
+    df = df.assign(run=(df.epoch.diff().fillna(-1) <= 0).cumsum())  # runs are appended whole: a new one restarts
+    runs = df.groupby(["recipe", "budget", "seed", "target", "run"], sort=True)
     colours = dict(zip(runs.groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
-    for (recipe, budget, seed, target), run_df in runs:
-        kwargs = {"color": colours[recipe, budget, seed, target], "marker": "o" if seed == 0 else "s", "markersize": 3}
+    for (recipe, budget, seed, target, run_id), run_df in runs:
+        kwargs = {"color": colours[recipe, budget, seed, target, run_id], "marker": "o" if seed == 0 else "s"}
+        kwargs["markersize"] = 3
         types = f", target {target} (last epoch {run_df.epoch.max()})" if target != "defect" else ""
         label = f"{recipe}, {budget:g}-min budget, split seed {seed}{types}: test"
         ax.plot(run_df.minutes, run_df.test_auc, label=label, **kwargs)
