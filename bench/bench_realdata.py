@@ -51,6 +51,7 @@ from steeldefect.train import segtrain, training
 from steeldefect.train.health import macro_auc
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset, mask_eval_dataset
+from steeldefect.train.training import typed
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"  # every recipe starts from the repository's params
@@ -377,13 +378,8 @@ def main() -> None:
         )
         parts, report = split(images, P.split.test_size, P.split.val_size, args.seed)
         print(f"{args.data}: {report['sizes']} images, defective {report['defective']}", flush=True)
-        untyped = {}
-        if types:  # the model learns a type for every defective training image: the few without one are left out
-            for name in ("train", "val"):  # test stays whole, so the defect AUC is on the images --target defect sees
-                df = parts[name]
-                keep = (df.label == 0) | (df.classes.fillna("").astype(str).str.strip() != "")
-                parts[name], untyped[name] = df[keep].reset_index(drop=True), int((~keep).sum())
-            print(f"defective images without a type, left out of train and val: {untyped}", flush=True)
+        # defective images without a type train the defect probability only (training.check_target)
+        untyped = int(((parts["train"].label == 1) & ~typed(parts["train"])).sum()) if types else 0
         base = run_baseline(parts["train"], parts["val"], parts["test"], P.baseline, args.seed, P.evaluate, types)
         baseline = scores(parts, base.val.probability.to_numpy(), base.test.probability.to_numpy())
         if types:
@@ -417,7 +413,7 @@ def main() -> None:
         "load_end": round(load_end, 2),
         **({"loaded": 1} if load >= 1.5 else {}),
         **({"set": ";".join(args.set)} if args.set else {}),
-        **({"untyped_left_out": sum(untyped.values())} if untyped else {}),
+        **({"untyped_train": untyped} if types else {}),
         **({"seconds_per_epoch": args.seconds_per_epoch} if args.seconds_per_epoch else {}),
     }
     print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)

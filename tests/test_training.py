@@ -18,13 +18,14 @@ import tensorflow as tf
 
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
+from steeldefect.data.types import GIVEN_DEFECT
 from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
 from steeldefect.train.cache import feature_key, image_cache_key
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset
 from steeldefect.train.runtime import Runtime
-from steeldefect.train.training import check_target, targets, train, unfreeze_last_stages
+from steeldefect.train.training import check_target, sample_weights, targets, train, unfreeze_last_stages
 
 from helpers import TINY_TRAIN, defaults
 
@@ -238,6 +239,17 @@ def test_a_target_the_data_cannot_give_is_refused_before_training():
     with pytest.raises(UserError, match="train.target: classes"):
         check_target(defaults(train={"target": "defect"}).train, no_clean, no_clean, ("1", "2"))
     check_target(defaults(train={"target": "classes"}).train, no_clean, no_clean, ("1", "2"))
-    untyped = pd.concat([no_clean, pd.DataFrame({"ImageId": ["u"], "classes": [""], "label": [1]})])
-    with pytest.raises(UserError, match="1 defective image.*u:"):
+    untyped = pd.DataFrame({"ImageId": ["u"], "classes": [""], "label": [1]})
+    check_target(defaults(train={"target": "classes"}).train, pd.concat([no_clean, untyped]), no_clean, ("1", "2"))
+    with pytest.raises(UserError, match="none of the 1 training images carries a defect type"):
         check_target(defaults(train={"target": "classes"}).train, untyped, no_clean, ("1", "2"))
+
+
+def test_the_types_loss_counts_only_typed_images_weighted_by_their_share():
+    df = pd.concat([_typed(["1 3", "", "2"]), pd.DataFrame({"ImageId": ["u"], "classes": [""], "label": [1]})])
+    w = sample_weights(df, ("1", "2", "3"), defect=True, typed_share=0.5)
+    np.testing.assert_array_equal(w[GIVEN_DEFECT], [2, 0, 2, 0])  # clean and untyped images: no type loss
+    np.testing.assert_array_equal(w["probability"], [1, 1, 1, 1])
+    assert set(targets(df, ("1", "2", "3"), defect=True)) == {"classes", "probability", GIVEN_DEFECT}
+    assert set(sample_weights(df, ("1", "2", "3"), defect=False, typed_share=0.5)) == {"classes"}
+    assert sample_weights(df, (), defect=True, typed_share=0.5) is None

@@ -10,6 +10,7 @@ import pandas as pd
 
 from steeldefect.errors import UserError
 
+GIVEN_DEFECT = "classes_given_defect"  # the model output of the types' probabilities if the image is defective
 PREFIX = "p_"  # the probability column of type NAME is p_NAME (predictions, baseline, `steeldefect predict`)
 
 
@@ -39,14 +40,3 @@ def multi_hot(classes: pd.Series, class_ids: list[str]) -> np.ndarray:
         for c in cs.split():
             out[i, index[c]] = 1
     return out
-
-
-def check_typed(df: pd.DataFrame, where: str) -> None:
-    """train.target classes learns the type of every defective image: refuse defective images with no type."""
-    untyped = df[(df.label == 1) & (df.classes.fillna("").astype(str).str.strip() == "")]
-    if len(untyped):
-        raise UserError(
-            f"train.target is classes, but {len(untyped)} defective image(s) of {where} have no defect type "
-            f"(e.g. {untyped.ImageId.iloc[0]}: labelled defective without a mask or type folder). Give them a type "
-            "(a mask in train.csv, a type folder), remove them, or set train.target: defect."
-        )

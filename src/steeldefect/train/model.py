@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 
+from steeldefect.data.types import GIVEN_DEFECT
 from steeldefect.errors import UserError
 from steeldefect.params import HeadParams, TrainParams
 
@@ -47,11 +48,25 @@ def pool(features: keras.KerasTensor, p: HeadParams) -> keras.KerasTensor:
     )
 
 
+def type_outputs(x: keras.KerasTensor, types: int, defect: bool) -> dict:
+    """The outputs of train.target classes on the pooled features `x`. Without `defect` (a set with no clean
+    images): `classes`, one sigmoid per type. With it: `probability` (the image is defective), GIVEN_DEFECT (one
+    sigmoid per type, trained only on the images that carry a type: which defect, given there is one) and their
+    product `classes` (the image carries type k). So the type head never learns clean against defective, the
+    defect probability's job, and every consumer reads `classes` as P(type k) on any image."""
+    dense = lambda n, name: keras.layers.Dense(n, activation="sigmoid", dtype="float32", name=name)(x)  # noqa: E731
+    if not defect:
+        return {"classes": dense(types, "classes")}
+    probability, given = dense(1, "probability"), dense(types, GIVEN_DEFECT)
+    classes = keras.layers.Multiply(dtype="float32", name="classes")([probability, given])
+    return {"probability": probability, GIVEN_DEFECT: given, "classes": classes}
+
+
 def build_classifier(n_features: int, p: HeadParams, types: int = 0, defect: bool = True) -> keras.Model:
     """The head's trainable part: [BatchNormalization ->] Dense(relu) -> Dropout -> Dense(1, sigmoid). The
     normalisation makes the head independent of the features' scale (momentum 0.9: the running statistics
     used at inference follow the batches within a few epochs). With `types` > 0 (train.target classes) its output
-    is a dict: `classes` (`types` sigmoids, one per defect type) and, with `defect`, `probability`."""
+    is the dict of `type_outputs`."""
     inputs = keras.Input((n_features,))
     x = keras.layers.BatchNormalization(momentum=0.9)(inputs) if p.normalize == "batchnorm" else inputs
     x = keras.layers.Dense(p.dense_units, activation="relu")(x)
@@ -59,10 +74,7 @@ def build_classifier(n_features: int, p: HeadParams, types: int = 0, defect: boo
     # float32 even under a mixed precision policy, so the probabilities (and the loss) stay float32
     if not types:
         return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x), name="classifier")
-    outputs = {"classes": keras.layers.Dense(types, activation="sigmoid", dtype="float32", name="classes")(x)}
-    if defect:
-        outputs["probability"] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
-    return keras.Model(inputs, outputs, name="classifier")
+    return keras.Model(inputs, type_outputs(x, types, defect), name="classifier")
 
 
 def named(outputs: dict) -> dict:
@@ -75,8 +87,8 @@ def build_model(
     p: TrainParams, weights: str | None, types: int = 0, defect: bool = True
 ) -> tuple[keras.Model, keras.Model | None, keras.Model | None]:
     """(whole model, feature extractor, classifier), sharing layers: model = classifier(features(image)).
-    `types` > 0 (train.target classes, the number of defect types): the outputs are a dict, `classes` (one sigmoid per
-    type) and, when `defect` (the data has clean images), `probability`.
+    `types` > 0 (train.target classes, the number of defect types): the outputs are the dict of `type_outputs`
+    (`defect`: the data has clean images).
     With p.supervision "mask": (the two-output model of `build_mask_model`, None, None).
     The features are the backbone's output after the head's pooling; the backbone starts from `weights`
     (train passes p.weights, export None before loading the trained weights). With p.freeze_backbone the
@@ -101,8 +113,8 @@ def build_mask_model(p: TrainParams, weights: str | None, types: int = 0, defect
       `params.map_stride(p)`) holds any defect, from a 3x3 convolution on the backbone's feature map;
     - `probability` (N, 1): the image is defective, from a small convolutional classifier on the segmentation
       features and the map, then global average and max of both (so also the map's maximum);
-    - with `types` > 0: `classes` (N, types), one sigmoid per defect type on the same pooled features (without
-      `defect`, no `probability`).
+    - with `types` > 0: the outputs of `type_outputs` on the same pooled features (without `defect`, only
+      `classes`).
     The whole network trains end to end (BatchNorm momentum `train.mask.bn_momentum`)."""
     backbone = build_backbone((None, None), weights, p.backbone_layer)
     for layer in backbone.layers:
@@ -125,13 +137,11 @@ def build_mask_model(p: TrainParams, weights: str | None, types: int = 0, defect
             keras.layers.GlobalMaxPooling2D(dtype="float32")(defect_map),
         ]
     )
-    outputs = {"defect_map": defect_map}
-    if defect:
-        outputs["probability"] = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")
     if types:
-        outputs["classes"] = keras.layers.Dense(types, activation="sigmoid", dtype="float32", name="classes")
-    outputs = {k: v if k == "defect_map" else v(pooled) for k, v in outputs.items()}
-    return keras.Model(inputs, outputs, name="steeldefect")
+        heads = type_outputs(pooled, types, defect)
+    else:
+        heads = {"probability": keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(pooled)}
+    return keras.Model(inputs, {"defect_map": defect_map, **heads}, name="steeldefect")
 
 
 OPTIMIZERS = {
@@ -156,12 +166,22 @@ def output_metrics(name: str) -> list:
     return ["accuracy", keras.metrics.AUC(name="auc")]
 
 
+def trained_outputs(model: keras.Model) -> list[str]:
+    """The image-level outputs with a loss: `probability` and GIVEN_DEFECT, or `classes` where there is no
+    GIVEN_DEFECT (no clean images); `classes` as the product of the two is only measured."""
+    names = [n for n in ("probability", GIVEN_DEFECT, "classes") if n in model.output_names]
+    return [n for n in names if not (n == "classes" and GIVEN_DEFECT in names)]
+
+
+def measured_outputs(model: keras.Model) -> list[str]:
+    return [n for n in ("probability", "classes") if n in model.output_names]
+
+
 def compile_for_training(model: keras.Model, learning_rate, optimizer: str = "adam") -> None:
-    """Binary cross-entropy on the one output, or on each output of a dict (their sum is `loss`)."""
-    names = [n for n in model.output_names if n in ("probability", "classes")]
-    multi = "classes" in names
+    """Binary cross-entropy on the one output, or on each trained output of a dict (their sum is `loss`)."""
+    multi = "classes" in model.output_names
     model.compile(
         optimizer=OPTIMIZERS[optimizer](learning_rate),
-        loss={n: "binary_crossentropy" for n in names} if multi else "binary_crossentropy",
-        metrics={n: output_metrics(n) for n in names} if multi else output_metrics("probability"),
+        loss={n: "binary_crossentropy" for n in trained_outputs(model)} if multi else "binary_crossentropy",
+        metrics={n: output_metrics(n) for n in measured_outputs(model)} if multi else output_metrics("probability"),
     )

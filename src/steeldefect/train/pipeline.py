@@ -10,7 +10,7 @@ import pandas as pd
 import tensorflow as tf
 
 from steeldefect.data.masks import image_mask, type_masks
-from steeldefect.data.types import multi_hot
+from steeldefect.data.types import GIVEN_DEFECT, multi_hot
 
 
 def decode_and_preprocess(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
@@ -43,11 +43,13 @@ def image_dataset(
     image_size: Sequence[int],
     batch_size: int,
     labels: Sequence[int] | dict[str, np.ndarray] | None = None,
+    weights: dict[str, np.ndarray] | None = None,
     shuffle_seed: int | None = None,
     augment_seed: int | None = None,
     cache: str | None = None,
 ) -> tf.data.Dataset:
-    """Batches of preprocessed images (and labels, or a dict of label arrays, when given), in order unless
+    """Batches of preprocessed images (and labels, or a dict of label arrays, when given; and with `weights`, the
+    per-output sample weights, a dict of arrays of one weight per image), in order unless
     `shuffle_seed` is set, and augmented (differently every epoch, reproducibly) when `augment_seed` is set. The
     last partial batch is kept.
 
@@ -58,22 +60,19 @@ def image_dataset(
     every epoch, and the batches equal the uncached ones (the same shuffle order: it depends only on the seed
     and the number of images); but the shuffle buffer then holds decoded images (all of `paths`) in memory."""
     # labels: one per image, or a dict of arrays (a dict-output model's targets, e.g. defect types)
-    label = None if labels is None else tf.nest.map_structure(lambda v: tf.constant(np.asarray(v), tf.float32), labels)
+    as_tensor = lambda v: tf.constant(np.asarray(v), tf.float32)  # noqa: E731
+    targets = {} if labels is None else {"label": tf.nest.map_structure(as_tensor, labels)}
+    if weights is not None:
+        targets["weight"] = tf.nest.map_structure(as_tensor, weights)
     if cache is None:
-        columns = {"path": list(paths)} if label is None else {"path": list(paths), "label": label}
-        ds = tf.data.Dataset.from_tensor_slices(columns)
+        ds = tf.data.Dataset.from_tensor_slices({"path": list(paths), **targets})
     else:  # the cache holds the images only: the same cache serves with or without labels
         images = (
             tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string, shape=[len(paths)]))
             .map(lambda path: _decode_resize(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
             .cache(str(cache))
         )
-        columns = (
-            {"image": images}
-            if label is None
-            else {"image": images, "label": tf.data.Dataset.from_tensor_slices(label)}
-        )
-        ds = tf.data.Dataset.zip(columns)
+        ds = tf.data.Dataset.zip({"image": images, **{k: tf.data.Dataset.from_tensor_slices(v) for k, v in targets.items()}})
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     if augment_seed is not None:
@@ -85,6 +84,8 @@ def image_dataset(
         if "seed" in row:
             image = augment(image, row["seed"])
         image = keras.applications.resnet50.preprocess_input(image)
+        if "weight" in row:
+            return image, row["label"], row["weight"]
         return (image, row["label"]) if "label" in row else image
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -183,14 +184,21 @@ def _adjust_colour(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def _example(image, mask, label, seg_weight, stride: int, m, types=None, defect: bool = True) -> tuple:
     """(preprocessed image, targets, sample weights) of one image or crop. The map's pixel loss weighs
     m.seg_loss_weight (times m.seg_positive_weight on defective cells), or 0 when the mask is unknown. With
-    `types` (train.target classes: the K 0/1 types of the image or crop) also the `classes` target, weighted as the
-    image loss; without `defect` (a set with no clean images) no `probability` target."""
+    `types` (train.target classes: the K 0/1 types of the image or crop) also the types' targets (`classes` and,
+    with `defect`, GIVEN_DEFECT: see model.type_outputs), weighted as the image loss, the trained one (GIVEN_DEFECT,
+    or `classes` without `defect`) only where the crop shows a type; without `defect` (a set with no clean
+    images) no `probability` target."""
     target = defect_target(mask[..., :1], stride)
     pixel_weight = seg_weight * m.seg_loss_weight * (1 + (m.seg_positive_weight - 1) * target[..., 0])
     y, w = {"defect_map": target}, {"defect_map": pixel_weight}
-    for name, value in (("probability", tf.reshape(label, [1]) if defect else None), ("classes", types)):
-        if value is not None:
-            y[name], w[name] = value, tf.constant(m.cls_loss_weight, tf.float32)
+    image_weight = tf.constant(m.cls_loss_weight, tf.float32)
+    if defect:
+        y["probability"], w["probability"] = tf.reshape(label, [1]), image_weight
+    if types is not None:
+        type_weight = image_weight * tf.reduce_max(types)
+        y["classes"], w["classes"] = types, image_weight if defect else type_weight
+        if defect:
+            y[GIVEN_DEFECT], w[GIVEN_DEFECT] = types, type_weight
     return keras.applications.resnet50.preprocess_input(image), y, w
 
 

@@ -28,11 +28,20 @@ from steeldefect.atomic import path_for
 from steeldefect.errors import UserError
 from steeldefect.params import MaskParams, TrainParams, map_stride
 from steeldefect.train.distribute import make_strategy
-from steeldefect.train.model import OPTIMIZERS, build_mask_model, learning_rate, output_metrics
+from steeldefect.data.types import GIVEN_DEFECT
+from steeldefect.train.model import OPTIMIZERS, build_mask_model, learning_rate, measured_outputs, output_metrics, trained_outputs
 from steeldefect.train.pipeline import image_dataset, mask_eval_dataset, mask_training_dataset
 from steeldefect.train.runtime import Runtime, load_runtime
 from steeldefect.train.seeding import set_seed
-from steeldefect.train.training import AliasMetrics, check_health, check_target, standard_callbacks, targets
+from steeldefect.train.training import (
+    AliasMetrics,
+    check_health,
+    check_target,
+    sample_weights,
+    standard_callbacks,
+    targets,
+    typed,
+)
 
 log = logging.getLogger(__name__)
 # The checkpoint, EarlyStopping and ReduceLROnPlateau follow the validation AUC of the image probability, not
@@ -86,7 +95,11 @@ def pack_pixel_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def _metrics(model: keras.Model) -> dict:
-    return {n: output_metrics(n) for n in ("probability", "classes") if n in model.output_names}
+    return {n: output_metrics(n) for n in measured_outputs(model)}
+
+
+def _losses(model: keras.Model) -> dict:
+    return {n: "binary_crossentropy" for n in trained_outputs(model)}
 
 
 def monitor(model: keras.Model) -> str:
@@ -98,10 +111,9 @@ def compile_mask_model(model: keras.Model, p: TrainParams, steps_per_epoch: int)
     """Pixel and image binary cross-entropy (plus the Dice term of the map with seg_loss dice_bce; and the types'
     binary cross-entropy with train.target classes); their weights (and the ramp) come as sample weights (dice_bce:
     the pixel weights inside the map's target) from the input pipeline, so the compiled model stays standard Keras."""
-    image_losses = {n: "binary_crossentropy" for n in _metrics(model)}
     model.compile(
         optimizer=OPTIMIZERS[p.optimizer](learning_rate(p, steps_per_epoch)),
-        loss={**image_losses, "defect_map": map_loss(p.mask)},
+        loss={**_losses(model), "defect_map": map_loss(p.mask)},
         metrics=_metrics(model),
     )
 
@@ -115,16 +127,18 @@ def whole_image_dataset(
     labels = targets(train_df, class_ids, defect)
     if not class_ids:
         labels = {"probability": labels[:, None]}
-    ds = image_dataset(train_df.path, p.image_size, p.batch_size, labels, shuffle_seed=seed)
+    weights = sample_weights(train_df, class_ids, defect, float(typed(train_df).mean()) if class_ids else 1.0)
+    ds = image_dataset(train_df.path, p.image_size, p.batch_size, labels, weights, shuffle_seed=seed)
     cells = (p.image_size[0] // stride, p.image_size[1] // stride, 1)
     seeds = tf.data.Dataset.random(seed=seed + 4, rerandomize_each_iteration=True).batch(2)
 
     def example(batch, seed):
-        x, y = batch
+        x, y, *w = batch
         if p.augment:  # 4-D: each image of the batch is flipped or not on its own
             flips = tf.random.experimental.stateless_split(seed, 2)
             x = tf.image.stateless_random_flip_up_down(tf.image.stateless_random_flip_left_right(x, flips[0]), flips[1])
-        return x, {**y, "defect_map": tf.zeros((tf.shape(x)[0], *cells))}
+        y = {**y, "defect_map": tf.zeros((tf.shape(x)[0], *cells))}
+        return (x, y, {**w[0], "defect_map": tf.zeros((tf.shape(x)[0], *cells[:2]))}) if w else (x, y)
 
     return tf.data.Dataset.zip(ds, seeds).map(example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -148,11 +162,11 @@ def whole_image_phase(
     validation AUC `best_auc`) keeps the new weights only if they beat that AUC. Returns the validation AUC of
     each epoch."""
     for layer in model.layers:
-        layer.trainable = layer.name in (*CLASSIFIER, "classes")
+        layer.trainable = layer.name in (*CLASSIFIER, "classes", GIVEN_DEFECT)
     with strategy.scope():
         model.compile(
             optimizer=keras.optimizers.Adam(p.learning_rate),
-            loss={n: "binary_crossentropy" for n in _metrics(model)},
+            loss=_losses(model),
             metrics=_metrics(model),
         )
     best_whole = best.with_name("best_whole.weights.h5")

@@ -34,7 +34,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from steeldefect.atomic import path_for
-from steeldefect.data.types import check_typed, multi_hot
+from steeldefect.data.types import GIVEN_DEFECT, multi_hot
 from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
 from steeldefect.train import health
@@ -84,7 +84,8 @@ def cached_features(
 
 def check_target(p: TrainParams, train_df: pd.DataFrame, val_df: pd.DataFrame, class_ids: tuple[str, ...]) -> None:
     """Refuse, before anything trains, a target the data cannot give: the defect probability of a set without clean
-    images, or defect types for defective images that have none."""
+    images, or defect types when no training image carries one. Defective images without a type (labelled
+    defective, no mask or type folder) still train the defect probability: the log says how many."""
     if p.target == "defect" and not (train_df.label == 0).any():
         raise UserError(
             f"train.target is defect, but none of the {len(train_df)} training images is clean (the set has no clean "
@@ -94,17 +95,48 @@ def check_target(p: TrainParams, train_df: pd.DataFrame, val_df: pd.DataFrame, c
     if p.target == "classes":
         if not class_ids:
             raise UserError("train.target is classes, but the data names no defect type (classes.csv is empty).")
-        check_typed(train_df, "the train split")
-        check_typed(val_df, "the validation split")
+        if not typed(train_df).any():
+            raise UserError(
+                f"train.target is classes, but none of the {len(train_df)} training images carries a defect type (a "
+                "mask in train.csv, a type folder). Give the defective images their types, or set train.target: defect."
+            )
+        for name, df in (("train", train_df), ("validation", val_df)):
+            untyped = int(((df.label == 1) & ~typed(df)).sum())
+            if untyped:
+                log.info(
+                    "%d defective image(s) of the %s split have no defect type: they train the defect probability, "
+                    "not the types",
+                    untyped,
+                    name,
+                )
+
+
+def typed(df: pd.DataFrame) -> np.ndarray:
+    """Whether each image carries at least one defect type."""
+    return df.classes.fillna("").astype(str).str.strip().ne("").to_numpy()
 
 
 def targets(df: pd.DataFrame, class_ids: tuple[str, ...], defect: bool) -> np.ndarray | dict[str, np.ndarray]:
     """The labels of df's images: the defect label (train.target defect: `class_ids` empty), or a dict of the types'
-    (n, K) 0/1 matrix (`classes`) and, with `defect`, the defect label (`probability`, (n, 1))."""
+    (n, K) 0/1 matrix (`classes`, and GIVEN_DEFECT where there is a defect probability) and, with `defect`, the
+    defect label (`probability`, (n, 1))."""
     label = df.label.to_numpy("float32")
     if not class_ids:
         return label
-    return {"classes": multi_hot(df.classes, list(class_ids)), **({"probability": label[:, None]} if defect else {})}
+    types = multi_hot(df.classes, list(class_ids))
+    return {"classes": types, **({"probability": label[:, None], GIVEN_DEFECT: types} if defect else {})}
+
+
+def sample_weights(df: pd.DataFrame, class_ids: tuple[str, ...], defect: bool, typed_share: float) -> dict | None:
+    """The per-output sample weights of `targets` (train.target classes; None for defect): the types' loss
+    (GIVEN_DEFECT, or `classes` without clean images) counts only the images that carry a type, each weighted
+    1 / `typed_share` (the share of typed training images), so that the types weigh as much as the defect
+    decision whatever the share of clean images. Every other output: 1."""
+    if not class_ids:
+        return None
+    ones = np.ones(len(df), np.float32)
+    types = (typed(df) / typed_share).astype(np.float32)
+    return {"probability": ones, GIVEN_DEFECT: types, "classes": ones} if defect else {"classes": types}
 
 
 class AliasMetrics(keras.callbacks.Callback):
@@ -241,6 +273,18 @@ class Job:
     def y_val(self) -> np.ndarray | dict[str, np.ndarray]:
         return targets(self.val_df, self.class_ids, self.defect)
 
+    @property
+    def typed_share(self) -> float:
+        return float(typed(self.train_df).mean())
+
+    @property
+    def w_train(self) -> dict | None:
+        return sample_weights(self.train_df, self.class_ids, self.defect, self.typed_share)
+
+    @property
+    def w_val(self) -> dict | None:
+        return sample_weights(self.val_df, self.class_ids, self.defect, self.typed_share)
+
 
 def _train(job: Job, weights_out: Path, live_dir: Path, scratch: Path, extra_callbacks: list | None = None) -> dict:
     """Fit the head (on cached features when the backbone is frozen and nothing is augmented, else the whole
@@ -283,11 +327,14 @@ def image_datasets(job: Job, augment: bool) -> tuple[tf.data.Dataset, tf.data.Da
         p.image_size,
         p.batch_size,
         job.y_train,
+        weights=job.w_train,
         shuffle_seed=job.seed,
         augment_seed=job.seed if augment else None,
         cache=job.images.prefix(train_df),
     )
-    val_ds = image_dataset(val_df.path, p.image_size, p.batch_size, job.y_val, cache=job.images.prefix(val_df))
+    val_ds = image_dataset(
+        val_df.path, p.image_size, p.batch_size, job.y_val, weights=job.w_val, cache=job.images.prefix(val_df)
+    )
     return distributed(train_ds, job.strategy), distributed(val_ds, job.strategy)
 
 
@@ -298,12 +345,11 @@ def feature_datasets(job: Job, features: keras.Model) -> tuple[tf.data.Dataset, 
     def features_of(df: pd.DataFrame) -> np.ndarray:
         return cached_features(features, df, p, job.seed, job.features, job.strategy, job.images, chief)
 
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((features_of(job.train_df), job.y_train))
-        .shuffle(len(job.train_df), seed=job.seed)
-        .batch(p.batch_size)
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices((features_of(job.val_df), job.y_val)).batch(p.batch_size)
+    def rows(df: pd.DataFrame, y, w) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices((features_of(df), y) if w is None else (features_of(df), y, w))
+
+    train_ds = rows(job.train_df, job.y_train, job.w_train).shuffle(len(job.train_df), seed=job.seed).batch(p.batch_size)
+    val_ds = rows(job.val_df, job.y_val, job.w_val).batch(p.batch_size)
     return distributed(train_ds, job.strategy), distributed(val_ds, job.strategy)
 
 
