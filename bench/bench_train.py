@@ -39,7 +39,7 @@ def bench_cache(n: int = 160, epochs: int = 10) -> None:
     import tensorflow as tf
 
     from steeldefect.train.model import build_model, compile_for_training
-    from steeldefect.train.pipeline import image_dataset
+    from steeldefect.train.pipeline import image_dataset, training_batches
     from steeldefect.train.seeding import set_seed
 
     p = dataclasses.replace(load_params(ROOT / "params.yaml").train, epochs=epochs)
@@ -49,10 +49,10 @@ def bench_cache(n: int = 160, epochs: int = 10) -> None:
         set_seed(0)
         model, features, classifier = build_model(p, None)
         compile_for_training(model, p.learning_rate)
-        ds = image_dataset(df.path, p.image_size, p.batch_size, y, shuffle_seed=0)
+        ds = training_batches(df.path, p.image_size, p.batch_size, y, None, seed=0, epochs=(0, epochs))
         model.fit(ds.take(1), epochs=1, verbose=0)  # warm-up (graph tracing) for both ways
         t0 = time.perf_counter()
-        model.fit(ds, epochs=epochs, verbose=0)
+        model.fit(ds, epochs=epochs, steps_per_epoch=-(-n // p.batch_size), verbose=0)
         notebook = time.perf_counter() - t0
 
         compile_for_training(classifier, p.learning_rate)

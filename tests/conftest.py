@@ -33,10 +33,16 @@ def pipeline(tmp_path_factory) -> Path:
     return reproduced_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
 
 
+SPREAD = ("test_phases",)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """For `make test` (pytest-xdist, --dist loadgroup): the tests of a module run on one worker, so its module
-    fixtures are built once, and every test of the shared `pipeline` runs on one worker, so it is built once."""
+    fixtures are built once, and every test of the shared `pipeline` runs on one worker, so it is built once. The
+    slow tests of SPREAD have cheap fixtures: each is a group of its own, so they share the workers."""
     for item in items:
         group = "pipeline" if "pipeline" in item.fixturenames else item.module.__name__
+        if item.module.__name__ in SPREAD:
+            group = item.nodeid
         item.add_marker(pytest.mark.xdist_group(group))

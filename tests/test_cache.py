@@ -172,7 +172,7 @@ KEYS = """
 from types import SimpleNamespace
 import pandas as pd
 from steeldefect.train import cache
-cache._versions = lambda: ["tf", "keras"]
+cache.versions = lambda: ["tf", "keras"]
 head = SimpleNamespace(pooling="avgmax", pool_size=4)
 p = SimpleNamespace(weights=None, image_size=(64, 96), backbone_layer=None, head=head, mixed_precision=None)
 df = pd.DataFrame({"md5": ["a", "b"]})
@@ -212,5 +212,5 @@ def test_the_instruction_set_is_part_of_the_feature_key(monkeypatch):
     keys = []
     for isa in ("AVX2", "SSE41"):
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
-        keys.append(cache._versions())
+        keys.append(cache.versions())
     assert keys[0] != keys[1] and keys[0][-1] == "onednn-isa=AVX2"

@@ -95,7 +95,7 @@ read = lambda name: pd.read_csv(Path(job["data"]) / name, keep_default_na=False)
 p = parse_params(job["params"]).train
 history = segtrain.train(p, 0, read("train.csv"), read("val.csv"), read("masks.csv"), Path("w.weights.h5"),
                          Path("live"), Runtime(strategy="mirrored"))
-print("RESULT " + json.dumps({"auc": history.history["val_probability_auc"]}), flush=True)
+print("RESULT " + json.dumps({"auc": history.monitored}), flush=True)
 """
 MASK = {"supervision": "mask", "mask": {"crop_size": [32, 32], "seg_channels": 8}}
 

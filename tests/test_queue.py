@@ -1,5 +1,6 @@
 """Queued experiments (`dvc exp run --queue`, run in temporary copies of the repository) share the feature
-cache: the second one does no backbone work."""
+cache: side by side (`dvc queue start -j 2`), both succeed on the entries they race to write (written atomically:
+temporary file, then rename); one queued after them does no backbone work."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from helpers import TINY_PARAMS, make_project, run
 
 pytestmark = pytest.mark.slow
-TIMEOUT = 900  # seconds for both experiments
+TIMEOUT = 900  # seconds for a queue's experiments
 
 
 def wait_for_queue(root, names: list[str]) -> str:
@@ -19,28 +20,40 @@ def wait_for_queue(root, names: list[str]) -> str:
         status = run(["dvc", "queue", "status"], root).stdout
         rows = [line for line in status.splitlines() if any(name in line for name in names)]
         if len(rows) == len(names) and not any(word in status for word in ("Queued", "Running")):
-            return status
+            return "\n".join(rows)  # the named experiments' rows
         assert time.monotonic() < deadline, status
         time.sleep(3)
 
 
-def test_two_queued_experiments_share_one_feature_cache(tmp_path, cache_dir):
-    root = make_project(tmp_path, TINY_PARAMS)
-    names = ["lr-a", "lr-b"]
-    for name, lr in zip(names, ("0.002", "0.004")):
+def queue(root, names: list[str], rates: list[str]) -> None:
+    for name, lr in zip(names, rates):
         # no SavedModel or OpenVINO IR: the export's conversions and self-check do not concern the feature cache
         lean = ["-S", "export.saved_model=false", "-S", "export.openvino=none"]
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={lr}", *lean], root)
+
+
+def run_queue(root, names: list[str], jobs: int) -> list[str]:
+    """`dvc queue start -j jobs`, wait, and the logs of the named experiments (each must have succeeded)."""
     try:
-        run(["dvc", "queue", "start", "-j", "1"], root)  # one worker: the experiments run one after the other
+        run(["dvc", "queue", "start", "-j", str(jobs)], root)
         status = wait_for_queue(root, names)
     finally:
         run(["dvc", "queue", "stop"], root, check=False)
-    assert status.count("Success") == 2, status
-    first, second = (run(["dvc", "queue", "logs", name], root).stdout for name in names)
-    # the train stage's feature lines ("features of N images computed in ..."), not the baseline stage's
-    assert first.count(" images computed in ") == 2, first[-3000:]
-    read = f"read from {cache_dir / 'features'}"
-    assert second.count(read) == 2 and second.count("no backbone work") == 2, second[-3000:]
-    assert " computed in " not in second
-    assert len(list((cache_dir / "features").glob("*.npy"))) == 2  # train and val, written once
+    assert status.count("Success") == len(names), status
+    return [run(["dvc", "queue", "logs", name], root).stdout for name in names]
+
+
+def test_queued_experiments_side_by_side_then_after_share_one_feature_cache(tmp_path, cache_dir):
+    root = make_project(tmp_path, TINY_PARAMS)
+    features, read = cache_dir / "features", f"read from {cache_dir / 'features'}"
+    # two side by side (-j 2) race to write the same entries (temporary file, then rename): both succeed
+    queue(root, ["lr-a", "lr-b"], ["0.002", "0.004"])
+    for log in run_queue(root, ["lr-a", "lr-b"], jobs=2):  # each read every entry whole, or computed it
+        # the train stage's feature lines ("features of N images computed in ..."), not the baseline stage's
+        assert log.count(" images computed in ") + log.count(read) == 2, log[-3000:]
+    assert len(list(features.glob("*.npy"))) == 2  # train and val: one entry each
+    assert not list(features.glob(".*"))  # no temporary file left
+    # one more, after them: it does no backbone work
+    queue(root, ["lr-c"], ["0.003"])
+    (log,) = run_queue(root, ["lr-c"], jobs=1)
+    assert log.count(read) == 2 and log.count("no backbone work") == 2 and " computed in " not in log, log[-3000:]

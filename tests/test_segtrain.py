@@ -101,7 +101,7 @@ def test_image_and_mask_get_the_same_crop_and_flips():
 def test_training_batches_are_consistent_and_reproducible(tiny):
     images, masks = tiny
     p = dataclasses.replace(MASKED, mask=dataclasses.replace(MASKED.mask, crop_defect_share=1.0))
-    ds = mask_training_dataset(images, masks, p, map_stride(p), seed=5, steps_per_epoch=3)
+    ds = mask_training_dataset(images, masks, p, map_stride(p), seed=5, steps_per_epoch=3, epochs=(0, 2))
     seen_unmasked = False
     for x, y, w in ds.take(6):
         bright = tf.cast(x[..., 0:1] + 103.939 > 127, tf.uint8)  # undo caffe preprocessing (channel 0 is B)
@@ -122,9 +122,13 @@ def test_training_batches_are_consistent_and_reproducible(tiny):
 
 def test_classification_weight_ramps_up(tiny):
     images, masks = tiny
-    ds = mask_training_dataset(images, masks, MASKED, map_stride(MASKED), seed=0, steps_per_epoch=4)
+    ds = mask_training_dataset(images, masks, MASKED, map_stride(MASKED), seed=0, steps_per_epoch=4, epochs=(0, 2))
     ramp = [float(w["probability"].numpy()[0]) for _, _, w in ds.take(6)]
     np.testing.assert_allclose(ramp, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    later = mask_training_dataset(images, masks, MASKED, map_stride(MASKED), seed=0, steps_per_epoch=4, epochs=(1, 2))
+    (x, _, w), (x_again, _, w_again) = next(iter(ds.skip(4))), next(iter(later))  # epoch 1 alone, as a resumed run
+    np.testing.assert_array_equal(x.numpy(), x_again.numpy())
+    assert float(w_again["probability"].numpy()[0]) == float(w["probability"].numpy()[0]) == 1.0
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
 from steeldefect.train.cache import feature_key, image_cache_key
 from steeldefect.train.model import build_model
-from steeldefect.train.pipeline import image_dataset
+from steeldefect.train.pipeline import training_batches
 from steeldefect.train.runtime import Runtime
 from steeldefect.train.training import check_target, sample_weights, targets, train, unfreeze_last_stages
 
@@ -93,25 +93,39 @@ def test_unfreeze_last_stages_leaves_batchnorm_frozen():
 
 
 def test_image_cache_gives_the_uncached_batches_and_is_read_without_decoding(images, tmp_path):
-    """Cached decoded images, then shuffle and augmentation: every epoch equals the uncached pipeline's (so
+    """Cached decoded images, then order and augmentation: every epoch equals the uncached pipeline's (so
     augmentation still changes every epoch), and once the cache is complete the JPEGs are never read."""
     copies = tmp_path / "copies"
     copies.mkdir()
     paths = [str(shutil.copy(path, copies)) for path in images.path[:6]]
-    kwargs = dict(image_size=(32, 200), batch_size=4, labels=list(images.label[:6]), shuffle_seed=3, augment_seed=3)
+    kwargs = dict(image_size=(32, 200), batch_size=4, labels=list(images.label[:6]), weights=None, seed=3)
     prefix = str(tmp_path / "images")
 
-    def epochs(ds):
-        return [np.concatenate([x for x, _ in ds.as_numpy_iterator()]) for _ in range(2)]
+    def epochs(cache=None):
+        batches = training_batches(paths, **kwargs, epochs=(0, 2), augment_images=True, cache=cache)
+        x = np.concatenate([x for x, _ in batches.as_numpy_iterator()])
+        return x[:6], x[6:]
 
-    uncached, cached = epochs(image_dataset(paths, **kwargs)), epochs(image_dataset(paths, **kwargs, cache=prefix))
+    uncached, cached = epochs(), epochs(prefix)
     assert (tmp_path / "images.index").is_file()
     for a, b in zip(uncached, cached):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(cached[0], cached[1])  # another order and augmentation in the second epoch
     shutil.rmtree(copies)  # only the cache is left
-    for a, b in zip(uncached, epochs(image_dataset(paths, **kwargs, cache=prefix))):
+    for a, b in zip(uncached, epochs(prefix)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_epochs_batches_depend_on_the_seed_and_the_epoch_only(images):
+    """What a resumed run needs: epoch k's batches alone equal the k-th epoch of a run from epoch 0."""
+    kwargs = dict(image_size=(32, 200), batch_size=4, labels=list(images.label[:6]), weights=None, augment_images=True)
+    whole = [b for b, _ in training_batches(list(images.path[:6]), **kwargs, seed=3, epochs=(0, 3)).as_numpy_iterator()]
+    later = [b for b, _ in training_batches(list(images.path[:6]), **kwargs, seed=3, epochs=(2, 3)).as_numpy_iterator()]
+    assert len(whole) == 6 and len(later) == 2  # 4 + 2 images per epoch
+    for a, b in zip(whole[4:], later):
+        np.testing.assert_array_equal(a, b)
+    other = [b for b, _ in training_batches(list(images.path[:6]), **kwargs, seed=4, epochs=(2, 3)).as_numpy_iterator()]
+    assert not np.array_equal(other[0], later[0])
 
 
 @pytest.mark.slow
@@ -153,7 +167,7 @@ sys.path.insert(0, sys.argv[2])
 from test_training import TINY, run_train
 from steeldefect.serve.export import export, load_model
 from steeldefect.train.cache import feature_key
-from steeldefect.train.pipeline import image_dataset
+from steeldefect.train.pipeline import image_dataset, training_batches
 images, tmp_path = pd.read_csv(sys.argv[1], keep_default_na=False), Path(sys.argv[3])
 p = dataclasses.replace(TINY, mixed_precision="mixed_bfloat16")
 run_train(p, images, tmp_path)  # also loads the weights into a model built in float32

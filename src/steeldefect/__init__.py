@@ -12,8 +12,10 @@ import sys
 
 CPU_ISA = os.environ.get("STEELDEFECT_CPU_ISA", "").strip().lower() or "avx2"
 if CPU_ISA not in ("avx2", "native"):
-    print(f"error: environment: STEELDEFECT_CPU_ISA = {CPU_ISA!r} is not allowed; expected avx2 or native.",
-          file=sys.stderr)
+    print(
+        f"error: environment: STEELDEFECT_CPU_ISA = {CPU_ISA!r} is not allowed; expected avx2 or native.",
+        file=sys.stderr,
+    )
     raise SystemExit(2)
 if CPU_ISA == "avx2":
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 IMAGE_CODE = ("train/pipeline.py",)  # decodes and resizes the cached images
 FEATURE_CODE = ("train/pipeline.py", "train/model.py")  # + preprocessing, the backbone and the pooling
 SELFCHECK = "selfcheck"  # the OpenVINO IR's self-check passes (serve/selfcheck.py)
-KINDS = ("features", "images", SELFCHECK, "pretrain")  # the sub-folders of the cache folder
+KINDS = ("features", "images", SELFCHECK, "pretrain", "train")  # the sub-folders of the cache folder
 SELFCHECK_CODE = ("serve/inference.py", "serve/openvino_engine.py", "serve/selfcheck.py", "train/pipeline.py")
 CACHES_OFF = (
     "turn the caches off with STEELDEFECT_FEATURE_CACHE=off and STEELDEFECT_IMAGE_CACHE=off (they only save time)"
@@ -54,7 +54,7 @@ def default_root(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base).expanduser() / "steeldefect"
 
 
-def _versions() -> list[str]:
+def versions() -> list[str]:
     """The library versions and oneDNN's instruction set (see steeldefect/__init__.py): both change the bits."""
     import keras
     import tensorflow as tf
@@ -71,7 +71,7 @@ def code_hash(modules: tuple[str, ...]) -> str:
     return hashlib.md5("\n".join(trees).encode()).hexdigest()
 
 
-def _unusable(folder: Path, e: OSError, off: str = CACHES_OFF) -> UserError:
+def unusable(folder: Path, e: OSError, off: str = CACHES_OFF) -> UserError:
     return UserError(
         f"the steeldefect cache folder {folder} cannot be used ({e}). Free some space on its disk or fix its "
         f"permissions; or set STEELDEFECT_CACHE_DIR to a writable folder elsewhere; or {off}."
@@ -94,7 +94,7 @@ def feature_key(p: TrainParams, seed: int, df: pd.DataFrame) -> str:
         "cut": p.backbone_layer,
         "pooling": p.head.pooling,
         "pool_size": p.head.pool_size,
-        "versions": _versions(),
+        "versions": versions(),
     }
     if p.mixed_precision:  # only when set, so float32 keys (and caches) stay as they were
         key["mixed_precision"] = p.mixed_precision
@@ -107,7 +107,7 @@ def image_cache_key(df: pd.DataFrame, image_size: tuple[int, int]) -> str:
         "images": list(df.md5),
         "image_size": list(image_size),
         "code": code_hash(IMAGE_CODE),
-        "tensorflow": _versions()[0],
+        "tensorflow": versions()[0],
     }
     return hashlib.md5(json.dumps(key).encode()).hexdigest()
 
@@ -120,7 +120,7 @@ def selfcheck_key(files: list[Path], cpu: dict) -> str:
         "files": [hashlib.md5(Path(f).read_bytes()).hexdigest() for f in files],
         "cpu": cpu,
         "code": code_hash(SELFCHECK_CODE),
-        "versions": _versions(),
+        "versions": versions(),
     }
     return hashlib.md5(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -135,7 +135,7 @@ def read_entry(path: Path) -> dict | None:
         log.warning("cache entry %s is unreadable (%s): ignored", path, e)
         return None
     except OSError as e:
-        raise _unusable(Path(path).parent, e, "predict with --engine keras") from e
+        raise unusable(Path(path).parent, e, "predict with --engine keras") from e
     return entry if isinstance(entry, dict) else None
 
 
@@ -147,7 +147,7 @@ def write_entry(path: Path, entry: dict) -> None:
     except FileNotFoundError as e:
         log.warning("could not write the cache entry %s (%s): continuing without it", path, e)
     except OSError as e:
-        raise _unusable(Path(path).parent, e, "predict with --engine keras") from e
+        raise unusable(Path(path).parent, e, "predict with --engine keras") from e
 
 
 class FeatureCache:
@@ -171,7 +171,7 @@ class FeatureCache:
             log.warning("feature cache entry %s is unreadable (%s): computing the features again", path, e)
             return None
         except OSError as e:
-            raise _unusable(self.folder, e) from e
+            raise unusable(self.folder, e) from e
 
     def save(self, key: str, array: np.ndarray) -> Path | None:
         """Store `array` under `key`; returns its path, or None when a `steeldefect cache clear` deleted the
@@ -184,7 +184,7 @@ class FeatureCache:
             log.warning("could not write the feature cache entry %s (%s): continuing without it", path, e)
             return None
         except OSError as e:
-            raise _unusable(self.folder, e) from e
+            raise unusable(self.folder, e) from e
         return path
 
 
@@ -212,7 +212,7 @@ class ImageCache:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self.pending[key] = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.folder))
             except OSError as e:
-                raise _unusable(self.folder, e) from e
+                raise unusable(self.folder, e) from e
             size = len(df) * self.image_size[0] * self.image_size[1] * 3 * 4
             log.info("decoded images of %d images (%.0f MB) will be cached in %s", len(df), size / 2**20, final)
         return str(self.pending[key] / "images")
@@ -229,7 +229,7 @@ class ImageCache:
             shutil.rmtree(tmp, ignore_errors=True)
         self.pending.clear()
         if error:
-            raise _unusable(self.folder, error) from error
+            raise unusable(self.folder, error) from error
 
 
 def _size(path: Path) -> int:

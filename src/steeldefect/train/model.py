@@ -140,7 +140,9 @@ def build_mask_model(p: TrainParams, weights: str | None, types: int = 0, defect
     if types:
         heads = type_outputs(pooled, types, defect)
     else:
-        heads = {"probability": keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(pooled)}
+        heads = {
+            "probability": keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(pooled)
+        }
     return keras.Model(inputs, {"defect_map": defect_map, **heads}, name="steeldefect")
 
 

@@ -44,21 +44,16 @@ def image_dataset(
     batch_size: int,
     labels: Sequence[int] | dict[str, np.ndarray] | None = None,
     weights: dict[str, np.ndarray] | None = None,
-    shuffle_seed: int | None = None,
-    augment_seed: int | None = None,
     cache: str | None = None,
 ) -> tf.data.Dataset:
-    """Batches of preprocessed images (and labels, or a dict of label arrays, when given; and with `weights`, the
-    per-output sample weights, a dict of arrays of one weight per image), in order unless
-    `shuffle_seed` is set, and augmented (differently every epoch, reproducibly) when `augment_seed` is set. The
-    last partial batch is kept.
+    """Batches of preprocessed images in order (and labels, or a dict of label arrays, when given; and with
+    `weights`, the per-output sample weights, a dict of arrays of one weight per image): validation, prediction.
+    The last partial batch is kept. Training batches: `training_batches`.
 
     With `cache` (a file prefix whose folder exists) the decoded, resized images are kept there by tf.data:
     the first full pass writes `<cache>.index` + `<cache>.data-*`, later passes (epochs, runs) read them and
     never decode a JPEG. The cache holds `paths` in the given order, so the caller must key the prefix by the
-    image list and size. Shuffling, augmentation and preprocessing come after the cache, so they still change
-    every epoch, and the batches equal the uncached ones (the same shuffle order: it depends only on the seed
-    and the number of images); but the shuffle buffer then holds decoded images (all of `paths`) in memory."""
+    image list and size."""
     # labels: one per image, or a dict of arrays (a dict-output model's targets, e.g. defect types)
     as_tensor = lambda v: tf.constant(np.asarray(v), tf.float32)  # noqa: E731
     targets = {} if labels is None else {"label": tf.nest.map_structure(as_tensor, labels)}
@@ -72,23 +67,100 @@ def image_dataset(
             .map(lambda path: _decode_resize(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
             .cache(str(cache))
         )
-        ds = tf.data.Dataset.zip({"image": images, **{k: tf.data.Dataset.from_tensor_slices(v) for k, v in targets.items()}})
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if augment_seed is not None:
-        seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(lambda row, seed: {**row, "seed": seed})
+        ds = tf.data.Dataset.zip(
+            {"image": images, **{k: tf.data.Dataset.from_tensor_slices(v) for k, v in targets.items()}}
+        )
 
     def load(row):
         image = row["image"] if "image" in row else _decode_resize(tf.io.read_file(row["path"]), image_size)
-        if "seed" in row:
-            image = augment(image, row["seed"])
         image = keras.applications.resnet50.preprocess_input(image)
         if "weight" in row:
             return image, row["label"], row["weight"]
         return (image, row["label"]) if "label" in row else image
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(n: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The order (a permutation of 0..n-1, int64) of epoch `epoch`'s examples: from (seed, epoch) only."""
+    return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), epoch_seed(seed, epoch))
+
+
+def epoch_seed(seed: int, epoch: tf.Tensor, stream: int = 0) -> tf.Tensor:
+    """A stateless seed pair from (seed, epoch, stream) only."""
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64) * 64 + stream])
+
+
+def example_seeds(seed: int, epoch: tf.Tensor, count: int, stream: int = 0) -> tf.data.Dataset:
+    """`count` stateless seed pairs for epoch `epoch`'s examples: from (seed, epoch, stream, position) only."""
+    base = tf.stack([tf.constant(seed + 1, tf.int64), (tf.cast(epoch, tf.int64) * 64 + stream) * 2**24])
+    return tf.data.Dataset.range(count).map(lambda j: base + tf.stack([tf.constant(0, tf.int64), j]))
+
+
+def training_batches(
+    paths: Sequence[str],
+    image_size: Sequence[int],
+    batch_size: int,
+    labels,
+    weights: dict[str, np.ndarray] | None,
+    seed: int,
+    epochs: tuple[int, int],
+    augment_images: bool = False,
+    cache: str | None = None,
+) -> tf.data.Dataset:
+    """The training batches of epochs epochs[0] .. epochs[1] - 1 (fit them with steps_per_epoch =
+    ceil(n / batch_size)): every image once per epoch, in an order (and, with `augment_images`, flips and colour
+    changes) that derives from (seed, epoch) only. So a run resumed at epoch k (steeldefect.train.phases) gets the
+    batches an uninterrupted run gets from epoch k on. The last batch of an epoch may be partial. `labels`,
+    `weights` and `cache` as in `image_dataset`; with the cache, the batches equal the uncached ones, and an
+    epoch's decoded images are gathered into its order in memory (all of `paths`, as a shuffle buffer would)."""
+    n = len(paths)
+    as_tensor = lambda v: tf.constant(np.asarray(v), tf.float32)  # noqa: E731
+    table = {"label": tf.nest.map_structure(as_tensor, labels if isinstance(labels, dict) else np.asarray(labels))}
+    if weights is not None:
+        table["weight"] = tf.nest.map_structure(as_tensor, weights)
+    if cache is None:
+        table["path"] = tf.constant(list(paths), tf.string, shape=[n])
+    else:
+        decoded = (
+            tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string, shape=[n]))
+            .map(lambda path: _decode_resize(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
+            .cache(str(cache))
+        )
+
+    def one_epoch(epoch):
+        order = epoch_order(n, seed, epoch)
+        rows = tf.data.Dataset.from_tensor_slices(order).map(
+            lambda i: tf.nest.map_structure(lambda column: tf.gather(column, i), table)
+        )
+        if cache is not None:
+            images = decoded.batch(n).map(lambda batch: tf.gather(batch, order)).unbatch()
+            rows = tf.data.Dataset.zip(rows, images).map(lambda row, image: {**row, "image": image})
+        rows = tf.data.Dataset.zip(rows, example_seeds(seed, epoch, n)).map(lambda row, s: {**row, "seed": s})
+
+        def load(row):
+            image = row["image"] if "image" in row else _decode_resize(tf.io.read_file(row["path"]), image_size)
+            if augment_images:
+                image = augment(image, row["seed"])
+            image = keras.applications.resnet50.preprocess_input(image)
+            return (image, row["label"], row["weight"]) if "weight" in row else (image, row["label"])
+
+        return rows.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+    return tf.data.Dataset.range(*epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def feature_batches(features: np.ndarray, labels, weights, batch_size: int, seed: int, epochs: tuple[int, int]):
+    """`training_batches` of cached features (n, d) instead of images."""
+    table = (features, labels) if weights is None else (features, labels, weights)
+    table = tf.nest.map_structure(lambda v: tf.constant(np.asarray(v)), table)
+
+    def one_epoch(epoch):
+        order = epoch_order(len(features), seed, epoch)
+        rows = tf.data.Dataset.from_tensor_slices(order)
+        return rows.map(lambda i: tf.nest.map_structure(lambda column: tf.gather(column, i), table)).batch(batch_size)
+
+    return tf.data.Dataset.range(*epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 # --- mask supervision: image + mask, the same flips and crops, the map target ------------------------------
@@ -121,17 +193,20 @@ def _mask_reader(masks: pd.DataFrame, image_size: Sequence[int], class_ids: Sequ
 def _mask_rows(df: pd.DataFrame, masks: pd.DataFrame, class_ids: Sequence[str] = ()) -> tf.data.Dataset:
     """One dict per row of df: what loading its image and mask needs, its label, whether it has a mask, and its
     defect types (K 0/1 values; K = 0 without `class_ids`)."""
-    return tf.data.Dataset.from_tensor_slices(
-        {
-            "path": list(df.path),
-            "id": list(df.ImageId),
-            "height": df.height.to_numpy("int64"),
-            "width": df.width.to_numpy("int64"),
-            "label": df.label.to_numpy("float32"),
-            "has_mask": df.ImageId.isin(set(masks.ImageId)).to_numpy(),
-            "types": multi_hot(df.classes, list(class_ids)) if class_ids else np.zeros((len(df), 0), np.float32),
-        }
-    )
+    return tf.data.Dataset.from_tensor_slices(_mask_columns(df, masks, class_ids))
+
+
+def _mask_columns(df: pd.DataFrame, masks: pd.DataFrame, class_ids: Sequence[str] = ()) -> dict:
+    """The columns of `_mask_rows`."""
+    return {
+        "path": np.array(list(df.path), dtype=object).astype(str),
+        "id": np.array(list(df.ImageId), dtype=object).astype(str),
+        "height": df.height.to_numpy("int64"),
+        "width": df.width.to_numpy("int64"),
+        "label": df.label.to_numpy("float32"),
+        "has_mask": df.ImageId.isin(set(masks.ImageId)).to_numpy(),
+        "types": multi_hot(df.classes, list(class_ids)) if class_ids else np.zeros((len(df), 0), np.float32),
+    }
 
 
 def _loader(masks: pd.DataFrame, image_size: Sequence[int], class_ids: Sequence[str] = ()):
@@ -235,16 +310,26 @@ def mask_eval_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _crops(df: pd.DataFrame, masks: pd.DataFrame, p, seed: int, class_ids: Sequence[str] = ()) -> tf.data.Dataset:
-    """Endless (image, mask, label, pixel-loss weight, types) examples before augmentation: see
-    mask_training_dataset."""
+def _crops(
+    df: pd.DataFrame, masks: pd.DataFrame, p, seed: int, class_ids: Sequence[str], epoch: tf.Tensor, count: int
+) -> tf.data.Dataset:
+    """Epoch `epoch`'s `count` (image, mask, label, pixel-loss weight, types) examples before augmentation, from
+    (seed, epoch) only: see mask_training_dataset."""
     m, crop = p.mask, p.mask.crop_size
     load = _loader(masks, p.image_size, class_ids)
 
     def stream(rows: pd.DataFrame, k: int, cut) -> tf.data.Dataset:
-        shuffled = _mask_rows(rows, masks, class_ids).shuffle(len(rows), seed=seed + k, reshuffle_each_iteration=True)
-        shuffled = shuffled.repeat()
-        seeds = tf.data.Dataset.random(seed=seed + k, rerandomize_each_iteration=True).batch(2)
+        """Stream k: `rows` over and over, each pass in its own order, each example with its own seed."""
+        table = tf.nest.map_structure(tf.constant, _mask_columns(rows, masks, class_ids))
+
+        def one_pass(r):
+            order = epoch_order(len(rows), seed, tf.cast(epoch, tf.int64) * 4096 + k * 512 + r)
+            return tf.data.Dataset.from_tensor_slices(order).map(
+                lambda i: tf.nest.map_structure(lambda column: tf.gather(column, i), table)
+            )
+
+        shuffled = tf.data.Dataset.counter().flat_map(one_pass)
+        seeds = example_seeds(seed, epoch, count, stream=k)
         return tf.data.Dataset.zip(shuffled, seeds).map(cut, num_parallel_calls=tf.data.AUTOTUNE)
 
     def positive(row, seed):
@@ -267,16 +352,16 @@ def _crops(df: pd.DataFrame, masks: pd.DataFrame, p, seed: int, class_ids: Seque
 
     defective, clean = df[df.label == 1], df[df.label == 0]
     if crop is None:
-        return stream(df, 0, anywhere)
+        return stream(df, 0, anywhere).take(count)
     if len(clean) == 0 or m.crop_defect_share == 1:
-        return stream(defective, 1, positive)
+        return stream(defective, 1, positive).take(count)
     if len(defective) == 0 or m.crop_defect_share == 0:
-        return stream(clean, 2, anywhere)
-    return tf.data.Dataset.sample_from_datasets(
-        [stream(defective, 1, positive), stream(clean, 2, anywhere)],
-        weights=[m.crop_defect_share, 1 - m.crop_defect_share],
-        seed=seed,
+        return stream(clean, 2, anywhere).take(count)
+    # each example a clean crop with probability 1 - crop_defect_share, drawn from its own seed
+    choice = example_seeds(seed, epoch, count, stream=4).map(
+        lambda s: tf.cast(tf.random.stateless_uniform([], s) >= m.crop_defect_share, tf.int64)
     )
+    return tf.data.Dataset.choose_from_datasets([stream(defective, 1, positive), stream(clean, 2, anywhere)], choice)
 
 
 def mask_training_dataset(
@@ -288,8 +373,10 @@ def mask_training_dataset(
     steps_per_epoch: int,
     class_ids: Sequence[str] = (),
     defect: bool = True,
+    epochs: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
-    """Endless training batches for train.supervision mask (p: TrainParams), reproducible from `seed`.
+    """The training batches of epochs epochs[0] .. epochs[1] - 1 for train.supervision mask (p: TrainParams),
+    steps_per_epoch full batches each, from (seed, epoch) only (so a resumed run gets the same batches).
 
     Crops (p.mask.crop_size): a share p.mask.crop_defect_share of them holds a pixel of a defective image's
     mask (label 1); the rest are cut anywhere from clean images (label 0). A defective image whose mask is
@@ -312,9 +399,15 @@ def mask_training_dataset(
             image = _adjust_colour(image, seeds[1])
         return _example(image, mask, label, seg_weight, stride, m, types if class_ids else None, defect)
 
-    seeds = tf.data.Dataset.random(seed=seed + 3, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip(_crops(df, masks, p, seed, class_ids), seeds)
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    count = steps_per_epoch * p.batch_size
+
+    def one_epoch(epoch):
+        examples = tf.data.Dataset.zip(
+            _crops(df, masks, p, seed, class_ids, epoch, count), example_seeds(seed, epoch, count, stream=3)
+        )
+        return examples.map(finish, num_parallel_calls=tf.data.AUTOTUNE).batch(p.batch_size)
+
+    ds = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
     ramp = max(m.cls_ramp_epochs * steps_per_epoch, 1)
 
     def ramp_up(step, batch):
@@ -322,4 +415,4 @@ def mask_training_dataset(
         share = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / ramp) if m.cls_ramp_epochs else 1.0
         return x, y, {k: v if k == "defect_map" else v * share for k, v in w.items()}
 
-    return ds.batch(p.batch_size).enumerate().map(ramp_up).prefetch(tf.data.AUTOTUNE)
+    return ds.enumerate(start=epochs[0] * steps_per_epoch).map(ramp_up).prefetch(tf.data.AUTOTUNE)

@@ -219,7 +219,7 @@ def backup_folder(key: str) -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise cache._unusable(folder, e, "turn pretraining off with pretrain.epochs: 0") from e
+        raise cache.unusable(folder, e, "turn pretraining off with pretrain.epochs: 0") from e
     return folder
 
 

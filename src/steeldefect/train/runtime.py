@@ -4,6 +4,7 @@ track them, and changing one never invalidates a trained model). Each is an envi
     STEELDEFECT_STRATEGY       default | mirrored | multi_worker      (default: default)
     STEELDEFECT_FEATURE_CACHE  on | off                              (default: on)
     STEELDEFECT_IMAGE_CACHE    on | off                              (default: off)
+    STEELDEFECT_TRAIN_BACKUP   on | off: a killed train resumes      (default: on; steeldefect.train.phases)
     STEELDEFECT_CACHE_DIR      the cache folder                      (default: $XDG_CACHE_HOME/steeldefect,
                                                                       else ~/.cache/steeldefect)
 
@@ -36,6 +37,8 @@ class Runtime:
     feature_cache: Path | None = None
     # decoded, resized images kept on disk between epochs and runs (None = off)
     image_cache: Path | None = None
+    # a snapshot after every training epoch, so a killed run resumes where it stopped (None = off)
+    backup: Path | None = None
 
 
 def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -59,6 +62,7 @@ def load_runtime(environ: Mapping[str, str] = os.environ) -> Runtime:
         strategy=strategy,
         feature_cache=root / "features" if _switch(environ, "STEELDEFECT_FEATURE_CACHE", True) else None,
         image_cache=root / "images" if _switch(environ, "STEELDEFECT_IMAGE_CACHE", False) else None,
+        backup=root / "train" if _switch(environ, "STEELDEFECT_TRAIN_BACKUP", True) else None,
     )
 
 
@@ -74,7 +78,7 @@ def describe(runtime: Runtime, p: TrainParams) -> str:
         features = str(runtime.feature_cache or "off")
     return (
         f"runtime settings (environment, not params): strategy {runtime.strategy}, feature cache {features}, "
-        f"image cache {runtime.image_cache or 'off'}"
+        f"image cache {runtime.image_cache or 'off'}, training backup {runtime.backup or 'off'}"
     )
 
 

@@ -16,25 +16,36 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import pandas as pd
 import tensorflow as tf
 from dvclive import Live
+from dvclive.keras import DVCLiveCallback
 from keras import ops
 
 from steeldefect.atomic import path_for
+from steeldefect.data.types import GIVEN_DEFECT
 from steeldefect.errors import UserError
 from steeldefect.params import MaskParams, TrainParams, map_stride
 from steeldefect.train.distribute import make_strategy
-from steeldefect.data.types import GIVEN_DEFECT
-from steeldefect.train.model import OPTIMIZERS, build_mask_model, learning_rate, measured_outputs, output_metrics, trained_outputs
-from steeldefect.train.pipeline import image_dataset, mask_eval_dataset, mask_training_dataset
+from steeldefect.train.model import (
+    OPTIMIZERS,
+    build_mask_model,
+    learning_rate,
+    measured_outputs,
+    output_metrics,
+    trained_outputs,
+)
+from steeldefect.train.phases import Phase, Result, replay_logs, run_phase, summary
+from steeldefect.train.pipeline import mask_eval_dataset, mask_training_dataset, training_batches
 from steeldefect.train.runtime import Runtime, load_runtime
 from steeldefect.train.seeding import set_seed
 from steeldefect.train.training import (
     AliasMetrics,
+    backup_for,
     check_health,
     check_target,
     sample_weights,
@@ -120,75 +131,46 @@ def compile_mask_model(model: keras.Model, p: TrainParams, steps_per_epoch: int)
 
 def whole_image_dataset(
     train_df: pd.DataFrame, p: TrainParams, stride: int, seed: int, class_ids: tuple[str, ...] = (), defect: bool = True
-) -> tf.data.Dataset:
-    """Every training image once per epoch, whole at image_size, reshuffled every epoch and (with p.augment)
-    flipped. The map's target is zeros: the phase has no map loss, but Keras wants a target per output. With
-    `class_ids`, the types too (`training.targets`)."""
+) -> Callable[[int, int], tf.data.Dataset]:
+    """The batches of given epochs of the whole-image phase: every training image once per epoch, whole at
+    image_size, in an order (and with p.augment flips) from (seed, epoch) only. The map's target is zeros: the
+    phase has no map loss, but Keras wants a target per output. With `class_ids`, the types too
+    (`training.targets`)."""
     labels = targets(train_df, class_ids, defect)
     if not class_ids:
         labels = {"probability": labels[:, None]}
     weights = sample_weights(train_df, class_ids, defect, float(typed(train_df).mean()) if class_ids else 1.0)
-    ds = image_dataset(train_df.path, p.image_size, p.batch_size, labels, weights, shuffle_seed=seed)
     cells = (p.image_size[0] // stride, p.image_size[1] // stride, 1)
-    seeds = tf.data.Dataset.random(seed=seed + 4, rerandomize_each_iteration=True).batch(2)
+    steps = math.ceil(len(train_df) / p.batch_size)
 
-    def example(batch, seed):
+    def example(step, batch):
         x, y, *w = batch
         if p.augment:  # 4-D: each image of the batch is flipped or not on its own
-            flips = tf.random.experimental.stateless_split(seed, 2)
+            flips = tf.random.experimental.stateless_split(tf.stack([tf.constant(seed + 4, tf.int64), step]), 2)
             x = tf.image.stateless_random_flip_up_down(tf.image.stateless_random_flip_left_right(x, flips[0]), flips[1])
         y = {**y, "defect_map": tf.zeros((tf.shape(x)[0], *cells))}
         return (x, y, {**w[0], "defect_map": tf.zeros((tf.shape(x)[0], *cells[:2]))}) if w else (x, y)
 
-    return tf.data.Dataset.zip(ds, seeds).map(example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def batches(first: int, last: int) -> tf.data.Dataset:
+        ds = training_batches(train_df.path, p.image_size, p.batch_size, labels, weights, seed, (first, last))
+        ds = ds.enumerate(start=first * steps).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return batches
 
 
-def whole_image_phase(
-    model: keras.Model,
-    p: TrainParams,
-    train_ds: tf.data.Dataset,
-    val_ds: tf.data.Dataset,
-    strategy: tf.distribute.Strategy,
-    live: Live,
-    best: Path,
-    best_auc: float,
-    done: int,
-    callbacks: list,
-) -> list[float]:
+def prepare_whole_image_phase(model: keras.Model, p: TrainParams, strategy: tf.distribute.Strategy) -> None:
     """The second phase (train.mask.whole_image_epochs, after Božič et al.: a classifier trained on crops is
     miscalibrated on whole images): everything but the CLASSIFIER layers frozen (the backbone's BatchNorm then
-    runs in inference mode), only the image loss, Adam at train.learning_rate, epochs and curves continuing after
-    the `done` epochs of the first phase. The model (at the first phase's best weights, saved in `best` with
-    validation AUC `best_auc`) keeps the new weights only if they beat that AUC. Returns the validation AUC of
-    each epoch."""
+    runs in inference mode), only the image loss, Adam at train.learning_rate. The phase keeps its weights only if
+    they beat the first phase's validation AUC."""
     for layer in model.layers:
         layer.trainable = layer.name in (*CLASSIFIER, "classes", GIVEN_DEFECT)
     with strategy.scope():
-        model.compile(
-            optimizer=keras.optimizers.Adam(p.learning_rate),
-            loss=_losses(model),
-            metrics=_metrics(model),
-        )
-    best_whole = best.with_name("best_whole.weights.h5")
+        model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=_losses(model), metrics=_metrics(model))
     log.info(
         "whole-image phase: the classifier %s for up to %d epochs", ", ".join(CLASSIFIER), p.mask.whole_image_epochs
     )
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        initial_epoch=done,
-        epochs=done + p.mask.whole_image_epochs,
-        callbacks=[
-            *callbacks,
-            AliasMetrics(),
-            *standard_callbacks(best_whole, p, live, best_so_far=best_auc, monitor=monitor(model)),
-        ],
-        verbose=2,
-    )
-    improved = best_whole.exists()
-    log.info("the whole-image phase %s the validation AUC", "improved" if improved else "did not improve")
-    model.load_weights(best_whole if improved else best)
-    return history.history[monitor(model)]
 
 
 def check(runtime: Runtime, train_df: pd.DataFrame, masks: pd.DataFrame) -> None:
@@ -212,38 +194,40 @@ def check(runtime: Runtime, train_df: pd.DataFrame, masks: pd.DataFrame) -> None
         )
 
 
-def _fit(
-    model: keras.Model,
-    p: TrainParams,
-    train_df: pd.DataFrame,
-    seed: int,
-    datasets: tuple[tf.data.Dataset, tf.data.Dataset],
-    strategy: tf.distribute.Strategy,
-    live: Live,
-    best: Path,
-    callbacks: list,
-    class_ids: tuple[str, ...] = (),
-) -> tuple[keras.callbacks.History, list[float]]:
-    """The first fit (on crops, or whole images) with its best weights loaded, then the whole-image phase when
-    train.mask.whole_image_epochs asks for it. Returns (the first fit's history, the phase's validation AUCs)."""
-    train_ds, val_ds = datasets
-    standard = standard_callbacks(best, p, live, monitor=monitor(model))
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=p.epochs,
-        steps_per_epoch=math.ceil(len(train_df) / p.batch_size),
-        callbacks=[*callbacks, AliasMetrics(), *standard],
-        verbose=2,
+def _datasets(
+    p: TrainParams, seed: int, splits: tuple, masks: pd.DataFrame, class_ids: tuple, defect: bool, steps: int
+):
+    """(the training batches of given epochs, the validation batches)."""
+    train_df, val_df = splits
+    stride = map_stride(p)
+
+    def crops(first: int, last: int) -> tf.data.Dataset:
+        ds = mask_training_dataset(train_df, masks, p, stride, seed, steps, class_ids, defect, (first, last))
+        return pack_pixel_weights(ds) if p.mask.seg_loss == "dice_bce" else ds
+
+    val_ds = mask_eval_dataset(val_df, masks, p.image_size, stride, p.batch_size, p.mask, class_ids, defect)
+    return crops, pack_pixel_weights(val_ds) if p.mask.seg_loss == "dice_bce" else val_ds
+
+
+def _phases(model, job: tuple, crops, val_ds, live: Live, backup, scratch: Path, callbacks: list | None) -> tuple:
+    """The crops phase, then the whole-image phase when train.mask.whole_image_epochs asks for it: their
+    `phases.Result`s (the second None without it)."""
+    p, seed, train_df, class_ids, defect, strategy, steps = job
+    watched = monitor(model)
+    standard = lambda best, so_far: standard_callbacks(best, p, live, so_far, monitor=watched)  # noqa: E731
+    extra = [*(callbacks or []), AliasMetrics()]
+    first = run_phase(
+        0, Phase("crops", model, crops, val_ds, steps, 0, p.epochs, standard, extra=extra), backup, scratch, watched
     )
-    model.load_weights(best)
     if not p.mask.whole_image_epochs:
-        return history, []
-    defect = "probability" in model.output_names
-    whole_ds, first_best = whole_image_dataset(train_df, p, map_stride(p), seed, class_ids, defect), standard[0].best
-    return history, whole_image_phase(
-        model, p, whole_ds, val_ds, strategy, live, best, first_best, len(history.epoch), callbacks
-    )
+        return first, None
+    prepare_whole_image_phase(model, p, strategy)
+    batches = whole_image_dataset(train_df, p, map_stride(p), seed, class_ids, defect)
+    phase = Phase("whole_image", model, batches, val_ds, steps, first.epochs, p.mask.whole_image_epochs, standard)
+    phase.best_so_far, phase.extra = first.best, extra
+    second = run_phase(1, phase, backup, scratch, watched)
+    log.info("the whole-image phase %s the validation AUC", "improved" if second.improved else "did not improve")
+    return first, second
 
 
 def train(
@@ -257,11 +241,12 @@ def train(
     runtime: Runtime | None = None,
     callbacks: list | None = None,
     class_ids: tuple[str, ...] = (),
-) -> keras.callbacks.History:
+) -> Result:
     """Fit and save the best (highest validation AUC) weights of the whole model to `weights_out`. `masks` is the
     prepared masks table (ImageId, ClassId, EncodedPixels); `callbacks` are added to the standard ones (the
     real-data benchmark stops by wall clock with one; they reach the whole-image phase's fit too). Returns the
-    first phase's history. With train.target classes, `class_ids` are the defect types in output order.
+    first phase's result (`phases.Result`: epochs run, the validation AUC of each). A killed run resumes
+    (steeldefect.train.phases). With train.target classes, `class_ids` are the defect types in output order.
 
     `runtime` (default: from the environment): the default and mirrored strategies are honoured, the rest is
     refused by `check` (the feature cache does not apply: the whole network trains)."""
@@ -276,33 +261,29 @@ def train(
     with strategy.scope():
         model = build_mask_model(p, p.weights, len(class_ids), defect)
         compile_mask_model(model, p, steps)
-    train_ds = mask_training_dataset(train_df, masks, p, stride, seed, steps, class_ids, defect)
-    val_ds = mask_eval_dataset(val_df, masks, p.image_size, stride, p.batch_size, p.mask, class_ids, defect)
-    if p.mask.seg_loss == "dice_bce":
-        train_ds, val_ds = pack_pixel_weights(train_ds), pack_pixel_weights(val_ds)
-    crops = "whole images" if p.mask.crop_size is None else "{}x{} crops".format(*p.mask.crop_size)
-    log.info("mask supervision: %s of %s images, map stride %d, %d steps per epoch", crops, p.image_size, stride, steps)
+    crops, val_ds = _datasets(p, seed, (train_df, val_df), masks, class_ids, defect, steps)
+    crop_text = "whole images" if p.mask.crop_size is None else "{}x{} crops".format(*p.mask.crop_size)
+    log.info(
+        "mask supervision: %s of %s images, map stride %d, %d steps per epoch", crop_text, p.image_size, stride, steps
+    )
     start = time.perf_counter()
+    backup = backup_for(p, seed, (train_df, val_df), class_ids, strategy, runtime, weights_out, {"supervision": "mask"})
     with tempfile.TemporaryDirectory(prefix="steeldefect-segtrain.") as scratch:
-        best = Path(scratch) / "best.weights.h5"
+        scratch = Path(scratch)
         with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-            datasets = (train_ds, val_ds)
-            history, whole = _fit(model, p, train_df, seed, datasets, strategy, live, best, callbacks or [], class_ids)
+            replay_logs(backup, DVCLiveCallback(live=live))
+            job = (p, seed, train_df, class_ids, defect, strategy, steps)
+            first, second = _phases(model, job, crops, val_ds, live, backup, scratch, callbacks)
             seconds = time.perf_counter() - start
             check_health(model, val_ds, targets(val_df, class_ids, defect), live)
-            scores = history.history[monitor(model)]
-            best_epoch = (scores + whole).index(max(scores + whole)) + 1  # the kept weights' (ties: the first phase)
-            live.log_params({"supervision": "mask", "map_stride": stride, "training": crops})
-            for name, value in {
-                "train_seconds": round(seconds, 1),
-                "epochs_run": len(scores),
-                "whole_image_epochs_run": len(whole),
-                "best_epoch": best_epoch,
-                "training_examples": len(history.epoch) * steps * p.batch_size + len(whole) * len(train_df),
-            }.items():
+            live.log_params({"supervision": "mask", "map_stride": stride, "training": crop_text})
+            figures = summary(first, second, "whole_image", lower_is_better=False)
+            examples = first.epochs * steps * p.batch_size + figures["whole_image_epochs_run"] * len(train_df)
+            for name, value in {"train_seconds": round(seconds, 1), **figures, "training_examples": examples}.items():
                 live.log_metric(name, value, plot=False)
-        log.info("trained in %.1f s (%d + %d epochs, best %d)", seconds, len(scores), len(whole), best_epoch)
+        log.info("trained in %.1f s (%d + %d epochs, best %d)", seconds, *figures.values())
         with path_for(weights_out) as tmp_weights:
             model.save_weights(tmp_weights)
+    backup.finish()
     log.info("weights written to %s", weights_out)
-    return history
+    return first

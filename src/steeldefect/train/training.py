@@ -18,11 +18,14 @@ predictions, or ROC AUC no better than chance) is flagged in the metrics and by 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +41,19 @@ from steeldefect.data.types import GIVEN_DEFECT, multi_hot
 from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
 from steeldefect.train import health
-from steeldefect.train.cache import FeatureCache, ImageCache, feature_key
+from steeldefect.train.cache import FeatureCache, ImageCache, code_hash, feature_key, unusable, versions
 from steeldefect.train.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
 from steeldefect.train.model import build_model, compile_for_training, learning_rate
-from steeldefect.train.pipeline import image_dataset
+from steeldefect.train.phases import Backup, Phase, replay_logs, run_key, run_phase, summary
+from steeldefect.train.pipeline import feature_batches, image_dataset, training_batches
 from steeldefect.train.runtime import Runtime, check_precision, load_runtime
 from steeldefect.train.seeding import set_seed
 
 log = logging.getLogger(__name__)
+# the modules whose code decides a training run's bits (a changed one starts a killed run afresh)
+TRAIN_CODE = tuple(
+    f"train/{m}.py" for m in ("training", "segtrain", "phases", "pipeline", "model", "health", "distribute", "seeding")
+) + ("data/types.py",)
 
 
 # --- features ---------------------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ def train(
                 log.info("mixed precision %s: float32 weights and output", p.mixed_precision)
             features = FeatureCache(runtime.feature_cache) if runtime.feature_cache else None
             job = Job(p, seed, train_df, val_df, strategy, images, features, class_ids)
-            return _train(job, Path(weights_out), Path(live_dir), scratch, callbacks)
+            return _train(job, Path(weights_out), Path(live_dir), scratch, callbacks, runtime)
         finally:
             images.close()
             if not chief and worker_cache is not None:
@@ -286,133 +294,160 @@ class Job:
         return sample_weights(self.val_df, self.class_ids, self.defect, self.typed_share)
 
 
-def _train(job: Job, weights_out: Path, live_dir: Path, scratch: Path, extra_callbacks: list | None = None) -> dict:
-    """Fit the head (on cached features when the backbone is frozen and nothing is augmented, else the whole
-    model on the images), optionally fine-tune, check the health, save the whole model's weights."""
+def backup_for(
+    p: TrainParams,
+    seed: int,
+    splits: tuple[pd.DataFrame, pd.DataFrame],
+    class_ids: tuple[str, ...],
+    strategy: tf.distribute.Strategy,
+    runtime: Runtime,
+    weights_out: Path,
+    parts: dict,
+) -> Backup:
+    """The run's backup (steeldefect.train.phases): a slot per output file in the cache folder, keyed by the params,
+    the seed, the two splits (images by md5, labels, types), the starting weights, the code and the libraries. Off
+    with STEELDEFECT_TRAIN_BACKUP=off, and under the multi_worker strategy (every worker would have to resume
+    together)."""
+    if runtime.backup is None or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return Backup(None, "")
+    weights = p.weights
+    if weights not in (None, "imagenet"):
+        weights = hashlib.md5(Path(weights).read_bytes()).hexdigest()
+    def split(df: pd.DataFrame) -> list:  # the images by content (prepared tables have their md5), labels, types
+        images = df.md5 if "md5" in df else df.path
+        types = df.classes.fillna("").astype(str) if "classes" in df else [""] * len(df)
+        return [list(images), list(df.label.astype(int)), list(types)]
+
+    key = run_key(
+        {
+            "params": dataclasses.asdict(p),
+            "seed": seed,
+            "train": split(splits[0]),
+            "val": split(splits[1]),
+            "class_ids": list(class_ids),
+            "weights": weights,
+            "code": code_hash(TRAIN_CODE),
+            "versions": versions(),
+            **parts,
+        }
+    )
+    slot = hashlib.md5(str(Path(weights_out).resolve()).encode()).hexdigest()[:16]
+    try:
+        return Backup(runtime.backup / slot, key)
+    except OSError as e:
+        raise unusable(
+            runtime.backup / slot, e, "turn the training backup off with STEELDEFECT_TRAIN_BACKUP=off"
+        ) from e
+
+
+def _setup(job: Job) -> tuple:
+    """(the whole model, the model fitted first, whether on features, its datasets), compiled."""
     p, strategy = job.p, job.strategy
     with strategy.scope():
         model, features, classifier = build_model(p, p.weights, len(job.class_ids), job.defect)
-    start = time.perf_counter()
     on_features = p.freeze_backbone and not p.augment
     if p.freeze_backbone and p.augment:
         log.info("augmentation is on, so the feature cache is off: augmented images change the features every epoch")
     if on_features:
-        fitted, image_ds, (train_ds, val_ds) = classifier, None, feature_datasets(job, features)
+        fitted, datasets = classifier, feature_datasets(job, features)
     else:
-        fitted, image_ds = model, image_datasets(job, p.augment)
-        train_ds, val_ds = image_ds
+        fitted, datasets = model, image_datasets(job, p.augment)
     with strategy.scope():
         compile_for_training(fitted, learning_rate(p, math.ceil(len(job.train_df) / p.batch_size)), p.optimizer)
+    return model, fitted, on_features, datasets
+
+
+def _train(
+    job: Job, weights_out: Path, live_dir: Path, scratch: Path, extra_callbacks: list | None, runtime: Runtime
+) -> dict:
+    """Fit the head (on cached features when the backbone is frozen and nothing is augmented, else the whole
+    model on the images), optionally fine-tune, check the health, save the whole model's weights. Each fit is a
+    phase (steeldefect.train.phases): a killed run resumes at its last finished epoch."""
+    p, strategy = job.p, job.strategy
+    model, fitted, on_features, (batches, val_ds) = _setup(job)
+    start = time.perf_counter()
+    steps = math.ceil(len(job.train_df) / p.batch_size)
+    splits = (job.train_df, job.val_df)
+    backup = backup_for(
+        p, job.seed, splits, job.class_ids, strategy, runtime, weights_out, {"on_features": on_features}
+    )
 
     # every worker keeps its own checkpoints (they are equal: the variables are kept in sync)
     with (
         keras_multi_worker_fixes(strategy, [fitted, model]),
         Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live,
     ):
-        epochs, best_loss = fit_head(fitted, train_ds, val_ds, p, scratch / "best.weights.h5", live, extra_callbacks)
-        log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, epochs)
+        replay_logs(backup, DVCLiveCallback(live=live))
+        standard = lambda best, so_far: standard_callbacks(best, p, live, so_far)  # noqa: E731
+        extra = [*(extra_callbacks or []), AliasMetrics()]
+        head = Phase("head", fitted, batches, val_ds, steps, first=0, epochs=p.epochs, callbacks=standard, extra=extra)
+        result = run_phase(0, head, backup, scratch, "val_loss")
+        log.info("trained in %.1f s (%d epochs)", time.perf_counter() - start, result.epochs)
         if p.fine_tune.epochs:
-            val_ds = fine_tune(job, model, image_ds, epochs, best_loss, live, scratch)
+            stages = unfreeze_last_stages(model, p.fine_tune.stages)
+            log.info(
+                "fine-tuning %s for up to %d epochs at learning rate %g",
+                stages,
+                p.fine_tune.epochs,
+                p.fine_tune.learning_rate,
+            )
+            with strategy.scope():
+                compile_for_training(model, p.fine_tune.learning_rate, p.optimizer)
+            if on_features:
+                batches, val_ds = image_datasets(job, augment=False)
+            tune = Phase("fine_tune", model, batches, val_ds, steps, result.epochs, p.fine_tune.epochs, standard)
+            tune.best_so_far, tune.extra = result.best, [AliasMetrics()]
+            tuned = run_phase(1, tune, backup, scratch, "val_loss")
+            log.info("fine-tuning %s the validation loss", "improved" if tuned.improved else "did not improve")
             fitted = model  # the whole model, on the images
+        for name, value in summary(result, tuned if p.fine_tune.epochs else None, "fine_tune", True).items():
+            live.log_metric(name, value, plot=False)
         report = check_health(fitted, val_ds, job.y_val, live)
     write_weights(model, weights_out)
+    backup.finish()
     return report
 
 
-def image_datasets(job: Job, augment: bool) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """(train, validation) batches of images and labels; the training images shuffled (and augmented)."""
+def image_datasets(job: Job, augment: bool) -> tuple[Callable[[int, int], tf.data.Dataset], tf.data.Dataset]:
+    """(the training batches of given epochs, `pipeline.training_batches`: the images in an order, and with
+    `augment` flips and colour changes, from (seed, epoch); the validation batches)."""
     p, train_df, val_df = job.p, job.train_df, job.val_df
-    train_ds = image_dataset(
-        train_df.path,
-        p.image_size,
-        p.batch_size,
-        job.y_train,
-        weights=job.w_train,
-        shuffle_seed=job.seed,
-        augment_seed=job.seed if augment else None,
-        cache=job.images.prefix(train_df),
-    )
+
+    def batches(first: int, last: int) -> tf.data.Dataset:
+        ds = training_batches(
+            train_df.path,
+            p.image_size,
+            p.batch_size,
+            job.y_train,
+            job.w_train,
+            job.seed,
+            (first, last),
+            augment,
+            cache=job.images.prefix(train_df),
+        )
+        return distributed(ds, job.strategy)
+
     val_ds = image_dataset(
         val_df.path, p.image_size, p.batch_size, job.y_val, weights=job.w_val, cache=job.images.prefix(val_df)
     )
-    return distributed(train_ds, job.strategy), distributed(val_ds, job.strategy)
+    return batches, distributed(val_ds, job.strategy)
 
 
-def feature_datasets(job: Job, features: keras.Model) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """(train, validation) batches of the backbone's features (computed once, or read from the cache) and labels."""
+def feature_datasets(job: Job, features: keras.Model) -> tuple[Callable[[int, int], tf.data.Dataset], tf.data.Dataset]:
+    """As `image_datasets`, of the backbone's features (computed once, or read from the cache)."""
     p, chief = job.p, is_chief(job.strategy)
 
     def features_of(df: pd.DataFrame) -> np.ndarray:
         return cached_features(features, df, p, job.seed, job.features, job.strategy, job.images, chief)
 
-    def rows(df: pd.DataFrame, y, w) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices((features_of(df), y) if w is None else (features_of(df), y, w))
+    x_train = features_of(job.train_df)
 
-    train_ds = rows(job.train_df, job.y_train, job.w_train).shuffle(len(job.train_df), seed=job.seed).batch(p.batch_size)
-    val_ds = rows(job.val_df, job.y_val, job.w_val).batch(p.batch_size)
-    return distributed(train_ds, job.strategy), distributed(val_ds, job.strategy)
+    def batches(first: int, last: int) -> tf.data.Dataset:
+        ds = feature_batches(x_train, job.y_train, job.w_train, p.batch_size, job.seed, (first, last))
+        return distributed(ds, job.strategy)
 
-
-def fit_head(
-    fitted: keras.Model,
-    train_ds: tf.data.Dataset,
-    val_ds: tf.data.Dataset,
-    p: TrainParams,
-    best: Path,
-    live: Live,
-    extra_callbacks: list | None,
-) -> tuple[int, float | None]:
-    """The first phase: fit `fitted` (the classifier on features, or the whole model), then load its best
-    weights (lowest val_loss, kept in `best`). Returns (epochs run, best validation loss)."""
-    callbacks = standard_callbacks(best, p, live)
-    history = fitted.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=p.epochs,
-        callbacks=[*(extra_callbacks or []), AliasMetrics(), *callbacks],
-        verbose=2,
-    )
-    if best.exists():
-        fitted.load_weights(best)
-    else:  # no finite validation loss in any epoch: keep the last weights, the health check flags them
-        log.warning("no epoch reached a finite validation loss: keeping the last weights")
-    return len(history.epoch), callbacks[0].best
-
-
-def fine_tune(
-    job: Job,
-    model: keras.Model,
-    image_ds: tuple[tf.data.Dataset, tf.data.Dataset] | None,
-    done: int,
-    best_so_far: float | None,
-    live: Live,
-    scratch: Path,
-) -> tf.data.Dataset:
-    """The second phase: unfreeze the last ResNet stages and train the whole model on the images (the first
-    phase's `image_ds`, or new ones after training on features), continuing its epochs and curves. Keeps the
-    best weights only if they beat the first phase's validation loss. Returns the validation images."""
-    p = job.p
-    best, best_tuned = scratch / "best.weights.h5", scratch / "best_tuned.weights.h5"
-    model.save_weights(best)  # the whole model at the head's best
-    stages = unfreeze_last_stages(model, p.fine_tune.stages)
-    log.info(
-        "fine-tuning %s for up to %d epochs at learning rate %g", stages, p.fine_tune.epochs, p.fine_tune.learning_rate
-    )
-    with job.strategy.scope():
-        compile_for_training(model, p.fine_tune.learning_rate, p.optimizer)
-    train_ds, val_ds = image_ds or image_datasets(job, augment=False)
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        initial_epoch=done,
-        epochs=done + p.fine_tune.epochs,
-        callbacks=[AliasMetrics(), *standard_callbacks(best_tuned, p, live, best_so_far=best_so_far)],
-        verbose=2,
-    )
-    improved = best_tuned.exists()
-    log.info("fine-tuning %s the validation loss", "improved" if improved else "did not improve")
-    model.load_weights(best_tuned if improved else best)
-    return val_ds
+    val = (features_of(job.val_df), job.y_val) if job.w_val is None else (features_of(job.val_df), job.y_val, job.w_val)
+    return batches, distributed(tf.data.Dataset.from_tensor_slices(val).batch(p.batch_size), job.strategy)
 
 
 def write_weights(model: keras.Model, weights_out: Path) -> None:
