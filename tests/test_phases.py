@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ if p.supervision == "mask":
 else:
     training.train(p, 0, read("train.csv"), read("val.csv"), out / "w.weights.h5", out / "live")
 """
-EPOCHS = 6
+EPOCHS = 4
 IMAGE = {**TINY_TRAIN, "epochs": EPOCHS, "freeze_backbone": False, "augment": True, "head": {"dense_units": 8}}
 MASK = {**IMAGE, "supervision": "mask", "mask": {"crop_size": [32, 32], "seg_channels": 8, "whole_image_epochs": 2}}
 TUNED = {**TINY_TRAIN, "epochs": 3, "fine_tune": {"epochs": 3, "stages": 1}}  # head on features, then fine-tuning
@@ -89,6 +90,12 @@ def steps(out: Path) -> list[int]:
     return list(pd.read_csv(out / "live" / "plots" / "metrics" / "train" / "loss.tsv", sep="\t").step)
 
 
+def summary(out: Path) -> dict:
+    """The run's dvclive metrics, but its wall-clock seconds."""
+    metrics = json.loads((out / "live" / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k != "train_seconds"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "train, sig",
@@ -113,34 +120,34 @@ def test_a_killed_run_resumes_and_ends_with_the_same_bits(data, tmp_path, train,
     assert "resumed at epoch" in output, output[-3000:]
     assert md5(killed / "w.weights.h5") == md5(whole / "w.weights.h5")
     assert steps(killed) == steps(whole) == list(range(len(steps(whole))))  # each epoch once, no gap
+    assert summary(killed) == summary(whole)  # the same metrics
     assert not list((cache / "train").glob("*/snapshot-*"))  # a finished run deletes its backup
     assert 2 <= done < len(steps(whole))
 
 
-@pytest.mark.slow
-def test_a_corrupt_backup_or_another_runs_backup_starts_afresh_and_says_so(data, tmp_path):
-    out, cache = tmp_path / "run", tmp_path / "cache"
-    proc = start(data, IMAGE, out, cache)
-    while snapshot_epoch(cache) < 2 and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (weights,) = (cache / "train").glob("*/snapshot-*/fitted.weights.h5")
-    weights.write_bytes(weights.read_bytes()[:-100] + b"x" * 100)
-    output = finish(start(data, IMAGE, out, cache), out)
-    assert f"the backup {weights.parent} is unreadable or corrupt" in output and "resumed at" not in output
+def test_a_corrupt_snapshot_or_another_runs_backup_starts_afresh_and_says_so(tmp_path, caplog):
+    from steeldefect.train import phases
 
-    proc = start(data, IMAGE, out, cache)
-    while snapshot_epoch(cache) < 2 and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    output = finish(start(data, {**IMAGE, "learning_rate": 0.002}, out, cache), out)
-    assert "is of another run (its params, data or code differ): starting afresh" in output
-    assert "resumed at" not in output
+    state = {"serial": 0, "epoch": 3, "phase": 0, "done": False}
+    phases.Backup(tmp_path / "slot", "key").save(state, {"fitted.weights.h5": lambda p: p.write_bytes(b"weights")})
+    assert phases.Backup(tmp_path / "slot", "key").state["epoch"] == 3  # intact: resumed
+
+    (weights,) = (tmp_path / "slot").glob("snapshot-*/fitted.weights.h5")
+    weights.write_bytes(b"weightz")
+    with caplog.at_level(logging.INFO, logger="steeldefect.train.phases"):
+        fresh = phases.Backup(tmp_path / "slot", "key")
+    assert fresh.state is None and f"the backup {weights.parent} is unreadable or corrupt" in caplog.text
+    assert f"{weights} does not match its md5" in caplog.text and not list((tmp_path / "slot").iterdir())
+
+    phases.Backup(tmp_path / "slot", "key").save(state, {"fitted.weights.h5": lambda p: p.write_bytes(b"weights")})
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="steeldefect.train.phases"):
+        other = phases.Backup(tmp_path / "slot", "another key")  # changed params, data or code
+    assert other.state is None and "is of another run (its params, data or code differ): starting afresh" in caplog.text
+    assert not list((tmp_path / "slot").iterdir())
 
 
-def test_a_full_disk_keeps_the_previous_snapshot_and_names_the_fix(tmp_path, monkeypatch):
+def test_a_full_disk_or_a_kill_while_writing_keeps_the_previous_snapshot(tmp_path):
     from steeldefect.train import phases
 
     backup = phases.Backup(tmp_path / "slot", "key")
@@ -154,3 +161,13 @@ def test_a_full_disk_keeps_the_previous_snapshot_and_names_the_fix(tmp_path, mon
     again = phases.Backup(tmp_path / "slot", "key")
     assert again.state["epoch"] == 1 and (again.snapshot / "a.bin").read_bytes() == b"1"
     assert [p.name for p in (tmp_path / "slot").iterdir()] == ["snapshot-000000"]  # no half-written folder left
+
+    def killed(path):  # as a kill in the middle of writing: the folder half-written, nothing cleaned up
+        path.write_bytes(b"half")
+        raise SystemExit(137)
+
+    with pytest.raises(SystemExit):
+        again.save({"serial": 1, "epoch": 2, "phase": 0, "done": False}, {"a.bin": killed})
+    after_kill = phases.Backup(tmp_path / "slot", "key")  # the next run: the previous snapshot, the debris gone
+    assert after_kill.state["epoch"] == 1 and (after_kill.snapshot / "a.bin").read_bytes() == b"1"
+    assert [p.name for p in (tmp_path / "slot").iterdir()] == ["snapshot-000000"]

@@ -21,13 +21,14 @@ UP_TO_DATE = "Data and pipelines are up to date."
 
 def test_defaults_and_overrides(tmp_path):
     assert load_runtime({"STEELDEFECT_CACHE_DIR": str(tmp_path)}) == Runtime(
-        strategy="default", feature_cache=tmp_path / "features", image_cache=None
+        strategy="default", feature_cache=tmp_path / "features", image_cache=None, backup=tmp_path / "train"
     )
     env = {
         "STEELDEFECT_CACHE_DIR": str(tmp_path),
         "STEELDEFECT_STRATEGY": "mirrored",
         "STEELDEFECT_FEATURE_CACHE": "off",
         "STEELDEFECT_IMAGE_CACHE": "on",
+        "STEELDEFECT_TRAIN_BACKUP": "off",
     }
     assert load_runtime(env) == Runtime(strategy="mirrored", feature_cache=None, image_cache=tmp_path / "images")
 
@@ -80,7 +81,8 @@ def test_changing_runtime_settings_leaves_the_pipeline_up_to_date(pipeline, sess
 )
 def test_the_settings_printed_are_those_in_effect(train, features):
     line = describe(Runtime(feature_cache=Path("/c/features")), defaults(train=train).train)
-    assert f"strategy default, feature cache {features}" in line and line.endswith("image cache off")
+    assert f"strategy default, feature cache {features}" in line
+    assert line.endswith("image cache off, training backup off")
 
 
 # a convolution after `import steeldefect`, with oneDNN telling which instruction set its kernels use

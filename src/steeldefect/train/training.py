@@ -313,6 +313,7 @@ def backup_for(
     weights = p.weights
     if weights not in (None, "imagenet"):
         weights = hashlib.md5(Path(weights).read_bytes()).hexdigest()
+
     def split(df: pd.DataFrame) -> list:  # the images by content (prepared tables have their md5), labels, types
         images = df.md5 if "md5" in df else df.path
         types = df.classes.fillna("").astype(str) if "classes" in df else [""] * len(df)
