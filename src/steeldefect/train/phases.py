@@ -191,18 +191,9 @@ class Snapshot(keras.callbacks.Callback):
     """Restores a resumed phase's callbacks and random state at the start of the fit (after the other callbacks
     reset themselves: it goes last), and writes a snapshot after every epoch."""
 
-    def __init__(
-        self, backup: Backup, phase_index: int, phase: Phase, files: dict, siblings: list, resume: dict | None
-    ):
+    def __init__(self, backup: Backup, phase_index: int, files: dict, siblings: list, resume: dict | None):
         super().__init__()
-        self.backup, self.index, self.phase, self.files, self.siblings, self.resume = (
-            backup,
-            phase_index,
-            phase,
-            files,
-            siblings,
-            resume,
-        )
+        self.backup, self.index, self.files, self.siblings, self.resume = backup, phase_index, files, siblings, resume
 
     def on_train_begin(self, logs=None):
         if not self.resume:
@@ -291,7 +282,7 @@ def run_phase(index: int, phase: Phase, backup: Backup, scratch: Path, monitor: 
         model.save_weights(start)
     callbacks = phase.callbacks(best, phase.best_so_far)
     files = {best.name: best, start.name: start}
-    snapshot = [Snapshot(backup, index, phase, files, callbacks, resume)] if backup.folder is not None else []
+    snapshot = [Snapshot(backup, index, files, callbacks, resume)] if backup.folder is not None else []
     over = resume is not None and (resume["stopped"] or first >= last)  # killed between its last epoch and its end
     history = (
         {}
