@@ -48,11 +48,10 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.xdist_group(group))
 
 
-
 def pytest_configure(config):
     """pytest 9.2 ignores the test ids pytest-xdist 3.8 rewrites to "<id>@<group>", so `--dist loadgroup` quietly
-    becomes `--dist load`: every module fixture, and the shared pipeline, is then built once per worker (the
-    suite took 42 minutes instead of about 20). Refuse that combination instead of running twice the work."""
+    becomes `--dist load`: every module fixture, and the shared pipeline, is then built once per worker. Refuse
+    that combination rather than do the work twice."""
     if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple[:2] >= (9, 2):
         raise pytest.UsageError(
             f"--dist loadgroup does not group tests under pytest {pytest.__version__} with pytest-xdist 3.8 (it "
