@@ -12,7 +12,8 @@ from steeldefect.data.types import read_types
 from steeldefect.errors import paths, run
 from steeldefect.evaluate.metrics import choose_threshold
 from steeldefect.params import load_params
-from steeldefect.serve.export import export, model_meta, read_meta
+from steeldefect.serve.export import export, model_meta
+from steeldefect.serve.model_files import read_meta
 from steeldefect.serve.openvino_engine import IRRequest
 
 

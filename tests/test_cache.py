@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steeldefect import cache
+from steeldefect.cache import FeatureCache, ImageCache, default_root
 from steeldefect.errors import UserError
 from steeldefect.serve.cli import main
-from steeldefect.train import cache
-from steeldefect.train.cache import FeatureCache, ImageCache, default_root
 
 from helpers import REPO
 
@@ -28,7 +28,7 @@ from helpers import REPO
 WRITER = """
 import sys
 import numpy as np
-from steeldefect.train.cache import FeatureCache
+from steeldefect.cache import FeatureCache
 folder, value, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 features = FeatureCache(folder)
 for _ in range(rounds):
@@ -171,7 +171,7 @@ def test_an_entry_that_cannot_be_read_or_written_stops_the_run(tmp_path):
 KEYS = """
 from types import SimpleNamespace
 import pandas as pd
-from steeldefect.train import cache
+from steeldefect import cache
 cache.versions = lambda: ["tf", "keras"]
 head = SimpleNamespace(pooling="avgmax", pool_size=4)
 p = SimpleNamespace(weights=None, image_size=(64, 96), backbone_layer=None, head=head, mixed_precision=None)

@@ -120,9 +120,9 @@ def quantize(ov_model, calibration_paths: Sequence[str], image_size: Sequence[in
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    from steeldefect.train.pipeline import image_dataset
+    from steeldefect.serve.inference import indexed_dataset
 
-    images = [batch.numpy() for batch in image_dataset(list(calibration_paths), image_size, batch_size=1)]
+    images = [batch.numpy() for _, batch in indexed_dataset(list(calibration_paths), image_size, batch_size=1)]
     full_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     return nncf.quantize(ov_model, nncf.Dataset(images), subset_size=len(images), advanced_parameters=full_range)
 
