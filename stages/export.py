@@ -49,6 +49,7 @@ def main() -> None:
         {**model_meta(p, train, names), "degenerate": degenerate},
         saved_model=x.saved_model,
         openvino=ir if x.openvino != "none" else None,
+        drift_paths=list(val.path),  # drift_reference.json: `steeldefect serve`'s drift figure compares with it
     )
     saved = f"{a.out}/saved_model (SavedModel)" if x.saved_model else "no SavedModel (export.saved_model: false)"
     print(f"exported {a.out}/model.json + model.weights.h5 and {saved}; reload check: max difference {diff:.2g}")

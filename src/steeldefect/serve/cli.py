@@ -4,6 +4,8 @@
                         [--class-threshold X] [--engine keras|openvino] [--maps DIR]
     steeldefect cache info | clear [--kind features|images|selfcheck|pretrain]
     steeldefect preset demo|scratch|imagenet [-S key=value ...] [more dvc exp run arguments]
+    steeldefect serve --model-dir models [--host 127.0.0.1] [--port 8000] [--engine openvino|keras] [--max-batch N]
+                      [--max-delay-ms MS] [--review-dir DIR --review-band LO,HI --review-cap N]  (serve/service.py)
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, or the OpenVINO
 IR in openvino/, the default when it exists; the image size from model_meta.json), through the same tf.data
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(commands)
+    _add_serve(commands)
     cache = commands.add_parser(
         "cache",
         help="show or free the caches (features, images, OpenVINO self-check passes)",
@@ -242,6 +245,98 @@ def predict(
     return 1 if failed else 0
 
 
+def _band(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two probabilities, e.g. 0.3,0.7)")
+    lo, hi = map(_threshold, parts)
+    if lo >= hi:
+        raise argparse.ArgumentTypeError(f"{text}: LO must be below HI")
+    return lo, hi
+
+
+def _add_serve(commands) -> None:
+    """The `serve` subcommand (serve/service.py; needs the serve extra)."""
+    serve = commands.add_parser(
+        "serve",
+        help="serve the exported model over HTTP (v2 inference protocol, POST /predict, /metrics)",
+        description="Serve the exported model over HTTP until SIGTERM (drains the requests in flight, exits 0) or "
+        "Ctrl-C: GET /v2/health/live, /v2/health/ready (ready once the model is loaded and its OpenVINO self-check "
+        "passed; a failure exits 2 with the message), GET /v2/models/steeldefect, POST /v2/models/steeldefect/infer "
+        "(a BYTES input image_bytes), POST /predict (multipart field image, or an image/jpeg or image/png body), "
+        "GET /metrics (Prometheus). Answers carry the fields of a `steeldefect predict` CSV row. Needs "
+        "pip install 'steeldefect[serve]'. See docs/inference.md, Serve.",
+    )
+    serve.add_argument("--model-dir", type=Path, default=Path("models"), help="the exported model (default: models)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--engine",
+        choices=("keras", "openvino"),
+        default=None,
+        help="as for predict (default: openvino when its IR exists)",
+    )
+    _add_thresholds(serve)
+    serve.add_argument(
+        "--max-batch", type=_positive_int, default=16, help="images scored together at most (default: 16)"
+    )
+    serve.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=5.0,
+        help="how long the first waiting request waits for others to share its batch (default: 5)",
+    )
+    serve.add_argument(
+        "--review-dir",
+        type=Path,
+        default=None,
+        help="write images in the uncertainty band there, each with a JSON "
+        "sidecar holding its answer (a folder `steeldefect predict` reads back)",
+    )
+    serve.add_argument(
+        "--review-band",
+        type=_band,
+        default=None,
+        metavar="LO,HI",
+        help="the uncertainty band of the defect probability, for the review queue and the uncertain-share metric "
+        "(default: the threshold +- 0.2)",
+    )
+    serve.add_argument(
+        "--review-cap",
+        type=_positive_int,
+        default=1000,
+        help="images the review folder may hold; more are not "
+        "written (counted in /metrics) until some are moved out (default: 1000)",
+    )
+
+
+def serve_command(args) -> int:
+    try:
+        from steeldefect.serve.service import serve
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("fastapi", "starlette", "uvicorn", "multipart", "prometheus_client"):
+            raise
+        raise UserError(
+            f"`steeldefect serve` needs the service's packages ({e.name} is not installed): "
+            "pip install 'steeldefect[serve]'."
+        ) from e
+    if args.max_delay_ms < 0:
+        raise UserError(f"--max-delay-ms {args.max_delay_ms:g}: give 0 (no waiting) or more.")
+    return serve(
+        args.model_dir,
+        args.host,
+        args.port,
+        args.engine,
+        args.max_batch,
+        args.max_delay_ms,
+        args.threshold,
+        args.class_threshold,
+        args.review_dir,
+        args.review_band,
+        args.review_cap,
+    )
+
+
 def show(notices: list[str]) -> None:
     """Print a Predictor's notices: warnings to stderr, the rest to stdout."""
     for notice in notices:
@@ -261,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from steeldefect.presets import run_preset
 
             code = run_preset(args.name, args.dvc_args)
+            return
+        if args.command == "serve":
+            code = serve_command(args)
             return
         code = predict(
             args.images,

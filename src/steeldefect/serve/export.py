@@ -20,6 +20,8 @@ from steeldefect import atomic
 from steeldefect.errors import UserError
 from steeldefect.params import Params, TrainParams, map_stride
 from steeldefect.preprocess import decode_and_preprocess
+from steeldefect.serve import drift
+from steeldefect.serve.inference import predict_all, probability_columns
 from steeldefect.serve.model_files import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, THRESHOLD, load_model
 from steeldefect.serve.openvino_engine import DISABLED as OPENVINO_DISABLED
 from steeldefect.serve.openvino_engine import IR_DIR, IRRequest, export_ir
@@ -149,6 +151,7 @@ def export(
     meta: dict,
     saved_model: bool = True,
     openvino: IRRequest | None = None,
+    drift_paths: list[str] | None = None,
 ) -> float:
     """Build the model of `p` with the outputs `meta` says (`classes`: the defect types; `defect_output`), load
     `trained_weights` and export it (see `export_model`)."""
@@ -162,7 +165,7 @@ def export(
             f"{trained_weights}: these weights do not fit the model the params describe{typed} ({e}); retrain "
             "(`dvc repro train`). Nothing was exported."
         ) from e
-    return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model, openvino)
+    return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model, openvino, drift_paths)
 
 
 def export_model(
@@ -173,6 +176,7 @@ def export_model(
     meta: dict,
     saved_model: bool = True,
     openvino: IRRequest | None = None,
+    drift_paths: list[str] | None = None,
 ) -> float:
     """Write model.json, model.weights.h5 (no optimizer state), model_meta.json (`meta` + `output_meta`), the
     saved_model/ folder (a serving SavedModel, or only a README.txt when `saved_model` is false) and the openvino/
@@ -180,7 +184,9 @@ def export_model(
     `out_dir`. Everything is written to temporary paths first, reloaded from there, and moved into place only if
     the reloaded models' outputs (each of probability, classes, defect_map the model has) on `check_paths` (images
     resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph differs) and the IR
-    passes its check. Returns the largest difference seen (the IR's excepted)."""
+    passes its check. With `drift_paths` (the validation images) also drift_reference.json: the histogram of the
+    model's probabilities on them, the reference of `steeldefect serve`'s drift figure (serve/drift.py). Returns the
+    largest difference seen (the IR's excepted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp,
@@ -216,8 +222,14 @@ def export_model(
             meta = {**meta, "openvino": export_ir(model, image_size, tmp_ir, openvino, meta.get("classes", []))}
         else:
             (tmp_ir / "README.txt").write_text(OPENVINO_DISABLED)
+        if drift_paths:
+            ref = predict_all(model, drift_paths, int(meta.get("batch_size") or 16), image_size)
+            columns = probability_columns(ref, meta.get("classes", []))
+            drift.write_reference(tmp, columns, f"the validation split ({len(drift_paths)} images, Keras)")
+        else:
+            (out_dir / drift.DRIFT_REFERENCE).unlink(missing_ok=True)  # not one of another model's
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META):
+        for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META, *([drift.DRIFT_REFERENCE] if drift_paths else [])):
             os.replace(tmp / name, out_dir / name)
     return diff
 
