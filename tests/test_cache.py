@@ -189,18 +189,18 @@ def keys_of(package: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("module", "old", "new", "changed"),
     [
-        ("pipeline.py", 'method="bilinear", antialias=True', 'method="bilinear", antialias=False', [True, True]),
-        ("model.py", "\ndef build_backbone(", "\n# the backbone\ndef  build_backbone(", [False, False]),
-        ("model.py", 'if p.pooling == "flatten":', 'if p.pooling == "flatten" and True:', [False, True]),
-        ("pipeline.py", "\n\ndef augment(", "\n\n\n# augmentation\ndef augment(", [False, False]),
+        ("preprocess.py", 'method="bilinear", antialias=True', 'method="bilinear", antialias=False', [True, True]),
+        ("train/model.py", "\ndef build_backbone(", "\n# the backbone\ndef  build_backbone(", [False, False]),
+        ("train/model.py", 'if p.pooling == "flatten":', 'if p.pooling == "flatten" and True:', [False, True]),
+        ("train/pipeline.py", "\n\ndef augment(", "\n\n\n# augmentation\ndef augment(", [False, False]),
     ],
 )
 def test_an_edit_of_the_code_that_makes_the_entries_changes_their_keys(tmp_path, module, old, new, changed):
-    """image and feature keys from a copy of the package with one edit of train/<module>: a code edit changes the
-    keys of the entries that code makes; a comment or a blank line changes none."""
+    """image and feature keys from a copy of the package with one edit of `module`: a code edit changes the keys of
+    the entries that code makes; a comment or a blank line changes none."""
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "src" / "steeldefect", tmp_path / "steeldefect", ignore=ignore)
-    path = tmp_path / "steeldefect" / "train" / module
+    path = tmp_path / "steeldefect" / module
     assert path.read_text().count(old) == 1
     path.write_text(path.read_text().replace(old, new))
     original, edited = keys_of(REPO / "src"), keys_of(tmp_path)
