@@ -41,8 +41,13 @@ class Prediction:
 
 
 class Predictor:
-    """An exported model ready to predict; see the module docstring. `decide=False` (the predict stage) reads no
-    threshold: the table then holds the probabilities only (no predicted, classes or map columns)."""
+    """An exported model ready to predict; see the module docstring. Attributes: `model` (Keras model or
+    OpenVINOEngine), `engine` ("keras" / "openvino"), `precision` ("fp32" / "int8"), `name` (as the command says
+    it), `version` (the export's fingerprint, `model_files.fingerprint`), `outputs` (those of probability,
+    classes, defect_map the model has), `class_names`, `image_size`, `batch_size`, `meta` (model_meta.json),
+    `threshold`, `class_thresholds`, `map_threshold` and `notices` (what loading said). `decide=False` (the
+    predict stage) reads no threshold: the table then holds the probabilities only (no predicted, classes or map
+    columns)."""
 
     def __init__(
         self,

@@ -94,14 +94,14 @@ def image_paths(train_paths: Sequence[str], extra: Path | None = None) -> list[s
 
 def run_key(p: PretrainParams, train: TrainParams, seed: int, paths: Sequence[str]) -> str:
     """What a pretraining run depends on, so a rerun resumes only the same run: its params, the input size and
-    cut, the seed, the images (their paths, in order) and this module's code."""
+    cut, the seed, the images (their paths, in order) and the code of this module and of the decoding."""
     key = {
         "pretrain": dataclasses.asdict(p),
         "image_size": list(train.image_size),
         "cut": train.backbone_layer,
         "seed": seed,
         "images": list(paths),
-        "code": cache.code_hash(("train/pretrain.py",)),
+        "code": cache.code_hash(("train/pretrain.py", "preprocess.py")),
     }
     return hashlib.md5(json.dumps(key).encode()).hexdigest()
 

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # the modules whose code decides a training run's bits (a changed one starts a killed run afresh)
 TRAIN_CODE = tuple(
     f"train/{m}.py" for m in ("training", "segtrain", "phases", "pipeline", "model", "health", "distribute", "seeding")
-) + ("data/types.py",)
+) + ("data/types.py", "preprocess.py")
 
 
 # --- features ---------------------------------------------------------------------------------------------
