@@ -222,16 +222,22 @@ def export_model(
             meta = {**meta, "openvino": export_ir(model, image_size, tmp_ir, openvino, meta.get("classes", []))}
         else:
             (tmp_ir / "README.txt").write_text(OPENVINO_DISABLED)
-        if drift_paths:
-            ref = predict_all(model, drift_paths, int(meta.get("batch_size") or 16), image_size)
-            columns = probability_columns(ref, meta.get("classes", []))
-            drift.write_reference(tmp, columns, f"the validation split ({len(drift_paths)} images, Keras)")
-        else:
-            (out_dir / drift.DRIFT_REFERENCE).unlink(missing_ok=True)  # not one of another model's
+        drift_reference(model, image_size, meta, drift_paths, tmp, out_dir)
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META, *([drift.DRIFT_REFERENCE] if drift_paths else [])):
             os.replace(tmp / name, out_dir / name)
     return diff
+
+
+def drift_reference(model, image_size, meta: dict, paths: list[str] | None, tmp: Path, out_dir: Path) -> None:
+    """drift_reference.json in `tmp` (moved into `out_dir` with the model): the histogram of the model's
+    probabilities on `paths`, the validation images (serve/drift.py); without them, none (and no stale one)."""
+    if not paths:
+        (out_dir / drift.DRIFT_REFERENCE).unlink(missing_ok=True)
+        return
+    result = predict_all(model, paths, int(meta.get("batch_size") or 16), image_size)
+    columns = probability_columns(result, meta.get("classes", []))
+    drift.write_reference(tmp, columns, f"the validation split ({len(paths)} images, Keras)")
 
 
 def model_meta(p: Params, train_df: pd.DataFrame, classes: list[str] | None = None) -> dict:

@@ -40,6 +40,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -132,12 +133,8 @@ class Service:
         review_cap: int = 1000,
     ):
         """`predictor_args`: engine, threshold, class_threshold of the Predictor."""
-        self.model_dir, self.max_batch, self.max_delay, self.predictor_args = (
-            model_dir,
-            max_batch,
-            max_delay,
-            predictor_args,
-        )
+        self.model_dir, self.max_batch, self.max_delay = model_dir, max_batch, max_delay
+        self.predictor_args = predictor_args
         self.review_dir, self.band, self.review_cap = review_dir, band, review_cap
         self.predictor, self.failure, self.server = None, None, None
         self.ready = threading.Event()
@@ -208,7 +205,12 @@ class Service:
 
     def to_review(self, item: tuple[bytes, str, str], answer: dict) -> None:
         data, kind, name = item
-        written = self.review.add(data, kind, {"received_as": name, **answer})
+        try:
+            written = self.review.add(data, kind, {"received_as": name, **answer})
+        except OSError as e:  # a full disk must not stop the service: counted, and said once per image
+            print(f"warning: review queue {self.review_dir}: cannot write ({e})", file=sys.stderr, flush=True)
+            self.monitor.review.labels("failed").inc()
+            return
         self.monitor.review.labels("written" if written else "refused_full").inc()
 
     async def predict(self, images: list[tuple[bytes, str]]) -> list[dict]:
@@ -285,6 +287,82 @@ def v2_answer(answers: list[dict], request_id) -> dict:
     return {**reply, "id": request_id} if request_id is not None else reply
 
 
+def check_model(name: str) -> None:
+    if name != MODEL_NAME:
+        raise Refused(404, f'no model named "{name}" here; this service serves "{MODEL_NAME}".')
+
+
+async def answer(service: Service, endpoint: str, work) -> Response:
+    """`work()`'s JSON, or its refusal as {"error": ...} with its status; counted and timed in the metrics."""
+    start = time.perf_counter()
+    try:
+        body, status = await work(), 200
+    except Refused as e:
+        body, status = {"error": e.message}, e.status
+    service.monitor.request(endpoint, status, time.perf_counter() - start)
+    return JSONResponse(body, status)
+
+
+async def model_metadata(service: Service, name: str) -> dict:
+    check_model(name)
+    p = service.predictor
+    if p is None:
+        raise Refused(503, "the model is still loading: poll /v2/health/ready.")
+    boxes = ["box_x0", "box_y0", "box_x1", "box_y1"]
+    outputs = [
+        *(["probability", "predicted"] if "probability" in p.outputs else []),
+        *[f"p_{n}" for n in p.class_names],
+        *(["classes"] if p.class_names else []),
+        *(["defect_area_share", *boxes] if p.map_threshold is not None else []),
+    ]
+    kinds = {"predicted": "INT64", "classes": "BYTES", **dict.fromkeys(boxes, "INT64")}
+    return {
+        "name": MODEL_NAME,
+        "versions": [p.version],
+        "platform": p.engine,
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": n, "datatype": kinds.get(n, "FP32"), "shape": [-1]} for n in outputs],
+        "parameters": {"precision": p.precision, "image_size": list(p.image_size), "threshold": p.threshold},
+    }
+
+
+async def infer(service: Service, name: str, request: Request) -> dict:
+    """POST /v2/models/{name}/infer: JSON, or a JSON header + binary tensors (Inference-Header-Content-Length)."""
+    check_model(name)
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if kind not in ("application/json", "application/octet-stream") or "content-encoding" in request.headers:
+        raise Refused(
+            415,
+            f"{kind}: send v2 JSON (application/json, uncompressed), with the image as a "
+            f'BYTES input "{INPUT}" (base64 strings, or Triton\'s binary extension).',
+        )
+    body = await read_body(request)
+    split = request.headers.get("inference-header-content-length")
+    at = int(split) if split and split.isdigit() and int(split) <= len(body) else len(body)
+    try:
+        head = json.loads(body[:at])
+    except ValueError as e:
+        raise Refused(400, f"the request is not JSON ({e}).") from None
+    images = v2_images(head, body[at:])
+    answers = await service.predict([(data, f"{name} request image {i}") for i, data in enumerate(images)])
+    return v2_answer(answers, head.get("id") if isinstance(head, dict) else None)
+
+
+async def predict(service: Service, request: Request) -> dict:
+    """POST /predict: a multipart form's field `image`, or the image as the body."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("multipart/form-data", *IMAGE_TYPES):
+        raise Refused(
+            415,
+            f"content type {kind or '(none)'!r}: send a multipart form with the field "
+            "`image` (curl -F image=@x.jpg), or the image itself as image/jpeg or image/png.",
+        )
+    body, name = await read_body(request), "request body"
+    if kind == "multipart/form-data":
+        body, name = await form_image(request, body)
+    return (await service.predict([(body, name)]))[0]
+
+
 def build_app(service: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
@@ -300,19 +378,6 @@ def build_app(service: Service) -> FastAPI:
     async def http_error(request, e: HTTPException):  # unknown paths and methods: JSON like every other error
         return JSONResponse({"error": f"{request.method} {request.url.path}: {e.detail}"}, e.status_code)
 
-    async def answer(endpoint: str, work) -> Response:
-        start = time.perf_counter()
-        try:
-            body, status = await work(), 200
-        except Refused as e:
-            body, status = {"error": e.message}, e.status
-        service.monitor.request(endpoint, status, time.perf_counter() - start)
-        return JSONResponse(body, status)
-
-    def model(name: str) -> None:
-        if name != MODEL_NAME:
-            raise Refused(404, f'no model named "{name}" here; this service serves "{MODEL_NAME}".')
-
     @app.get("/v2/health/live")
     async def live():
         return {"live": True}
@@ -323,98 +388,33 @@ def build_app(service: Service) -> FastAPI:
             return {"ready": True}
         return JSONResponse({"ready": False, "reason": "loading the model and running its self-check"}, 503)
 
-    @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
-        return await answer("ready", lambda: _ready(name))
-
-    async def _ready(name):
-        model(name)
-        if not service.ready.is_set():
-            raise Refused(503, "the model is still loading")
-        return {"name": name, "ready": True}
-
     @app.get("/v2")
     async def server_metadata():
-        return {
-            "name": "steeldefect",
-            "version": importlib.metadata.version("steeldefect"),
-            "extensions": ["binary_tensor_data"],
-        }
+        version = importlib.metadata.version("steeldefect")
+        return {"name": "steeldefect", "version": version, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/models/{name}")
-    async def model_metadata(name: str):
-        return await answer("metadata", lambda: _metadata(name))
+    async def metadata(name: str):
+        return await answer(service, "metadata", lambda: model_metadata(service, name))
 
-    async def _metadata(name):
-        model(name)
-        p = service.predictor
-        if p is None:
-            raise Refused(503, "the model is still loading: poll /v2/health/ready.")
-        outputs = [
-            *(["probability", "predicted"] if "probability" in p.outputs else []),
-            *[f"p_{n}" for n in p.class_names],
-            *(["classes"] if p.class_names else []),
-            *(["defect_area_share", "box_x0", "box_y0", "box_x1", "box_y1"] if p.map_threshold is not None else []),
-        ]
-        kinds = {
-            "predicted": "INT64",
-            "classes": "BYTES",
-            **dict.fromkeys(("box_x0", "box_y0", "box_x1", "box_y1"), "INT64"),
-        }
-        return {
-            "name": MODEL_NAME,
-            "versions": [p.version],
-            "platform": p.engine,
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": n, "datatype": kinds.get(n, "FP32"), "shape": [-1]} for n in outputs],
-            "parameters": {"precision": p.precision, "image_size": list(p.image_size), "threshold": p.threshold},
-        }
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str):
+        async def work():
+            await model_metadata(service, name)  # 404 or 503 until ready
+            return {"name": name, "ready": True}
+
+        return await answer(service, "ready", work)
 
     @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request):
-        async def work():
-            model(name)
-            kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-            if kind not in ("application/json", "application/octet-stream") or "content-encoding" in request.headers:
-                raise Refused(
-                    415,
-                    f"{kind}: send v2 JSON (application/json, uncompressed), with the image as a "
-                    f'BYTES input "{INPUT}" (base64 strings, or Triton\'s binary extension).',
-                )
-            body = await read_body(request)
-            split = request.headers.get("inference-header-content-length")
-            at = int(split) if split and split.isdigit() and int(split) <= len(body) else len(body)
-            try:
-                head = json.loads(body[:at])
-            except ValueError as e:
-                raise Refused(400, f"the request is not JSON ({e}).") from None
-            images = v2_images(head, body[at:])
-            answers = await service.predict([(data, f"{name} request image {i}") for i, data in enumerate(images)])
-            return v2_answer(answers, head.get("id"))
-
-        return await answer("infer", work)
+    async def infer_route(name: str, request: Request):
+        return await answer(service, "infer", lambda: infer(service, name, request))
 
     @app.post("/predict")
-    async def predict(request: Request):
-        async def work():
-            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if kind not in ("multipart/form-data", *IMAGE_TYPES):
-                raise Refused(
-                    415,
-                    f"content type {kind or '(none)'!r}: send a multipart form with the field "
-                    "`image` (curl -F image=@x.jpg), or the image itself as image/jpeg or image/png.",
-                )
-            body, name = await read_body(request), "request body"
-            if kind == "multipart/form-data":
-                body, name = await form_image(request, body)
-            return (await service.predict([(body, name)]))[0]
-
-        return await answer("predict", work)
+    async def predict_route(request: Request):
+        return await answer(service, "predict", lambda: predict(service, request))
 
     @app.get("/metrics")
     async def metrics():
-        from prometheus_client import CONTENT_TYPE_LATEST
-
         return Response(service.monitor.text(), media_type=CONTENT_TYPE_LATEST)
 
     return app
