@@ -60,12 +60,13 @@ def main() -> int:
 
     import numpy as np
 
-    from steeldefect.serve.cli import load_for_inference, predict
+    from steeldefect.serve.cli import predict
     from steeldefect.serve.inference import predict_files
+    from steeldefect.serve.predictor import Predictor
     from steeldefect.train.pipeline import image_dataset
 
-    model, image_size, meta = load_for_inference(args.model_dir)
-    batch_size = args.batch_size or int(meta.get("batch_size") or 16)
+    predictor = Predictor(args.model_dir, "keras", batch_size=args.batch_size, decide=False)
+    model, image_size, batch_size = predictor.model, predictor.image_size, predictor.batch_size
     n = len(files)
     size = f"{image_size[0]}x{image_size[1]}"
     print(f"{n} images from {args.images}, model in {args.model_dir} ({size}), batch size {batch_size}")
@@ -134,15 +135,16 @@ def engines(args) -> int:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
+    from steeldefect.errors import UserError
     from steeldefect.params import load_params
     from steeldefect.serve import openvino_engine  # imports openvino only once it has declined OpenVINO's telemetry
-    from steeldefect.serve.cli import load_for_inference, resolve_threshold
     from steeldefect.serve.inference import indexed_dataset, predict_files
+    from steeldefect.serve.predictor import Predictor, resolve_threshold
 
     df = pd.read_csv(args.split, keep_default_na=False)[: args.n]
     files, labels = list(df.path), df.label.to_numpy() if "label" in df else None
-    model, size, meta = load_for_inference(args.model_dir, "keras")
-    batch_size = args.batch_size or int(meta.get("batch_size") or 16)
+    predictor = Predictor(args.model_dir, "keras", batch_size=args.batch_size, decide=False)
+    model, size, batch_size = predictor.model, predictor.image_size, predictor.batch_size
     threshold, _ = resolve_threshold(None, args.model_dir)
     p = load_params()
     train = pd.read_csv(args.split.parent / "train.csv", keep_default_na=False).path
@@ -154,12 +156,16 @@ def engines(args) -> int:
         fp32 = openvino_engine.convert(model, size)
         openvino_engine.save(fp32, Path(tmp) / "fp32.xml")
         openvino_engine.save(openvino_engine.quantize(fp32, calibration, size), Path(tmp) / "int8.xml")
-        runners = {"Keras (TensorFlow)": model}
+        runners, refused = {"Keras (TensorFlow)": model}, []
         for precision, compute in (("fp32", "f32"), ("fp32", "bf16"), ("int8", "f32")):
             for hint in ("LATENCY", "THROUGHPUT"):
                 config = {"INFERENCE_PRECISION_HINT": compute}
-                engine = openvino_engine.OpenVINOEngine(Path(tmp) / f"{precision}.xml", hint, config)
                 label = precision if compute == "f32" else f"{precision} as {compute}"
+                try:  # a setting this CPU cannot compile (bf16 under the AVX2 pin, say) is reported, not run
+                    engine = openvino_engine.OpenVINOEngine(Path(tmp) / f"{precision}.xml", hint, config)
+                except UserError as e:
+                    refused.append(f"OpenVINO {label} {hint}: refused: {e}")
+                    continue
                 runners[f"OpenVINO {label} {hint} ({engine.n_requests} req.)"] = engine
         calls = {name: (lambda m=m: predict_files(m, files, batch_size, size)) for name, m in runners.items()}
         calls["decode + preprocess only"] = lambda: sum(len(i) for i, _ in indexed_dataset(files, size, batch_size))
@@ -177,6 +183,8 @@ def engines(args) -> int:
         ratios = f"{rate / keras_rate:6.2f} {rate / decode_rate:7.2f}"
         print(f"{name:42s} {rate:7.1f} {ratios} {dp:7.4f} {same:7.2%} {auc:>6s}")
     print(f"{'decode + preprocess only (tf.data, no model)':42s} {decode_rate:7.1f} {decode_rate / keras_rate:6.2f}")
+    for line in refused:
+        print(line)
     return 0
 
 

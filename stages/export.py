@@ -12,7 +12,8 @@ from steeldefect.data.types import read_types
 from steeldefect.errors import paths, run
 from steeldefect.evaluate.metrics import choose_threshold
 from steeldefect.params import load_params
-from steeldefect.serve.export import export, model_meta, read_meta
+from steeldefect.serve.export import export, model_meta
+from steeldefect.serve.model_files import read_meta
 from steeldefect.serve.openvino_engine import IRRequest
 
 
@@ -48,6 +49,7 @@ def main() -> None:
         {**model_meta(p, train, names), "degenerate": degenerate},
         saved_model=x.saved_model,
         openvino=ir if x.openvino != "none" else None,
+        drift_paths=list(val.path),  # drift_reference.json: `steeldefect serve`'s drift figure compares with it
     )
     saved = f"{a.out}/saved_model (SavedModel)" if x.saved_model else "no SavedModel (export.saved_model: false)"
     print(f"exported {a.out}/model.json + model.weights.h5 and {saved}; reload check: max difference {diff:.2g}")

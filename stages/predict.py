@@ -1,33 +1,39 @@
 """Stage predict: the defect probability and, with train.target classes, the probability of each defect type of every
 validation and test image, from the exported model only, and the test images' defect maps when the model has them (a
-mask-supervised model)."""
+mask-supervised model). It predicts through the same `Predictor` as `steeldefect predict` (Keras engine, no
+thresholds: those are the evaluate stage's, downstream)."""
 
 import numpy as np
 import pandas as pd
 
 from steeldefect import atomic
-from steeldefect.errors import paths, run
+from steeldefect.errors import UserError, paths, run
 from steeldefect.params import load_params
-from steeldefect.serve.export import load_model, read_meta
-from steeldefect.serve.inference import predict_all, probability_columns
 from steeldefect.serve.maps import save_maps
+from steeldefect.serve.predictor import Predictor
 
 TEST_MAPS = "test_maps.npz"  # only for a model with a defect map: what the evaluate stage's localization needs
 
 
 def main() -> None:
     a, p = paths("models", "split", "out"), load_params()
-    model = load_model(a.models)
-    meta = read_meta(a.models)  # a mask model takes any size: predict at the trained one; the types' names
+    # a mask model takes any size: it predicts at the trained one (model_meta.json), as the command does
+    predictor = Predictor(a.models, "keras", batch_size=p.train.batch_size, decide=False)
     with atomic.atomic_dir(a.out) as tmp:
         for name in ("val", "test"):
             df = pd.read_csv(a.split / f"{name}.csv", keep_default_na=False)
-            result = predict_all(model, df.path, p.train.batch_size, meta["image_size"])
+            result = predictor.predict(df.path)
+            if result.failed:
+                bad = result.table.iloc[result.failed]
+                listed = "; ".join(f"{r.path}: {r.error}" for r in bad[:5].itertuples())
+                more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+                raise UserError(f"{len(bad)} of {len(df)} images cannot be predicted: {listed}{more}.")
             # ImageId, label, probability (when the model has it), p_<name> per defect type (when it has types)
-            table = df[["ImageId", "label"]].assign(**probability_columns(result, meta.get("classes", [])))
+            probabilities = result.table.drop(columns=["path", "engine", "precision", "error"])
+            table = df[["ImageId", "label"]].assign(**probabilities)
             table.to_csv(tmp / f"{name}.csv", index=False)
             if name == "test" and result.maps is not None:
-                save_maps(tmp / TEST_MAPS, list(df.ImageId), np.stack(result.maps), meta["map_stride"])
+                save_maps(tmp / TEST_MAPS, list(df.ImageId), np.stack(result.maps), predictor.meta["map_stride"])
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steeldefect import cache
+from steeldefect.cache import FeatureCache, ImageCache, default_root
 from steeldefect.errors import UserError
 from steeldefect.serve.cli import main
-from steeldefect.train import cache
-from steeldefect.train.cache import FeatureCache, ImageCache, default_root
 
 from helpers import REPO
 
@@ -28,7 +28,7 @@ from helpers import REPO
 WRITER = """
 import sys
 import numpy as np
-from steeldefect.train.cache import FeatureCache
+from steeldefect.cache import FeatureCache
 folder, value, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 features = FeatureCache(folder)
 for _ in range(rounds):
@@ -171,7 +171,7 @@ def test_an_entry_that_cannot_be_read_or_written_stops_the_run(tmp_path):
 KEYS = """
 from types import SimpleNamespace
 import pandas as pd
-from steeldefect.train import cache
+from steeldefect import cache
 cache.versions = lambda: ["tf", "keras"]
 head = SimpleNamespace(pooling="avgmax", pool_size=4)
 p = SimpleNamespace(weights=None, image_size=(64, 96), backbone_layer=None, head=head, mixed_precision=None)
@@ -189,18 +189,18 @@ def keys_of(package: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("module", "old", "new", "changed"),
     [
-        ("pipeline.py", 'method="bilinear", antialias=True', 'method="bilinear", antialias=False', [True, True]),
-        ("model.py", "\ndef build_backbone(", "\n# the backbone\ndef  build_backbone(", [False, False]),
-        ("model.py", 'if p.pooling == "flatten":', 'if p.pooling == "flatten" and True:', [False, True]),
-        ("pipeline.py", "\n\ndef augment(", "\n\n\n# augmentation\ndef augment(", [False, False]),
+        ("preprocess.py", 'method="bilinear", antialias=True', 'method="bilinear", antialias=False', [True, True]),
+        ("train/model.py", "\ndef build_backbone(", "\n# the backbone\ndef  build_backbone(", [False, False]),
+        ("train/model.py", 'if p.pooling == "flatten":', 'if p.pooling == "flatten" and True:', [False, True]),
+        ("train/pipeline.py", "\n\ndef augment(", "\n\n\n# augmentation\ndef augment(", [False, False]),
     ],
 )
 def test_an_edit_of_the_code_that_makes_the_entries_changes_their_keys(tmp_path, module, old, new, changed):
-    """image and feature keys from a copy of the package with one edit of train/<module>: a code edit changes the
-    keys of the entries that code makes; a comment or a blank line changes none."""
+    """image and feature keys from a copy of the package with one edit of `module`: a code edit changes the keys of
+    the entries that code makes; a comment or a blank line changes none."""
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "src" / "steeldefect", tmp_path / "steeldefect", ignore=ignore)
-    path = tmp_path / "steeldefect" / "train" / module
+    path = tmp_path / "steeldefect" / module
     assert path.read_text().count(old) == 1
     path.write_text(path.read_text().replace(old, new))
     original, edited = keys_of(REPO / "src"), keys_of(tmp_path)

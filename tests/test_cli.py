@@ -13,9 +13,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from steeldefect.serve.cli import expand_images, main, resolve_threshold
-from steeldefect.serve.export import export, load_model
+from steeldefect.serve.cli import expand_images, main
+from steeldefect.serve.export import export
 from steeldefect.serve.inference import predict_files, predict_paths
+from steeldefect.serve.model_files import load_model
+from steeldefect.serve.predictor import resolve_threshold
 from steeldefect.train.model import build_model
 
 from helpers import REPO, defaults, run

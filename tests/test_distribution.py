@@ -21,10 +21,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from steeldefect.cache import feature_key
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
-from steeldefect.train.cache import feature_key
 from steeldefect.train.distribute import check_keras_version, keras_multi_worker_fixes, make_strategy
 from steeldefect.train.model import build_model
 from steeldefect.train.seeding import set_seed

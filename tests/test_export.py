@@ -12,8 +12,9 @@ from PIL import Image
 
 from steeldefect.errors import UserError
 from steeldefect.serve.cli import predict
-from steeldefect.serve.export import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, export, load_model, model_meta
+from steeldefect.serve.export import export, model_meta
 from steeldefect.serve.inference import predict_paths
+from steeldefect.serve.model_files import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, load_model
 from steeldefect.serve.openvino_engine import IR_DIR
 from steeldefect.train.model import build_model
 

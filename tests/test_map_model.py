@@ -20,9 +20,10 @@ from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
 from steeldefect.serve.cli import main
-from steeldefect.serve.export import MODEL_META, SAVED_MODEL, export, export_model, load_model, model_meta
+from steeldefect.serve.export import export, export_model, model_meta
 from steeldefect.serve.inference import has_defect_map, predict_all
 from steeldefect.serve.maps import bounding_box, load_maps
+from steeldefect.serve.model_files import MODEL_META, SAVED_MODEL, load_model
 from steeldefect.train.model import build_model
 
 from helpers import defaults, repo_params, run, run_clean_python, stage_cmd, tiny_image_model

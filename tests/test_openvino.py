@@ -20,7 +20,8 @@ from PIL import Image
 
 from steeldefect.errors import UserError
 from steeldefect.serve.cli import main
-from steeldefect.serve.export import export, load_model
+from steeldefect.serve.export import export
+from steeldefect.serve.model_files import load_model
 from steeldefect.serve.openvino_engine import IRRequest, OpenVINOEngine
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset

@@ -16,6 +16,7 @@ from helpers import REPO
 
 SRC = REPO / "src"
 NOT_PREDICT = {"nncf"}  # serve/openvino_engine.py imports it in quantize() only: the export stage's int8 IR
+SERVE = {"fastapi", "starlette", "uvicorn", "prometheus_client"}  # `steeldefect serve` only: the serve extra
 
 
 def norm(name: str) -> str:
@@ -83,16 +84,20 @@ def undeclared(found: dict[str, str], allowed: set[str]) -> list[str]:
 
 
 def test_predict_needs_exactly_the_dependencies():
-    predict = {top: where for top, where in third_party(predict_files()).items() if top not in NOT_PREDICT}
+    found = third_party(predict_files())
+    predict = {top: where for top, where in found.items() if top not in NOT_PREDICT | SERVE}
     deps = declared()["dependencies"]
     assert not undeclared(predict, deps)
     assert not deps - set().union(*map(distributions, predict)), "the steeldefect command does not import these"
+    serve = {top: where for top, where in found.items() if top in SERVE}
+    assert not undeclared(serve, declared()["serve"])
+    assert serve.keys() == SERVE, "SERVE names modules the service no longer imports"
 
 
 def test_src_and_stages_need_only_the_dependencies_and_pipeline():
     groups = declared()
     paths = [*SRC.rglob("*.py"), *(REPO / "stages").rglob("*.py")]
-    assert not undeclared(third_party(paths), groups["dependencies"] | groups["pipeline"])
+    assert not undeclared(third_party(paths), groups["dependencies"] | groups["pipeline"] | groups["serve"])
 
 
 def test_tests_and_bench_need_only_declared_packages():

@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from steeldefect.cache import feature_key, image_cache_key
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.data.types import GIVEN_DEFECT
 from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
-from steeldefect.train.cache import feature_key, image_cache_key
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import training_batches
 from steeldefect.train.runtime import Runtime
@@ -136,7 +136,7 @@ def test_image_cache_is_written_then_read_with_the_uncached_result(images, tmp_p
     folders = sorted(path.name for path in (tmp_path / "images").iterdir())
     assert folders == sorted(image_cache_key(df, p.image_size) for df in (images[:12], images[12:]))
     assert all((tmp_path / "images" / name / "images.index").is_file() for name in folders)  # complete
-    with caplog.at_level(logging.INFO, logger="steeldefect.train.cache"):
+    with caplog.at_level(logging.INFO, logger="steeldefect.cache"):
         second, _ = run_train(p, images, tmp_path / "second", image_cache=tmp_path / "images")
     assert caplog.text.count("decoded images of") == 2 and caplog.text.count(" read from ") == 2
     np.testing.assert_array_equal(first, uncached)
@@ -166,7 +166,7 @@ import keras, numpy as np, pandas as pd
 sys.path.insert(0, sys.argv[2])
 from test_training import TINY, run_train
 from steeldefect.serve.export import export, load_model
-from steeldefect.train.cache import feature_key
+from steeldefect.cache import feature_key
 from steeldefect.train.pipeline import image_dataset, training_batches
 images, tmp_path = pd.read_csv(sys.argv[1], keep_default_na=False), Path(sys.argv[3])
 p = dataclasses.replace(TINY, mixed_precision="mixed_bfloat16")

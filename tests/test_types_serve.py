@@ -21,8 +21,9 @@ from PIL import Image
 
 from steeldefect.errors import UserError
 from steeldefect.serve.cli import main
-from steeldefect.serve.export import SAVED_MODEL, export, export_model, load_model, model_meta
+from steeldefect.serve.export import export, export_model, model_meta
 from steeldefect.serve.inference import predict_all
+from steeldefect.serve.model_files import SAVED_MODEL, load_model
 from steeldefect.serve.openvino_engine import IRRequest, reference_indices
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import image_dataset

@@ -4,6 +4,8 @@
                         [--class-threshold X] [--engine keras|openvino] [--maps DIR]
     steeldefect cache info | clear [--kind features|images|selfcheck|pretrain]
     steeldefect preset demo|scratch|imagenet [-S key=value ...] [more dvc exp run arguments]
+    steeldefect serve --model-dir models [--host 127.0.0.1] [--port 8000] [--engine openvino|keras] [--max-batch N]
+                      [--max-delay-ms MS] [--review-dir DIR --review-band LO,HI --review-cap N]  (serve/service.py)
 
 predicts with the exported model only (model.json + model.weights.h5, loaded in Keras safe mode, or the OpenVINO
 IR in openvino/, the default when it exists; the image size from model_meta.json), through the same tf.data
@@ -20,17 +22,15 @@ first checked on this CPU against Keras (serve/selfcheck.py). Exit codes: see EX
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from steeldefect.errors import UserError, run
+from steeldefect.serve.predictor import DEFAULT_THRESHOLD
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a folder is expanded to
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_BATCH_SIZE = 16  # when model_meta.json does not record the predict stage's batch size
 EXIT_CODES = """exit codes:
   0    everything done
   1    some images could not be read (predict: their rows hold the error)
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(commands)
+    _add_serve(commands)
     cache = commands.add_parser(
         "cache",
         help="show or free the caches (features, images, OpenVINO self-check passes)",
@@ -174,7 +175,7 @@ def _add_thresholds(parser) -> None:
 
 def cache_command(action: str, kind: str | None) -> None:
     """`steeldefect cache info` / `steeldefect cache clear [--kind features|images|selfcheck|pretrain]`."""
-    from steeldefect.train import cache
+    from steeldefect import cache
 
     root = cache.default_root()
     if action == "clear":
@@ -202,212 +203,6 @@ def expand_images(inputs: Sequence[str | Path]) -> list[str]:
     return paths
 
 
-def is_fraction(value) -> bool:
-    """A number in [0, 1] (not a bool), as threshold.json must hold."""
-    return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1
-
-
-def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, str]:
-    """(threshold, where it comes from): `threshold` if given, else the evaluate stage's choice in
-    MODEL_DIR/threshold.json if that file exists, else 0.5."""
-    from steeldefect.serve.export import THRESHOLD
-
-    if threshold is not None:
-        return threshold, "--threshold"
-    path = Path(model_dir) / THRESHOLD
-    if not path.is_file():
-        return DEFAULT_THRESHOLD, f"default (no --threshold and no {path})"
-    try:
-        data = json.loads(path.read_text())
-        value = data["threshold"]
-        if not is_fraction(value):
-            raise ValueError(f"threshold {value!r} is not a number in [0, 1]")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(
-            f"{path}: cannot read the threshold chosen by the evaluate stage ({type(e).__name__}: {e}); "
-            "rerun `dvc repro evaluate`, delete the file, or give --threshold."
-        ) from e
-    policy = data.get("policy")
-    return float(value), f"{path}" + (f" (policy: {policy})" if policy else "")
-
-
-def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple[float, str]:
-    """(map threshold, where it comes from): `map_threshold` if given, else `map_threshold` in
-    MODEL_DIR/threshold.json (the evaluate stage's evaluate.map_threshold) if there, else 0.5."""
-    from steeldefect.serve.export import THRESHOLD
-
-    if map_threshold is not None:
-        return map_threshold, "--map-threshold"
-    path = Path(model_dir) / THRESHOLD
-    try:
-        value = json.loads(path.read_text()).get("map_threshold") if path.is_file() else None
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"{path}: cannot read it ({type(e).__name__}: {e}); rerun `dvc repro evaluate`.") from e
-    if value is None:
-        return DEFAULT_THRESHOLD, f"default (no --map-threshold and no map_threshold in {path})"
-    if not is_fraction(value):
-        raise UserError(f"{path}: map_threshold {value!r} is not a number in [0, 1]; rerun `dvc repro evaluate`.")
-    return float(value), str(path)
-
-
-def resolve_class_thresholds(
-    class_threshold: float | None, model_dir: Path, names: list[str]
-) -> tuple[dict[str, float], str]:
-    """({type name: threshold}, where they come from): `class_threshold` for every type if given, else
-    `class_thresholds` in MODEL_DIR/threshold.json (the evaluate stage's, one per type of `names`) if there, else
-    0.5 for each type."""
-    from steeldefect.serve.export import THRESHOLD
-
-    if class_threshold is not None:
-        return dict.fromkeys(names, class_threshold), "--class-threshold"
-    path = Path(model_dir) / THRESHOLD
-    try:
-        values = json.loads(path.read_text()).get("class_thresholds") if path.is_file() else None
-        if values is not None and (not isinstance(values, dict) or sorted(values) != sorted(names)):
-            raise ValueError(f"class_thresholds {values!r} does not name this model's types {names}")
-        if values is not None and not all(map(is_fraction, values.values())):
-            raise ValueError(f"class_thresholds {values!r}: not every value is a number in [0, 1]")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(
-            f"{path}: cannot read the per-type thresholds chosen by the evaluate stage ({type(e).__name__}: {e}); "
-            "rerun `dvc repro evaluate`, delete the file, or give --class-threshold."
-        ) from e
-    if values is None:
-        return dict.fromkeys(names, DEFAULT_THRESHOLD), f"default (no --class-threshold, no class_thresholds in {path})"
-    return {name: float(values[name]) for name in names}, str(path)
-
-
-def map_columns(result, map_threshold: float | None, model_dir: Path, maps_dir: Path | None):
-    """The defect area share and bounding box columns of a mask model's predictions (None for a model without
-    a defect map), after writing the overlay PNGs to `maps_dir` when given."""
-    from steeldefect.serve.maps import map_table, write_overlays
-
-    if result.maps is None:
-        return None
-    value, source = resolve_map_threshold(map_threshold, model_dir)
-    print(f"map threshold {value:g} from {source}")
-    if maps_dir is not None:
-        n = write_overlays(result.paths, result.maps, value, maps_dir)
-        print(f"wrote {n} map images to {maps_dir}")
-    return map_table(result.paths, result.maps, value)
-
-
-def load_for_inference(model_dir: Path, engine: str | None = "keras"):
-    """(model, image size, metadata) from the exported files only; UserError when they are missing or
-    inconsistent. `engine` "openvino" gives an OpenVINOEngine on the IR instead of the Keras model, after its
-    self-check on this CPU (UserError when it fails); None picks it when the IR exists."""
-    from steeldefect.serve.export import MODEL_JSON, read_meta
-    from steeldefect.serve.openvino_engine import IR_DIR, OpenVINOEngine
-    from steeldefect.serve.selfcheck import self_check
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UserError(
-            f"--model-dir {model_dir}: no such folder; give the folder holding {MODEL_JSON}, model.weights.h5 "
-            "and model_meta.json (the export stage writes them to models/)."
-        )
-    meta = read_meta(model_dir)
-    size = meta.get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise UserError(
-            f"{model_dir / 'model_meta.json'}: image_size = {size!r} is not [height, width]; export the model again."
-        )
-    model, name = _load_engine(model_dir, engine)
-    expected = tuple(model.input_shape[1:3])
-    if None not in expected and expected != tuple(size):
-        raise UserError(
-            f"{model_dir}: model_meta.json says image_size {size} but {name} takes {list(expected)}; "
-            "the files do not belong together: export the model again."
-        )
-    if isinstance(model, OpenVINOEngine):
-        print(self_check(model, model_dir / IR_DIR, size, int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)))
-    return model, tuple(size), meta
-
-
-def _load_engine(model_dir: Path, engine: str | None):
-    """(Keras model or OpenVINOEngine, the file it came from)."""
-    from steeldefect.serve.export import MODEL_JSON, load_model
-    from steeldefect.serve.openvino_engine import IR_DIR, IR_XML, OpenVINOEngine
-
-    ir = model_dir / IR_DIR / IR_XML
-    if engine == "openvino" or (engine is None and ir.is_file()):
-        if not ir.is_file():
-            raise UserError(
-                f"--engine openvino: {ir} not found; export it (export.openvino: int8 or fp32 in params.yaml, then "
-                "`dvc repro export`) or use --engine keras."
-            )
-        return OpenVINOEngine(ir), f"{IR_DIR}/{IR_XML}"
-    return load_model(model_dir), MODEL_JSON
-
-
-def check_model_use(model, meta: dict, model_dir: Path, maps_dir: Path | None, paths: list[str]) -> None:
-    """Warn about a degenerate model; refuse --maps for a model without a defect map or a bad DIR."""
-    from steeldefect.serve.inference import has_defect_map
-    from steeldefect.serve.maps import check_maps_dir
-
-    if meta.get("degenerate"):
-        print(
-            f"warning: {Path(model_dir) / 'model_meta.json'} says this model is degenerate (its training run learned "
-            "nothing: constant or chance-level predictions); its probabilities are meaningless.",
-            file=sys.stderr,
-        )
-    if maps_dir is not None:
-        if not has_defect_map(model):
-            raise UserError(
-                f"--maps {maps_dir}: the model in {model_dir} has no defect map (it was trained with "
-                "train.supervision: image); export a model trained with train.supervision: mask."
-            )
-        check_maps_dir(Path(maps_dir), paths)
-
-
-def thresholds(
-    outputs: list[str], meta: dict, threshold: float | None, class_threshold: float | None, model_dir: Path
-) -> tuple[float | None, dict[str, float]]:
-    """(the defect threshold, None without a defect probability; {type: threshold} in output order, {} without
-    types), each printed with where it comes from. A threshold given for an output the model lacks is refused."""
-    if threshold is not None and "probability" not in outputs:
-        raise UserError(
-            f"--threshold: the model in {model_dir} has no defect probability (it was trained on a set with no clean "
-            "images), only defect types: give --class-threshold instead."
-        )
-    if class_threshold is not None and "classes" not in outputs:
-        raise UserError(
-            f"--class-threshold: the model in {model_dir} has no defect types (it was trained with train.target "
-            "defect): give --threshold instead."
-        )
-    value, limits = None, {}
-    if "probability" in outputs:
-        value, source = resolve_threshold(threshold, model_dir)
-        print(f"threshold {value:g} from {source}")
-    if "classes" in outputs:
-        limits, source = resolve_class_thresholds(class_threshold, model_dir, meta.get("classes", []))
-        print(f"class thresholds {', '.join(f'{n}: {t:g}' for n, t in limits.items())} from {source}")
-    return value, limits
-
-
-def decisions(table, result, threshold: float | None, limits: dict[str, float]) -> list[str]:
-    """Add `predicted` (at `threshold`, when the model has a defect probability) and `classes` (the types at or
-    above their `limits`, joined by ';') to `table`; return the summary's parts."""
-    import numpy as np
-    import pandas as pd
-
-    ok, said = np.array([not e for e in result.errors], dtype=bool), []
-    if threshold is not None:
-        predicted = pd.array(
-            [int(p >= threshold) if good else pd.NA for p, good in zip(result.probability, ok)], "Int64"
-        )
-        table.insert(2, "predicted", predicted)
-        n_defect = int((predicted[ok] == 1).sum())
-        said.append(f"{n_defect} predicted defect, {int(ok.sum()) - n_defect} clean")
-    if limits:
-        names = list(limits)
-        hits = result.classes >= np.array([limits[n] for n in names])  # (images, types); False when unreadable
-        table["classes"] = [";".join(np.array(names)[row]) for row in hits]
-        counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(names, hits.sum(axis=0)))
-        said.append(f"by predicted type: {counts} ({int((ok & ~hits.any(axis=1)).sum())} with none)")
-    return said
-
-
 def predict(
     inputs: Sequence[str | Path],
     model_dir: Path = Path("models"),
@@ -421,48 +216,131 @@ def predict(
     class_threshold: float | None = None,
 ) -> int:
     """The `predict` command: writes `output` and returns the exit code (0 all predicted, 1 some unreadable)."""
-    import pandas as pd
     from tqdm import tqdm
 
     from steeldefect import atomic
-    from steeldefect.serve.inference import output_names, predict_files, probability_columns
-    from steeldefect.serve.openvino_engine import OpenVINOEngine
+    from steeldefect.serve.predictor import Predictor
 
     paths = expand_images(inputs)
     if not paths:
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
-    model, image_size, meta = load_for_inference(model_dir, engine)
-    check_model_use(model, meta, model_dir, maps_dir, paths)
-    value, limits = thresholds(output_names(model), meta, threshold, class_threshold, model_dir)
-    names = list(limits)
-    engine = "openvino" if isinstance(model, OpenVINOEngine) else "keras"
-    precision = (meta.get("openvino") or {}).get("precision", "unknown") if engine == "openvino" else "fp32"
-    name = f"OpenVINO {precision} IR" if engine == "openvino" else "Keras"
-    batch_size = batch_size or int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
+    predictor = Predictor(model_dir, engine, threshold, class_threshold, map_threshold, batch_size)
+    show(predictor.notices)
+    size = predictor.image_size
     print(
-        f"predicting {len(paths)} images with the model in {model_dir} ({name}) "
-        f"(image size {image_size[0]}x{image_size[1]}, batch size {batch_size})"
+        f"predicting {len(paths)} images with the model in {model_dir} ({predictor.name}) "
+        f"(image size {size[0]}x{size[1]}, batch size {predictor.batch_size})"
     )
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
-        result = predict_files(model, paths, batch_size, image_size, progress=bar.update)
-
-    table = pd.DataFrame({"path": result.paths, **probability_columns(result, names)})
-    said = [
-        f"{len(paths)} images",
-        *decisions(table, result, value, limits),
-    ]
-    located = map_columns(result, map_threshold, model_dir, maps_dir)
-    table = pd.concat([table, located], axis=1) if located is not None else table
-    table = table.assign(engine=engine, precision=precision, error=result.errors)
-    atomic.write_text(Path(output), table.to_csv(index=False))
+        result = predictor.predict(paths, maps_dir=maps_dir, progress=bar.update)
+    show(result.notices)
+    atomic.write_text(Path(output), result.table.to_csv(index=False))
 
     failed = result.failed
-    print(f"wrote {output}: {', '.join(said)}" + (f", {len(failed)} unreadable" if failed else ""))
+    print(f"wrote {output}: {result.summary}")
     for i in failed[:10]:
-        print(f"  unreadable: {result.paths[i]}: {result.errors[i]}", file=sys.stderr)
+        print(f"  unreadable: {paths[i]}: {result.table.error[i]}", file=sys.stderr)
     if len(failed) > 10:
         print(f"  ... and {len(failed) - 10} more (see the error column of {output})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _band(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two probabilities, e.g. 0.3,0.7)")
+    lo, hi = map(_threshold, parts)
+    if lo >= hi:
+        raise argparse.ArgumentTypeError(f"{text}: LO must be below HI")
+    return lo, hi
+
+
+def _add_serve(commands) -> None:
+    """The `serve` subcommand (serve/service.py; needs the serve extra)."""
+    serve = commands.add_parser(
+        "serve",
+        help="serve the exported model over HTTP (v2 inference protocol, POST /predict, /metrics)",
+        description="Serve the exported model over HTTP until SIGTERM (drains the requests in flight, exits 0) or "
+        "Ctrl-C: GET /v2/health/live, /v2/health/ready (ready once the model is loaded and its OpenVINO self-check "
+        "passed; a failure exits 2 with the message), GET /v2/models/steeldefect, POST /v2/models/steeldefect/infer "
+        "(a BYTES input image_bytes), POST /predict (multipart field image, or an image/jpeg or image/png body), "
+        "GET /metrics (Prometheus). Answers carry the fields of a `steeldefect predict` CSV row. Needs "
+        "pip install 'steeldefect[serve]'. See docs/inference.md, Serve.",
+    )
+    serve.add_argument("--model-dir", type=Path, default=Path("models"), help="the exported model (default: models)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--engine",
+        choices=("keras", "openvino"),
+        default=None,
+        help="as for predict (default: openvino when its IR exists)",
+    )
+    _add_thresholds(serve)
+    serve.add_argument(
+        "--max-batch", type=_positive_int, default=16, help="images scored together at most (default: 16)"
+    )
+    serve.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=5.0,
+        help="how long the first waiting request waits for others to share its batch (default: 5)",
+    )
+    serve.add_argument(
+        "--review-dir",
+        type=Path,
+        default=None,
+        help="write images in the uncertainty band there, each with a JSON "
+        "sidecar holding its answer (a folder `steeldefect predict` reads back)",
+    )
+    serve.add_argument(
+        "--review-band",
+        type=_band,
+        default=None,
+        metavar="LO,HI",
+        help="the uncertainty band of the defect probability, for the review queue and the uncertain-share metric "
+        "(default: the threshold +- 0.2)",
+    )
+    serve.add_argument(
+        "--review-cap",
+        type=_positive_int,
+        default=1000,
+        help="images the review folder may hold; more are not "
+        "written (counted in /metrics) until some are moved out (default: 1000)",
+    )
+
+
+def serve_command(args) -> int:
+    try:
+        from steeldefect.serve.service import serve
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("fastapi", "starlette", "uvicorn", "multipart", "prometheus_client"):
+            raise
+        raise UserError(
+            f"`steeldefect serve` needs the service's packages ({e.name} is not installed): "
+            "pip install 'steeldefect[serve]'."
+        ) from e
+    if args.max_delay_ms < 0:
+        raise UserError(f"--max-delay-ms {args.max_delay_ms:g}: give 0 (no waiting) or more.")
+    return serve(
+        args.model_dir,
+        args.host,
+        args.port,
+        args.engine,
+        args.max_batch,
+        args.max_delay_ms,
+        args.threshold,
+        args.class_threshold,
+        args.review_dir,
+        args.review_band,
+        args.review_cap,
+    )
+
+
+def show(notices: list[str]) -> None:
+    """Print a Predictor's notices: warnings to stderr, the rest to stdout."""
+    for notice in notices:
+        print(notice, file=sys.stderr if notice.startswith("warning: ") else sys.stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -478,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from steeldefect.presets import run_preset
 
             code = run_preset(args.name, args.dvc_args)
+            return
+        if args.command == "serve":
+            code = serve_command(args)
             return
         code = predict(
             args.images,

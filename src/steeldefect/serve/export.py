@@ -1,4 +1,5 @@
-"""Export the trained model as JSON + weights (+ metadata) and as a serving SavedModel, and load it back safely."""
+"""Export the trained model as JSON + weights (+ metadata), as a serving SavedModel and as an OpenVINO IR: the
+pipeline side (it may build the model). Reading a model folder back is serve/model_files.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import platform
 import tempfile
-import warnings
 from pathlib import Path
 
 import keras
@@ -19,14 +19,15 @@ from tensorflow.core.protobuf import fingerprint_pb2
 from steeldefect import atomic
 from steeldefect.errors import UserError
 from steeldefect.params import Params, TrainParams, map_stride
+from steeldefect.preprocess import decode_and_preprocess
+from steeldefect.serve import drift
+from steeldefect.serve.inference import predict_all, probability_columns
+from steeldefect.serve.model_files import MODEL_JSON, MODEL_META, MODEL_WEIGHTS, SAVED_MODEL, THRESHOLD, load_model
 from steeldefect.serve.openvino_engine import DISABLED as OPENVINO_DISABLED
 from steeldefect.serve.openvino_engine import IR_DIR, IRRequest, export_ir
 from steeldefect.train.model import build_model
-from steeldefect.train.pipeline import decode_and_preprocess, image_dataset
+from steeldefect.train.pipeline import image_dataset
 
-MODEL_JSON, MODEL_WEIGHTS, MODEL_META = "model.json", "model.weights.h5", "model_meta.json"
-SAVED_MODEL = "saved_model"  # folder: TensorFlow SavedModel, signature serving_default (image_bytes -> outputs)
-THRESHOLD = "threshold.json"  # written beside the model by the evaluate stage; read by the command if present
 CLASS_MEANING = {"0": "clean", "1": "defect"}
 SAVED_MODEL_DISABLED = (
     "export.saved_model is false in params.yaml, so no TensorFlow SavedModel was exported.\n"
@@ -34,37 +35,11 @@ SAVED_MODEL_DISABLED = (
 )
 
 
-def load_model(model_dir: Path) -> keras.Model:
-    """The model from `model.json` (Keras safe mode: no Lambda layers, no arbitrary code) + its weights."""
-    json_path, weights_path = Path(model_dir) / MODEL_JSON, Path(model_dir) / MODEL_WEIGHTS
-    try:
-        model = keras.models.model_from_json(json_path.read_text())
-    except OSError as e:
-        raise UserError(f"{json_path}: cannot read the model ({e.strerror}); run the export stage first.") from e
-    except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad or unsafe config
-        raise UserError(
-            f"{json_path}: refused to load this model description ({type(e).__name__}: {e}). Only "
-            "models exported by steeldefect (standard Keras layers, no Lambda) can be loaded."
-        ) from e
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # Keras only warns when it skips layers it cannot match
-            model.load_weights(weights_path)
-    except FileNotFoundError as e:
-        raise UserError(f"{weights_path}: not found; run the export stage first.") from e
-    except Exception as e:  # noqa: BLE001 - shape/layer-count mismatches surface as ValueError and others
-        raise UserError(
-            f"{weights_path}: these weights do not match the architecture in {json_path} "
-            f"({type(e).__name__}: {e}). Export the model again so both files belong together."
-        ) from e
-    return model
-
-
 def save_serving_model(model: keras.Model, image_size: tuple[int, int], path: Path) -> None:
     """A TensorFlow SavedModel at `path` whose `serving_default` signature maps `image_bytes` (tf.string, shape
     [None]: encoded JPEG, or PNG / GIF / BMP) to the model's outputs, those it has: `probability` (float32, shape
     [None]), `classes` (float32 [None, K], one probability per defect type) and `defect_map` (float32,
-    [None, h, w, 1]), as the Keras model, with the preprocessing of `pipeline.decode_and_preprocess` inside the
+    [None, h, w, 1]), as the Keras model, with the preprocessing of `preprocess.decode_and_preprocess` inside the
     graph: servable by TF Serving or any TF runtime."""
     size = tuple(int(s) for s in image_size)
 
@@ -176,6 +151,7 @@ def export(
     meta: dict,
     saved_model: bool = True,
     openvino: IRRequest | None = None,
+    drift_paths: list[str] | None = None,
 ) -> float:
     """Build the model of `p` with the outputs `meta` says (`classes`: the defect types; `defect_output`), load
     `trained_weights` and export it (see `export_model`)."""
@@ -189,7 +165,7 @@ def export(
             f"{trained_weights}: these weights do not fit the model the params describe{typed} ({e}); retrain "
             "(`dvc repro train`). Nothing was exported."
         ) from e
-    return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model, openvino)
+    return export_model(model, p.image_size, out_dir, check_paths, meta, saved_model, openvino, drift_paths)
 
 
 def export_model(
@@ -200,6 +176,7 @@ def export_model(
     meta: dict,
     saved_model: bool = True,
     openvino: IRRequest | None = None,
+    drift_paths: list[str] | None = None,
 ) -> float:
     """Write model.json, model.weights.h5 (no optimizer state), model_meta.json (`meta` + `output_meta`), the
     saved_model/ folder (a serving SavedModel, or only a README.txt when `saved_model` is false) and the openvino/
@@ -207,7 +184,9 @@ def export_model(
     `out_dir`. Everything is written to temporary paths first, reloaded from there, and moved into place only if
     the reloaded models' outputs (each of probability, classes, defect_map the model has) on `check_paths` (images
     resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph differs) and the IR
-    passes its check. Returns the largest difference seen (the IR's excepted)."""
+    passes its check. With `drift_paths` (the validation images) also drift_reference.json: the histogram of the
+    model's probabilities on them, the reference of `steeldefect serve`'s drift figure (serve/drift.py). Returns the
+    largest difference seen (the IR's excepted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp,
@@ -243,18 +222,22 @@ def export_model(
             meta = {**meta, "openvino": export_ir(model, image_size, tmp_ir, openvino, meta.get("classes", []))}
         else:
             (tmp_ir / "README.txt").write_text(OPENVINO_DISABLED)
+        drift_reference(model, image_size, meta, drift_paths, tmp, out_dir)
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META):
+        for name in (MODEL_JSON, MODEL_WEIGHTS, MODEL_META, *([drift.DRIFT_REFERENCE] if drift_paths else [])):
             os.replace(tmp / name, out_dir / name)
     return diff
 
 
-def read_meta(model_dir: Path) -> dict:
-    path = Path(model_dir) / MODEL_META
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read the model metadata ({e}); run the export stage first.") from e
+def drift_reference(model, image_size, meta: dict, paths: list[str] | None, tmp: Path, out_dir: Path) -> None:
+    """drift_reference.json in `tmp` (moved into `out_dir` with the model): the histogram of the model's
+    probabilities on `paths`, the validation images (serve/drift.py); without them, none (and no stale one)."""
+    if not paths:
+        (out_dir / drift.DRIFT_REFERENCE).unlink(missing_ok=True)
+        return
+    result = predict_all(model, paths, int(meta.get("batch_size") or 16), image_size)
+    columns = probability_columns(result, meta.get("classes", []))
+    drift.write_reference(tmp, columns, f"the validation split ({len(paths)} images, Keras)")
 
 
 def model_meta(p: Params, train_df: pd.DataFrame, classes: list[str] | None = None) -> dict:

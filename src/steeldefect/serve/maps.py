@@ -9,6 +9,7 @@ c * W / w .. (c + 1) * W / w of the original H x W image, whatever its size.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -82,9 +83,15 @@ def map_file_names(paths: list[str]) -> list[str]:
     return names
 
 
-def write_overlay(image_path: str, defect_map: np.ndarray, threshold: float, out: Path) -> None:
-    """The image at `image_path` with its map overlaid, as a PNG at `out` (written atomically)."""
-    with Image.open(image_path) as im:
+def open_image(image: str | bytes) -> Image.Image:
+    """The image file at `image`, or the encoded image `image` holds when it is bytes."""
+    return Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
+
+
+def write_overlay(image_path: str | bytes, defect_map: np.ndarray, threshold: float, out: Path) -> None:
+    """The image at `image_path` (or encoded in it, bytes) with its map overlaid, as a PNG at `out` (written
+    atomically)."""
+    with open_image(image_path) as im:
         pixels = np.asarray(im.convert("RGB"))
     with atomic.path_for(out) as tmp:
         # zlib level 1: 4x faster than the default 6 on steel images, files about 6 % larger
@@ -109,16 +116,17 @@ def load_maps(path: Path) -> tuple[dict[str, np.ndarray], int]:
         raise UserError(f"{path}: cannot read the defect maps ({e}); run `dvc repro predict` again.") from e
 
 
-def image_size_of(path: str) -> tuple[int, int]:
-    """(height, width) of an image file, from its header."""
-    with Image.open(path) as im:
+def image_size_of(path: str | bytes) -> tuple[int, int]:
+    """(height, width) of an image file (or of the encoded image in bytes), from its header."""
+    with open_image(path) as im:
         return im.height, im.width
 
 
-def map_table(paths: list[str], maps: list[np.ndarray | None], threshold: float) -> pd.DataFrame:
+def map_table(paths: list[str | bytes], maps: list[np.ndarray | None], threshold: float) -> pd.DataFrame:
     """One row per image: `defect_area_share` (share of map cells >= `threshold`) and the bounding box of those
     cells in the original image's pixels (`box_x0`, `box_y0`, `box_x1`, `box_y1`; x1, y1 exclusive), empty
-    when no cell reaches the threshold or the image has no map (it could not be read)."""
+    when no cell reaches the threshold or the image has no map (it could not be read). `paths`: the image files,
+    or the encoded images (bytes)."""
     share = np.full(len(paths), np.nan)
     boxes = pd.DataFrame(pd.NA, index=range(len(paths)), columns=BOX_COLUMNS, dtype="Int64")
     for i, (path, defect_map) in enumerate(zip(paths, maps)):
@@ -138,16 +146,18 @@ def check_maps_dir(out_dir: Path, paths: list[str]) -> list[str]:
     return map_file_names(paths)
 
 
-def write_overlays(paths: list[str], maps: list[np.ndarray | None], threshold: float, out_dir: Path) -> int:
-    """One PNG per image that has a map (`write_overlay`, named by `map_file_names`) in `out_dir`; returns how
-    many were written."""
+def write_overlays(
+    paths: list[str], maps: list[np.ndarray | None], threshold: float, out_dir: Path, images: list | None = None
+) -> int:
+    """One PNG per image that has a map (`write_overlay`, named by `map_file_names` of `paths`) in `out_dir`;
+    returns how many were written. `images`: the image files or encoded images (bytes), when not `paths`."""
     names = check_maps_dir(out_dir, paths)
     written = 0
-    for path, name, defect_map in zip(paths, names, maps):
+    for path, image, name, defect_map in zip(paths, images or paths, names, maps):
         if defect_map is None:
             continue
         try:
-            write_overlay(path, defect_map, threshold, out_dir / name)
+            write_overlay(image, defect_map, threshold, out_dir / name)
         except OSError as e:
             raise UserError(f"--maps {out_dir}: cannot write the map of {path} to {name} ({e.strerror or e}).") from e
         written += 1

@@ -70,13 +70,24 @@ class OpenVINOEngine:
     model (`probability` (N, 1), `classes` (N, K), `defect_map`: those it has); each batch is split across the
     CPU streams the performance hint creates, which run at the same time. What is not quantized computes in
     float32: on CPUs with AMX OpenVINO would otherwise compute in bfloat16 (probabilities off by up to 0.012 on
-    the default model, against 1.5e-6), unless `config` says so ({"INFERENCE_PRECISION_HINT": "bf16"})."""
+    the default model, against 1.5e-6), unless `config` says so ({"INFERENCE_PRECISION_HINT": "bf16"}). A setting
+    OpenVINO refuses, or cannot compile the IR with on this CPU, is a UserError naming it."""
 
     def __init__(self, xml_path: Path, hint: str = "THROUGHPUT", config: dict | None = None):
         import openvino as ov
 
         config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32", **(config or {})}
-        self.compiled = ov.Core().compile_model(str(xml_path), "CPU", config)
+        try:
+            self.compiled = ov.Core().compile_model(str(xml_path), "CPU", config)
+        except RuntimeError as e:  # OpenVINO raises RuntimeError for a bad setting and for a failed compile
+            settings = ", ".join(f"{k}={v}" for k, v in config.items())
+            reason = [line for line in str(e).splitlines() if line.strip() and not line.startswith("Exception from")]
+            raise UserError(
+                f"{xml_path}: OpenVINO cannot compile this IR for this CPU with {settings} ({' '.join(reason)}). "
+                "Use the defaults (PERFORMANCE_HINT THROUGHPUT or LATENCY, INFERENCE_PRECISION_HINT f32; bf16 and "
+                "f16 need instructions that the AVX2 pin, ONEDNN_MAX_CPU_ISA in steeldefect/__init__.py, keeps from "
+                "oneDNN), or predict with --engine keras."
+            ) from e
         self.n_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.queue = ov.AsyncInferQueue(self.compiled, self.n_requests)
         self.names = [output.get_any_name() for output in self.compiled.outputs]
@@ -120,9 +131,9 @@ def quantize(ov_model, calibration_paths: Sequence[str], image_size: Sequence[in
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    from steeldefect.train.pipeline import image_dataset
+    from steeldefect.serve.inference import indexed_dataset
 
-    images = [batch.numpy() for batch in image_dataset(list(calibration_paths), image_size, batch_size=1)]
+    images = [batch.numpy() for _, batch in indexed_dataset(list(calibration_paths), image_size, batch_size=1)]
     full_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     return nncf.quantize(ov_model, nncf.Dataset(images), subset_size=len(images), advanced_parameters=full_range)
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from steeldefect import cache
 from steeldefect.data.types import PREFIX
 from steeldefect.errors import UserError
 from steeldefect.serve.openvino_engine import IR_XML, REFERENCE_CSV, REFERENCE_DIR, REFERENCE_MAPS, compare
-from steeldefect.train import cache
 
 COLUMNS = ["file", "threshold", "tolerance", "max_changed"]  # and keras_probability and/or keras_p_<name> per type
 FIX = "predict with --engine keras, or export an fp32 IR (export.openvino: fp32 in params.yaml, `dvc repro export`)"

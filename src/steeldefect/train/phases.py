@@ -21,7 +21,7 @@ Why not keras.callbacks.BackupAndRestore: it overwrites its weights file in plac
 second file, so a kill between the two pairs one epoch's weights with the other's count; and it keeps neither
 the callbacks' state nor the dropout's random state.
 
-The backup lives in the cache folder (steeldefect.train.cache), one slot per output file, keyed by what the run
+The backup lives in the cache folder (steeldefect.cache), one slot per output file, keyed by what the run
 depends on (`run_key`): a run with other params, data or code starts afresh and says so. A finished run deletes
 its backup.
 """

@@ -1,4 +1,5 @@
-"""The one input pipeline (tf.data) shared by training, prediction and the inference command."""
+"""The input pipeline (tf.data) of training, validation and export, on the preprocessing of steeldefect/preprocess.py
+(which the inference side shares)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,7 @@ import tensorflow as tf
 
 from steeldefect.data.masks import image_mask, type_masks
 from steeldefect.data.types import GIVEN_DEFECT, multi_hot
-
-
-def decode_and_preprocess(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
-    """Encoded image bytes -> float32 (h, w, 3) ready for ResNet50: decode (grey or RGB), bilinear resize
-    with antialiasing, then `resnet50.preprocess_input` (caffe style: BGR, ImageNet mean removed)."""
-    return keras.applications.resnet50.preprocess_input(_decode_resize(data, image_size))
-
-
-def _decode_resize(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return tf.image.resize(image, image_size, method="bilinear", antialias=True)
+from steeldefect.preprocess import decode_resize
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -64,7 +55,7 @@ def image_dataset(
     else:  # the cache holds the images only: the same cache serves with or without labels
         images = (
             tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string, shape=[len(paths)]))
-            .map(lambda path: _decode_resize(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(lambda path: decode_resize(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
             .cache(str(cache))
         )
         ds = tf.data.Dataset.zip(
@@ -72,7 +63,7 @@ def image_dataset(
         )
 
     def load(row):
-        image = row["image"] if "image" in row else _decode_resize(tf.io.read_file(row["path"]), image_size)
+        image = row["image"] if "image" in row else decode_resize(tf.io.read_file(row["path"]), image_size)
         image = keras.applications.resnet50.preprocess_input(image)
         if "weight" in row:
             return image, row["label"], row["weight"]
@@ -124,7 +115,7 @@ def training_batches(
     else:
         decoded = (
             tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string, shape=[n]))
-            .map(lambda path: _decode_resize(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(lambda path: decode_resize(tf.io.read_file(path), image_size), num_parallel_calls=tf.data.AUTOTUNE)
             .cache(str(cache))
         )
 
@@ -139,7 +130,7 @@ def training_batches(
         rows = tf.data.Dataset.zip(rows, example_seeds(seed, epoch, n)).map(lambda row, s: {**row, "seed": s})
 
         def load(row):
-            image = row["image"] if "image" in row else _decode_resize(tf.io.read_file(row["path"]), image_size)
+            image = row["image"] if "image" in row else decode_resize(tf.io.read_file(row["path"]), image_size)
             if augment_images:
                 image = augment(image, row["seed"])
             image = keras.applications.resnet50.preprocess_input(image)
@@ -214,7 +205,7 @@ def _loader(masks: pd.DataFrame, image_size: Sequence[int], class_ids: Sequence[
     read_mask = _mask_reader(masks, image_size, class_ids)
 
     def load(row):
-        image = _decode_resize(tf.io.read_file(row["path"]), image_size)
+        image = decode_resize(tf.io.read_file(row["path"]), image_size)
         return image, read_mask(row["id"], row["height"], row["width"])
 
     return load

@@ -19,7 +19,7 @@ Why this method rather than contrastive learning:
 
 Labels are never read: the function takes image paths (the training split's, plus any unlabeled folder). A killed
 run resumes: Keras' BackupAndRestore keeps the model and optimizer state after every epoch in the cache folder
-(steeldefect.train.cache), keyed by everything the run depends on, and the next run with the same key continues
+(steeldefect.cache), keyed by everything the run depends on, and the next run with the same key continues
 after the last finished epoch (with the same batches as an uninterrupted run: each epoch's order, flips and masks
 derive from the seed and the epoch number only); the backup is deleted when the weights are written.
 """
@@ -42,11 +42,11 @@ import tensorflow as tf
 from dvclive import Live
 from PIL import Image
 
+from steeldefect import cache
 from steeldefect.atomic import path_for
 from steeldefect.errors import UserError
 from steeldefect.params import PretrainParams, TrainParams, map_stride
-from steeldefect.train import cache
-from steeldefect.train.pipeline import _decode_resize
+from steeldefect.preprocess import decode_resize
 from steeldefect.train.seeding import set_seed
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,14 @@ def image_paths(train_paths: Sequence[str], extra: Path | None = None) -> list[s
 
 def run_key(p: PretrainParams, train: TrainParams, seed: int, paths: Sequence[str]) -> str:
     """What a pretraining run depends on, so a rerun resumes only the same run: its params, the input size and
-    cut, the seed, the images (their paths, in order) and this module's code."""
+    cut, the seed, the images (their paths, in order) and the code of this module and of the decoding."""
     key = {
         "pretrain": dataclasses.asdict(p),
         "image_size": list(train.image_size),
         "cut": train.backbone_layer,
         "seed": seed,
         "images": list(paths),
-        "code": cache.code_hash(("train/pretrain.py",)),
+        "code": cache.code_hash(("train/pretrain.py", "preprocess.py")),
     }
     return hashlib.md5(json.dumps(key).encode()).hexdigest()
 
@@ -136,7 +136,7 @@ def masked_example(path: tf.Tensor, seed: tf.Tensor, image_size: Sequence[int], 
     """(masked preprocessed image, target) of one image: the target stacks the unmasked preprocessed image / 64
     (3 channels) and the mask (1 = hidden), which the loss reads."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    image = _decode_resize(tf.io.read_file(path), image_size)
+    image = decode_resize(tf.io.read_file(path), image_size)
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     image = tf.image.stateless_random_flip_up_down(image, seeds[1])
     if image_size[0] == image_size[1]:  # quarter turns keep a square's shape

@@ -8,7 +8,7 @@ track them, and changing one never invalidates a trained model). Each is an envi
     STEELDEFECT_CACHE_DIR      the cache folder                      (default: $XDG_CACHE_HOME/steeldefect,
                                                                       else ~/.cache/steeldefect)
 
-The caches are content-keyed (see steeldefect.train.cache), so where they live or whether they are used changes the
+The caches are content-keyed (see steeldefect.cache), so where they live or whether they are used changes the
 time a run takes, never its result.
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from steeldefect.cache import default_root
 from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
-from steeldefect.train.cache import default_root
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SWITCH = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}

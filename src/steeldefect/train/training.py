@@ -9,7 +9,7 @@ those of the whole model (backbone + head).
 The runtime settings (steeldefect.train.runtime: not params) choose the strategy, which spreads the batches over
 several devices (`mirrored`) or machines (`multi_worker`, configured by TF_CONFIG; every worker runs the same
 `train` call, and only the chief writes the weights, the dvclive logs and the caches to their real paths), and
-the caches (steeldefect.train.cache: features, and decoded images kept on disk between epochs and runs).
+the caches (steeldefect.cache: features, and decoded images kept on disk between epochs and runs).
 `train.mixed_precision` computes in float16 / bfloat16 with float32 weights and output.
 
 After training, the model is checked on the validation split (steeldefect.train.health): a degenerate run (constant
@@ -37,11 +37,11 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from steeldefect.atomic import path_for
+from steeldefect.cache import FeatureCache, ImageCache, code_hash, feature_key, unusable, versions
 from steeldefect.data.types import GIVEN_DEFECT, multi_hot
 from steeldefect.errors import UserError
 from steeldefect.params import TrainParams
 from steeldefect.train import health
-from steeldefect.train.cache import FeatureCache, ImageCache, code_hash, feature_key, unusable, versions
 from steeldefect.train.distribute import distributed, everyone, is_chief, keras_multi_worker_fixes, make_strategy
 from steeldefect.train.model import build_model, compile_for_training, learning_rate
 from steeldefect.train.phases import Backup, Phase, replay_logs, run_key, run_phase, summary
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # the modules whose code decides a training run's bits (a changed one starts a killed run afresh)
 TRAIN_CODE = tuple(
     f"train/{m}.py" for m in ("training", "segtrain", "phases", "pipeline", "model", "health", "distribute", "seeding")
-) + ("data/types.py",)
+) + ("data/types.py", "preprocess.py")
 
 
 # --- features ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ All live under one folder per user, shared by every run and every experiment of 
 empty there): `$STEELDEFECT_CACHE_DIR`, else `$XDG_CACHE_HOME/steeldefect`, else `~/.cache/steeldefect`.
 Entries are keyed by the content they depend on (the images' md5, input size, backbone, ..., the code that
 computes them and the TensorFlow / Keras versions), never by a path or an experiment name, so any run that needs
-the same work finds it, and an edit of that code (train/pipeline.py, train/model.py) never reuses stale entries.
+the same work finds it, and an edit of that code (preprocess.py, train/pipeline.py, train/model.py) never reuses
+stale entries.
 Every entry is written under a private temporary name and renamed into place when complete: a crash never leaves
 a partial entry, and two runs writing the same key at once leave one valid entry (the last rename wins; both are
 equal). Only those races are ignored; a cache folder that cannot be written (full disk, no permission,
@@ -27,20 +28,23 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from steeldefect.atomic import path_for
 from steeldefect.errors import UserError
-from steeldefect.params import TrainParams
+
+if TYPE_CHECKING:
+    from steeldefect.params import TrainParams
 
 log = logging.getLogger(__name__)
-IMAGE_CODE = ("train/pipeline.py",)  # decodes and resizes the cached images
-FEATURE_CODE = ("train/pipeline.py", "train/model.py")  # + preprocessing, the backbone and the pooling
+IMAGE_CODE = ("preprocess.py", "train/pipeline.py")  # decode and resize the cached images
+FEATURE_CODE = ("preprocess.py", "train/pipeline.py", "train/model.py")  # + preprocessing, the backbone, the pooling
 SELFCHECK = "selfcheck"  # the OpenVINO IR's self-check passes (serve/selfcheck.py)
 KINDS = ("features", "images", SELFCHECK, "pretrain", "train")  # the sub-folders of the cache folder
-SELFCHECK_CODE = ("serve/inference.py", "serve/openvino_engine.py", "serve/selfcheck.py", "train/pipeline.py")
+SELFCHECK_CODE = ("serve/inference.py", "serve/openvino_engine.py", "serve/selfcheck.py", "preprocess.py")
 CACHES_OFF = (
     "turn the caches off with STEELDEFECT_FEATURE_CACHE=off and STEELDEFECT_IMAGE_CACHE=off (they only save time)"
 )
@@ -66,7 +70,7 @@ def versions() -> list[str]:
 def code_hash(modules: tuple[str, ...]) -> str:
     """md5 of the code of these modules of the package (paths relative to it): of their syntax trees, so an
     edit of comments or layout keeps the key, any other edit (docstrings included) changes it."""
-    package = Path(__file__).parents[1]
+    package = Path(__file__).parent
     trees = [ast.dump(ast.parse((package / m).read_text())) for m in modules]
     return hashlib.md5("\n".join(trees).encode()).hexdigest()
 

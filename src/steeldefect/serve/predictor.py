@@ -1,0 +1,290 @@
+"""The inference session shared by `steeldefect predict`, the predict stage and `steeldefect serve`.
+
+A `Predictor` loads an exported model folder once (the Keras model, or the OpenVINO IR after its self-check on
+this CPU), resolves the thresholds (the defect probability's, each defect type's and the defect map's, from the
+arguments, else MODEL_DIR/threshold.json, else 0.5) and checks how the model is used. `predict` scores images
+(files, or encoded images as bytes) through the one preprocessing path and returns the result table, one row per
+image with the columns of a `steeldefect predict` CSV. Nothing is printed: what the command prints is returned as
+notices (a warning starts with "warning: "), and every refusal is a UserError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steeldefect.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BATCH_SIZE = 16  # when model_meta.json does not record the predict stage's batch size
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One `Predictor.predict` call: `table` (one row per image: path, probability, predicted, p_<name>...,
+    classes, defect_area_share, box_*, engine, precision, error, those the model has), the indices of the
+    unreadable images, the notices, the summary (e.g. "5 images, 3 predicted defect, 2 clean, 1 unreadable")
+    and, for a mask model, each image's defect map ((h, w) float32; None when unreadable)."""
+
+    table: pd.DataFrame
+    failed: list[int]
+    notices: list[str]
+    summary: str = ""
+    maps: list[np.ndarray | None] | None = None
+
+
+class Predictor:
+    """An exported model ready to predict; see the module docstring. Attributes: `model` (Keras model or
+    OpenVINOEngine), `engine` ("keras" / "openvino"), `precision` ("fp32" / "int8"), `name` (as the command says
+    it), `version` (the export's fingerprint, `model_files.fingerprint`), `outputs` (those of probability,
+    classes, defect_map the model has), `class_names`, `image_size`, `batch_size`, `meta` (model_meta.json),
+    `threshold`, `class_thresholds`, `map_threshold` and `notices` (what loading said). `decide=False` (the
+    predict stage) reads no threshold: the table then holds the probabilities only (no predicted, classes or map
+    columns)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        engine: str | None = None,
+        threshold: float | None = None,
+        class_threshold: float | None = None,
+        map_threshold: float | None = None,
+        batch_size: int | None = None,
+        *,
+        decide: bool = True,
+    ):
+        from steeldefect.serve.inference import output_names
+        from steeldefect.serve.model_files import fingerprint
+
+        self.model_dir = Path(model_dir)
+        self.notices: list[str] = []
+        self.model, self.image_size, self.meta = self._load(engine)
+        self.outputs = output_names(self.model)
+        openvino = self.engine == "openvino"
+        self.precision = (self.meta.get("openvino") or {}).get("precision", "unknown") if openvino else "fp32"
+        self.name = f"OpenVINO {self.precision} IR" if openvino else "Keras"
+        self.version = fingerprint(self.model_dir)
+        self.batch_size = batch_size or int(self.meta.get("batch_size") or DEFAULT_BATCH_SIZE)
+        self.class_names = list(self.meta.get("classes", []))
+        if self.meta.get("degenerate"):
+            self.notices.append(
+                f"warning: {self.model_dir / 'model_meta.json'} says this model is degenerate (its training run "
+                "learned nothing: constant or chance-level predictions); its probabilities are meaningless."
+            )
+        self.threshold, self.class_thresholds, self.map_threshold = None, {}, None
+        if decide:
+            self._thresholds(threshold, class_threshold, map_threshold)
+
+    def _load(self, engine: str | None):
+        """(model, image size, metadata) from the exported files only; UserError when they are missing or
+        inconsistent. `engine` "openvino" gives an OpenVINOEngine on the IR instead of the Keras model, after its
+        self-check on this CPU (UserError when it fails); None picks it when the IR exists."""
+        from steeldefect.serve.model_files import MODEL_JSON, load_model, read_meta
+        from steeldefect.serve.openvino_engine import IR_DIR, IR_XML, OpenVINOEngine
+        from steeldefect.serve.selfcheck import self_check
+
+        model_dir = self.model_dir
+        if not model_dir.is_dir():
+            raise UserError(
+                f"--model-dir {model_dir}: no such folder; give the folder holding {MODEL_JSON}, model.weights.h5 "
+                "and model_meta.json (the export stage writes them to models/)."
+            )
+        meta = read_meta(model_dir)
+        size = meta.get("image_size")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+            raise UserError(
+                f"{model_dir / 'model_meta.json'}: image_size = {size!r} is not [height, width]; export the model "
+                "again."
+            )
+        ir = model_dir / IR_DIR / IR_XML
+        if engine == "openvino" or (engine is None and ir.is_file()):
+            if not ir.is_file():
+                raise UserError(
+                    f"--engine openvino: {ir} not found; export it (export.openvino: int8 or fp32 in params.yaml, "
+                    "then `dvc repro export`) or use --engine keras."
+                )
+            model, self.engine, file = OpenVINOEngine(ir), "openvino", f"{IR_DIR}/{IR_XML}"
+        else:
+            model, self.engine, file = load_model(model_dir), "keras", MODEL_JSON
+        expected = tuple(model.input_shape[1:3])
+        if None not in expected and expected != tuple(size):
+            raise UserError(
+                f"{model_dir}: model_meta.json says image_size {size} but {file} takes {list(expected)}; "
+                "the files do not belong together: export the model again."
+            )
+        if self.engine == "openvino":
+            batch = int(meta.get("batch_size") or DEFAULT_BATCH_SIZE)
+            self.notices.append(self_check(model, model_dir / IR_DIR, size, batch))
+        return model, tuple(size), meta
+
+    def _thresholds(self, threshold: float | None, class_threshold: float | None, map_threshold: float | None):
+        """The defect threshold (None without a defect probability), {type: threshold} in output order ({}
+        without types) and the map threshold (None without a defect map), each noted with where it comes from. A
+        threshold given for an output the model lacks is refused (a map threshold is ignored)."""
+        if threshold is not None and "probability" not in self.outputs:
+            raise UserError(
+                f"--threshold: the model in {self.model_dir} has no defect probability (it was trained on a set with "
+                "no clean images), only defect types: give --class-threshold instead."
+            )
+        if class_threshold is not None and "classes" not in self.outputs:
+            raise UserError(
+                f"--class-threshold: the model in {self.model_dir} has no defect types (it was trained with "
+                "train.target defect): give --threshold instead."
+            )
+        if "probability" in self.outputs:
+            self.threshold, source = resolve_threshold(threshold, self.model_dir)
+            self.notices.append(f"threshold {self.threshold:g} from {source}")
+        if "classes" in self.outputs:
+            self.class_thresholds, source = resolve_class_thresholds(class_threshold, self.model_dir, self.class_names)
+            listed = ", ".join(f"{n}: {t:g}" for n, t in self.class_thresholds.items())
+            self.notices.append(f"class thresholds {listed} from {source}")
+        if "defect_map" in self.outputs:
+            self.map_threshold, source = resolve_map_threshold(map_threshold, self.model_dir)
+            self.notices.append(f"map threshold {self.map_threshold:g} from {source}")
+
+    def predict(
+        self,
+        images: Sequence[str | Path | bytes],
+        names: Sequence[str] | None = None,
+        maps_dir: Path | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> Prediction:
+        """Score `images` (image files, or encoded images as bytes: decoded by the same `decode_and_preprocess`),
+        in batches of `batch_size`. `names`: the `path` column (default: the paths; "image <i>" for bytes).
+        `maps_dir` (mask models): write each image with its map overlaid there. `progress(n)` is called with the
+        number of images handled since the last call. An unreadable image gets its error text in the table."""
+        import pandas as pd
+
+        from steeldefect.serve import maps
+        from steeldefect.serve.inference import predict_files, probability_columns
+
+        images = [x if isinstance(x, bytes) else str(x) for x in images]
+        if names is None:
+            names = [f"image {i}" if isinstance(x, bytes) else x for i, x in enumerate(images)]
+        names = [str(n) for n in names]
+        if len(names) != len(images):
+            raise UserError(f"{len(names)} names for {len(images)} images: give one name per image.")
+        if maps_dir is not None:
+            if "defect_map" not in self.outputs:
+                raise UserError(
+                    f"--maps {maps_dir}: the model in {self.model_dir} has no defect map (it was trained with "
+                    "train.supervision: image); export a model trained with train.supervision: mask."
+                )
+            maps.check_maps_dir(Path(maps_dir), names)
+        result = predict_files(self.model, images, self.batch_size, self.image_size, progress=progress)
+        table = pd.DataFrame({"path": names, **probability_columns(result, self.class_names)})
+        said, notices = [f"{len(images)} images", *decisions(table, result, self.threshold, self.class_thresholds)], []
+        if result.maps is not None and self.map_threshold is not None:
+            if maps_dir is not None:
+                n = maps.write_overlays(names, result.maps, self.map_threshold, Path(maps_dir), images)
+                notices.append(f"wrote {n} map images to {maps_dir}")
+            table = pd.concat([table, maps.map_table(images, result.maps, self.map_threshold)], axis=1)
+        table = table.assign(engine=self.engine, precision=self.precision, error=result.errors)
+        failed = result.failed
+        summary = ", ".join(said) + (f", {len(failed)} unreadable" if failed else "")
+        return Prediction(table, failed, notices, summary, result.maps)
+
+
+def decisions(table, result, threshold: float | None, limits: dict[str, float]) -> list[str]:
+    """Add `predicted` (at `threshold`, when the model has a defect probability) and `classes` (the types at or
+    above their `limits`, joined by ';') to `table`; return the summary's parts."""
+    import numpy as np
+    import pandas as pd
+
+    ok, said = np.array([not e for e in result.errors], dtype=bool), []
+    if threshold is not None:
+        predicted = pd.array(
+            [int(p >= threshold) if good else pd.NA for p, good in zip(result.probability, ok)], "Int64"
+        )
+        table.insert(2, "predicted", predicted)
+        n_defect = int((predicted[ok] == 1).sum())
+        said.append(f"{n_defect} predicted defect, {int(ok.sum()) - n_defect} clean")
+    if limits:
+        names = list(limits)
+        hits = result.classes >= np.array([limits[n] for n in names])  # (images, types); False when unreadable
+        table["classes"] = [";".join(np.array(names)[row]) for row in hits]
+        counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(names, hits.sum(axis=0)))
+        said.append(f"by predicted type: {counts} ({int((ok & ~hits.any(axis=1)).sum())} with none)")
+    return said
+
+
+def is_fraction(value) -> bool:
+    """A number in [0, 1] (not a bool), as threshold.json must hold."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1
+
+
+def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, str]:
+    """(threshold, where it comes from): `threshold` if given, else the evaluate stage's choice in
+    MODEL_DIR/threshold.json if that file exists, else 0.5."""
+    from steeldefect.serve.model_files import THRESHOLD
+
+    if threshold is not None:
+        return threshold, "--threshold"
+    path = Path(model_dir) / THRESHOLD
+    if not path.is_file():
+        return DEFAULT_THRESHOLD, f"default (no --threshold and no {path})"
+    try:
+        data = json.loads(path.read_text())
+        value = data["threshold"]
+        if not is_fraction(value):
+            raise ValueError(f"threshold {value!r} is not a number in [0, 1]")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path}: cannot read the threshold chosen by the evaluate stage ({type(e).__name__}: {e}); "
+            "rerun `dvc repro evaluate`, delete the file, or give --threshold."
+        ) from e
+    policy = data.get("policy")
+    return float(value), f"{path}" + (f" (policy: {policy})" if policy else "")
+
+
+def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple[float, str]:
+    """(map threshold, where it comes from): `map_threshold` if given, else `map_threshold` in
+    MODEL_DIR/threshold.json (the evaluate stage's evaluate.map_threshold) if there, else 0.5."""
+    from steeldefect.serve.model_files import THRESHOLD
+
+    if map_threshold is not None:
+        return map_threshold, "--map-threshold"
+    path = Path(model_dir) / THRESHOLD
+    try:
+        value = json.loads(path.read_text()).get("map_threshold") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: cannot read it ({type(e).__name__}: {e}); rerun `dvc repro evaluate`.") from e
+    if value is None:
+        return DEFAULT_THRESHOLD, f"default (no --map-threshold and no map_threshold in {path})"
+    if not is_fraction(value):
+        raise UserError(f"{path}: map_threshold {value!r} is not a number in [0, 1]; rerun `dvc repro evaluate`.")
+    return float(value), str(path)
+
+
+def resolve_class_thresholds(
+    class_threshold: float | None, model_dir: Path, names: list[str]
+) -> tuple[dict[str, float], str]:
+    """({type name: threshold}, where they come from): `class_threshold` for every type if given, else
+    `class_thresholds` in MODEL_DIR/threshold.json (the evaluate stage's, one per type of `names`) if there, else
+    0.5 for each type."""
+    from steeldefect.serve.model_files import THRESHOLD
+
+    if class_threshold is not None:
+        return dict.fromkeys(names, class_threshold), "--class-threshold"
+    path = Path(model_dir) / THRESHOLD
+    try:
+        values = json.loads(path.read_text()).get("class_thresholds") if path.is_file() else None
+        if values is not None and (not isinstance(values, dict) or sorted(values) != sorted(names)):
+            raise ValueError(f"class_thresholds {values!r} does not name this model's types {names}")
+        if values is not None and not all(map(is_fraction, values.values())):
+            raise ValueError(f"class_thresholds {values!r}: not every value is a number in [0, 1]")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(
+            f"{path}: cannot read the per-type thresholds chosen by the evaluate stage ({type(e).__name__}: {e}); "
+            "rerun `dvc repro evaluate`, delete the file, or give --class-threshold."
+        ) from e
+    if values is None:
+        return dict.fromkeys(names, DEFAULT_THRESHOLD), f"default (no --class-threshold, no class_thresholds in {path})"
+    return {name: float(values[name]) for name in names}, str(path)
