@@ -116,7 +116,10 @@ def test_dvc_exp_run_on_a_coco_folder_runs_every_stage_with_masks(tmp_path):
     write_coco(_samples(), tree, encoding="rle_compressed")
     params = merge(
         TINY_PARAMS,
-        {"train": {"image_size": [64, 64], "supervision": "mask", "mask": {"crop_size": [32, 32]}}},
+        {
+            "train": {"image_size": [64, 64], "supervision": "mask", "mask": {"crop_size": [32, 32]}},
+            "export": {"saved_model": False, "openvino": "none"},  # the conversions: tests/test_map_model.py
+        },
     )
     (tmp_path / "project").mkdir()
     root = make_project(tmp_path / "project", params)

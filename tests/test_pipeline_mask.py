@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from steeldefect.params import load_params
+from steeldefect.train.model import build_model
+
 from helpers import TINY_PARAMS, merge, reproduced_project, run
 
 pytestmark = pytest.mark.slow
@@ -40,6 +43,13 @@ def test_localization_metrics_and_plot(mask_pipeline, tmp_path):
     assert "Localization" in html and "map_threshold" in html
     meta = json.loads((mask_pipeline / "models/model_meta.json").read_text())
     assert (meta["supervision"], meta["map_stride"], meta["map_size"]) == ("mask", 8, [8, 50])
+
+
+def test_the_train_stage_writes_the_two_output_models_weights(mask_pipeline):
+    metrics = json.loads((mask_pipeline / "metrics/train/metrics.json").read_text())
+    assert metrics["epochs_run"] >= 1 and "probability_auc" in metrics["eval"]
+    model = build_model(load_params(mask_pipeline / "params.yaml").train, None)[0]
+    model.load_weights(mask_pipeline / "models/trained.weights.h5")  # the two-output model's weights
 
 
 def test_map_threshold_change_reruns_only_evaluate(mask_pipeline):

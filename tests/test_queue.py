@@ -28,9 +28,8 @@ def wait_for_queue(root, names: list[str]) -> str:
 
 def queue(root, names: list[str], rates: list[str]) -> None:
     for name, lr in zip(names, rates):
-        # no SavedModel or OpenVINO IR: the export's conversions and self-check do not concern the feature cache
-        lean = ["-S", "export.saved_model=false", "-S", "export.openvino=none"]
-        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={lr}", *lean], root)
+        # up to the train stage only: what comes after it does not concern the feature cache
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={lr}", "train"], root)
 
 
 def run_queue(root, names: list[str], jobs: int) -> list[str]:
@@ -50,7 +49,7 @@ def test_two_queued_experiments_side_by_side_share_one_feature_cache(tmp_path, c
     # two side by side (-j 2) race to write the same entries (temporary file, then rename): both succeed
     queue(root, ["lr-a", "lr-b"], ["0.002", "0.004"])
     for log in run_queue(root, ["lr-a", "lr-b"], jobs=2):  # each read every entry whole, or computed it
-        # the train stage's feature lines ("features of N images computed in ..."), not the baseline stage's
+        # the train stage's feature lines ("features of N images computed in ...")
         assert log.count(" images computed in ") + log.count(read) == 2, log[-3000:]
     assert len(list(features.glob("*.npy"))) == 2  # train and val: one entry each
     assert not list(features.glob(".*"))  # no temporary file left

@@ -16,13 +16,13 @@ from PIL import Image
 from steeldefect.data.masks import target_map
 from steeldefect.data.severstal import rle_encode
 from steeldefect.errors import UserError
-from steeldefect.params import load_params, map_stride
+from steeldefect.params import map_stride
 from steeldefect.train import segtrain
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import crop_on_defect, defect_target, flip_both, mask_training_dataset, random_crop
 from steeldefect.train.runtime import Runtime
 
-from helpers import TINY_PARAMS, defaults, make_project, merge, run
+from helpers import defaults
 
 SIZE = (64, 96)
 MASKED = defaults(
@@ -144,17 +144,6 @@ def test_training_with_a_maskless_defective_image(tiny, tmp_path):
     assert summary["epochs_run"] == 2 and np.isfinite(summary["eval"]["loss"])
     assert "supervision: mask" in (tmp_path / "live/params.yaml").read_text()
     assert (tmp_path / "live/plots/metrics/eval/accuracy.tsv").is_file()  # the name dvc.yaml plots read
-
-
-@pytest.mark.slow
-def test_dvc_repro_trains_with_mask_supervision(tmp_path):
-    params = merge(TINY_PARAMS, {"train": {"supervision": "mask", "epochs": 1, "mask": {"crop_size": [64, 64]}}})
-    root = make_project(tmp_path, params)
-    run(["dvc", "repro", "train"], root)
-    metrics = json.loads((root / "metrics/train/metrics.json").read_text())
-    assert metrics["epochs_run"] == 1 and "probability_auc" in metrics["eval"]
-    model = build_model(load_params(root / "params.yaml").train, None)[0]
-    model.load_weights(root / "models/trained.weights.h5")  # the two-output model's weights
 
 
 def test_mask_supervision_refuses_data_without_masks(tiny, tmp_path):
