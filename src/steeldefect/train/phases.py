@@ -9,7 +9,8 @@ phase's start weights when the phase never beat the earlier best.
 Resuming. After every epoch, `Backup` writes a snapshot of everything the next epoch depends on into a new
 folder, renamed into place only when complete (a SIGKILL while writing leaves the previous snapshot):
 - the fitted model's weights with its optimizer state (the schedule's step is the optimizer's iteration count);
-- the dropout layers' random state (Keras does not keep it in the weights file);
+- the dropout layers' random state (Keras does not keep it in the weights file), also at the end of a phase:
+  the next phase's dropout masks continue from it;
 - the state of the checkpoint, EarlyStopping and ReduceLROnPlateau callbacks, and the learning rate;
 - the phase's best checkpoint and start weights, and the logs of every epoch so far (replayed into dvclive, so
   the curves continue without a gap or a duplicate step);
@@ -99,6 +100,19 @@ def _plain(value):
 def rng_variables(model: keras.Model) -> list:
     """The random-state variables of the model's layers (dropout's seed generators), in a fixed order."""
     return sorted((v for v in model.variables if "seed_generator" in v.path), key=lambda v: v.path)
+
+
+def rng_file(model: keras.Model) -> dict[str, Callable[[Path], None]]:
+    """The snapshot file of the model's random state ({} for a model without dropout)."""
+    rng = [np.asarray(v.numpy()) for v in rng_variables(model)]
+    return {"rng.npy": lambda path: np.save(path, np.stack(rng), allow_pickle=False)} if rng else {}
+
+
+def restore_rng(model: keras.Model, backup: Backup) -> None:
+    """The model's random state as the backup's snapshot holds it (the dropout masks of the epochs to come)."""
+    if "rng.npy" in backup.state["files"]:
+        for variable, value in zip(rng_variables(model), np.load(backup.snapshot / "rng.npy")):
+            variable.assign(value)
 
 
 class Backup:
@@ -201,18 +215,13 @@ class Snapshot(keras.callbacks.Callback):
         for callback in self.siblings:
             for attr, value in self.resume["callbacks"].get(type(callback).__name__, {}).items():
                 setattr(callback, attr, value)
-        rng = np.load(self.backup.snapshot / "rng.npy") if "rng.npy" in self.resume["files"] else None
-        for variable, value in zip(rng_variables(self.model), rng if rng is not None else []):
-            variable.assign(value)
+        restore_rng(self.model, self.backup)
         if self.resume.get("learning_rate") is not None:
             self.model.optimizer.learning_rate = self.resume["learning_rate"]
 
     def on_epoch_end(self, epoch, logs=None):
         model, backup = self.model, self.backup
-        files = {"fitted.weights.h5": lambda path: model.save_weights(path)}
-        rng = [np.asarray(v.numpy()) for v in rng_variables(model)]
-        if rng:
-            files["rng.npy"] = lambda path: np.save(path, np.stack(rng), allow_pickle=False)
+        files = {"fitted.weights.h5": lambda path: model.save_weights(path), **rng_file(model)}
         files.update({name: path for name, path in self.files.items() if path.exists()})
         # the rate ReduceLROnPlateau lowered (a cosine schedule's rate follows the optimizer's step count)
         plateau = any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in self.siblings)
@@ -273,8 +282,9 @@ def run_phase(index: int, phase: Phase, backup: Backup, scratch: Path, monitor: 
     last = phase.first + phase.epochs
     # done before the kill: its result is in the backup
     if state and (state["phase"] > index or (state["phase"] == index and state["done"])):
-        if state["phase"] == index:  # and the weights it ended with (a later phase's snapshot has its own)
-            model.load_weights(backup.snapshot / f"{phase.name}.end.weights.h5")
+        if state["phase"] == index:  # and the weights and random state it ended with (a later phase's snapshot
+            model.load_weights(backup.snapshot / f"{phase.name}.end.weights.h5")  # has its own)
+            restore_rng(model, backup)
         return Result(**state["results"][phase.name])
     resume = state if state and state["phase"] == index else None  # (not done: that returned above)
     first = _restore(phase, backup, best, start) if resume else phase.first
@@ -284,6 +294,8 @@ def run_phase(index: int, phase: Phase, backup: Backup, scratch: Path, monitor: 
     files = {best.name: best, start.name: start}
     snapshot = [Snapshot(backup, index, files, callbacks, resume)] if backup.folder is not None else []
     over = resume is not None and (resume["stopped"] or first >= last)  # killed between its last epoch and its end
+    if over:  # no fit restores the random state the next phase starts from
+        restore_rng(model, backup)
     history = (
         {}
         if over
@@ -314,5 +326,5 @@ def run_phase(index: int, phase: Phase, backup: Backup, scratch: Path, monitor: 
         done.update(done=True, epoch=phase.first + result.epochs, logs=logs[: phase.first + result.epochs])
         done["results"] = {**done.get("results", {}), phase.name: result.__dict__}
         done.pop("files", None)
-        backup.save(done, {f"{phase.name}.end.weights.h5": lambda path: model.save_weights(path)})
+        backup.save(done, {f"{phase.name}.end.weights.h5": lambda path: model.save_weights(path), **rng_file(model)})
     return result
