@@ -147,27 +147,26 @@ def main() -> int:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     print(f"{len(files)} JPEGs of {', '.join(f'{w}x{h}' for w, h in sizes)}, {args.requests} requests per level")
     engine_s, predict_rate = local_figures(args.model_dir, files, args.engine)
-    print(f"engine alone, one image: {engine_s * 1000:.1f} ms; steeldefect predict: {predict_rate:.1f} img/s")
+    print(f"engine alone, one image: {engine_s * 1000:.1f} ms; steeldefect predict: {predict_rate:.1f} img/s", flush=True)
     bodies = [Path(f).read_bytes() for f in files]
     engine = ["--engine", args.engine] if args.engine else []
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve.{os.getpid()}.log"
     runs = {}
+    print(f"\n{'batch':>5} {'conc':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'img/s':>6} {'x predict':>9} "
+          f"{'errors':>6} {'RSS start':>9} {'@first':>7} {'end':>7} {'growth':>6}", flush=True)  # fmt: skip
     for batch in (args.max_batch, 1):
         options = ["--max-batch", str(batch), "--max-delay-ms", str(args.max_delay_ms if batch > 1 else 0), *engine]
         proc, url = start_service(args.model_dir, log, *options)
         rss_start = rss_mib(proc.pid)
         for c in levels if batch > 1 else levels[-1:]:
-            runs[(batch, c)] = {**asyncio.run(load(url, bodies, args.requests, c, proc.pid)), "rss_start": rss_start}
+            r = runs[(batch, c)] = {**asyncio.run(load(url, bodies, args.requests, c, proc.pid)), "rss_start": rss_start}
+            growth = (r["rss_end"] / r["rss_first"] - 1) * 100  # each row as soon as it is measured
+            print(f"{batch:>5} {c:>4} {r['p50']:>7.1f} {r['p95']:>7.1f} {r['p99']:>7.1f} {r['rate']:>6.1f} "
+                  f"{r['rate'] / predict_rate:>9.2f} {r['errors']:>6} {r['rss_start']:>9.0f} {r['rss_first']:>7.0f} "
+                  f"{r['rss_end']:>7.0f} {growth:>5.1f}%", flush=True)  # fmt: skip
         code = stop(proc)
         if code != 0:
             print(f"warning: the service exited {code} after SIGTERM (expected 0); see {log}")
-    print(f"\n{'batch':>5} {'conc':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'img/s':>6} {'x predict':>9} "
-          f"{'errors':>6} {'RSS start':>9} {'@first':>7} {'end':>7} {'growth':>6}")  # fmt: skip
-    for (batch, c), r in runs.items():
-        growth = (r["rss_end"] / r["rss_first"] - 1) * 100
-        print(f"{batch:>5} {c:>4} {r['p50']:>7.1f} {r['p95']:>7.1f} {r['p99']:>7.1f} {r['rate']:>6.1f} "
-              f"{r['rate'] / predict_rate:>9.2f} {r['errors']:>6} {r['rss_start']:>9.0f} {r['rss_first']:>7.0f} "
-              f"{r['rss_end']:>7.0f} {growth:>5.1f}%")  # fmt: skip
     top = runs[(args.max_batch, levels[-1])]
     print(f"\nbatching at concurrency {levels[-1]}: {top['rate'] / runs[(1, levels[-1])]['rate']:.2f}x the "
           f"throughput of --max-batch 1")  # fmt: skip
