@@ -147,7 +147,8 @@ def main() -> int:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     print(f"{len(files)} JPEGs of {', '.join(f'{w}x{h}' for w, h in sizes)}, {args.requests} requests per level")
     engine_s, predict_rate = local_figures(args.model_dir, files, args.engine)
-    print(f"engine alone, one image: {engine_s * 1000:.1f} ms; steeldefect predict: {predict_rate:.1f} img/s", flush=True)
+    print(f"engine alone, one image: {engine_s * 1000:.1f} ms; steeldefect predict: {predict_rate:.1f} img/s",
+          flush=True)  # fmt: skip
     bodies = [Path(f).read_bytes() for f in files]
     engine = ["--engine", args.engine] if args.engine else []
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve.{os.getpid()}.log"
@@ -159,7 +160,8 @@ def main() -> int:
         proc, url = start_service(args.model_dir, log, *options)
         rss_start = rss_mib(proc.pid)
         for c in levels if batch > 1 else levels[-1:]:
-            r = runs[(batch, c)] = {**asyncio.run(load(url, bodies, args.requests, c, proc.pid)), "rss_start": rss_start}
+            r = asyncio.run(load(url, bodies, args.requests, c, proc.pid))
+            r = runs[(batch, c)] = {**r, "rss_start": rss_start}
             growth = (r["rss_end"] / r["rss_first"] - 1) * 100  # each row as soon as it is measured
             print(f"{batch:>5} {c:>4} {r['p50']:>7.1f} {r['p95']:>7.1f} {r['p99']:>7.1f} {r['rate']:>6.1f} "
                   f"{r['rate'] / predict_rate:>9.2f} {r['errors']:>6} {r['rss_start']:>9.0f} {r['rss_first']:>7.0f} "
