@@ -45,7 +45,7 @@ from steeldefect.data.prepare import prepare
 from steeldefect.data.types import columns, multi_hot
 from steeldefect.evaluate.baseline import run_baseline
 from steeldefect.evaluate.metrics import dice_iou
-from steeldefect.evaluate.types import Types, type_metrics
+from steeldefect.evaluate.types import Types, single_type, truth_and_probabilities, type_metrics
 from steeldefect.params import Params, load_params, map_stride, parse_params
 from steeldefect.train import segtrain, training
 from steeldefect.train.health import macro_auc
@@ -232,9 +232,28 @@ def pretrain(p: Params, parts: dict, work: Path, clock: Clock, seconds: float) -
 
 
 def type_scores(parts: dict, types: Types, val_prob: np.ndarray, prob: np.ndarray) -> dict:
-    """type_accuracy (top type on single-type test images) and classes_macro_auc on the test split."""
+    """type_accuracy (top type on single-type test images) and classes_macro_auc on the test split; prints the
+    per-type figures and the confusion of types."""
     val, test = (parts[n].assign(**dict(zip(columns(types[1]), p.T))) for n, p in (("val", val_prob), ("test", prob)))
-    return brief(type_metrics(P.evaluate.class_threshold, types, val, test))
+    m = type_metrics(P.evaluate.class_threshold, types, val, test)
+    report_types("model", m, types, test)
+    return brief(m)
+
+
+def report_types(who: str, m: dict, types: Types, test: pd.DataFrame) -> None:
+    """Prints `who`'s per-type ROC AUC, AP and F1 and the confusion of single-type test images (rows: true type,
+    columns: top type), so the model's and the baseline's figures can be read side by side."""
+    y, prob = truth_and_probabilities(test, types)
+    one = single_type(y)
+    confusion = skm.confusion_matrix(y[one].argmax(1), prob[one].argmax(1), labels=range(len(types[1])))
+    print(f"{who} per type (test):", flush=True)
+    for k, name in enumerate(types[1]):
+        c = m["classes"][name]
+        print(
+            f"  {name:>12}: roc_auc {c['roc_auc']} ap {c['average_precision']} f1 {c['f1']} support {c['support']}"
+            f" | top type of its single-type images: {' '.join(f'{v:3d}' for v in confusion[k])}",
+            flush=True,
+        )
 
 
 def brief(m: dict) -> dict:
@@ -384,7 +403,7 @@ def main() -> None:
         baseline = scores(parts, base.val.probability.to_numpy(), base.test.probability.to_numpy())
         if types:
             baseline.update(brief(base.metrics))
-            print(f"baseline per type: {base.metrics['classes']}", flush=True)
+            report_types("baseline", base.metrics, types, base.test)
         print(f"baseline: {baseline}", flush=True)
         raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, **RECIPES[recipe]["params"]})
         raw = merge(raw, {"train": {"target": args.target}})

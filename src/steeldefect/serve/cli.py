@@ -283,8 +283,9 @@ def _add_serve(commands) -> None:
     serve.add_argument(
         "--max-delay-ms",
         type=float,
-        default=5.0,
-        help="how long the first waiting request waits for others to share its batch (default: 5)",
+        default=0.0,
+        help="how long the first waiting request waits for others to share its batch (default: 0, as Triton's "
+        "max_queue_delay: a batch is what queued while the engine scored the one before)",
     )
     serve.add_argument(
         "--review-dir",

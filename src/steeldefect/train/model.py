@@ -179,11 +179,25 @@ def measured_outputs(model: keras.Model) -> list[str]:
     return [n for n in ("probability", "classes") if n in model.output_names]
 
 
+def summed_binary_crossentropy(y_true, y_pred):
+    """Binary cross-entropy summed over the types (Keras' averages over the last axis): each type's yes / no
+    weighs as much as the defect decision, whatever the number of types, so the types' gradient through the
+    shared network is not divided by their number."""
+    return keras.losses.binary_crossentropy(y_true, y_pred) * y_pred.shape[-1]
+
+
+def output_losses(model: keras.Model) -> dict:
+    """The loss of each trained output of a dict-output model: binary cross-entropy, summed over the types."""
+    return {
+        n: "binary_crossentropy" if n == "probability" else summed_binary_crossentropy for n in trained_outputs(model)
+    }
+
+
 def compile_for_training(model: keras.Model, learning_rate, optimizer: str = "adam") -> None:
     """Binary cross-entropy on the one output, or on each trained output of a dict (their sum is `loss`)."""
     multi = "classes" in model.output_names
     model.compile(
         optimizer=OPTIMIZERS[optimizer](learning_rate),
-        loss={n: "binary_crossentropy" for n in trained_outputs(model)} if multi else "binary_crossentropy",
+        loss=output_losses(model) if multi else "binary_crossentropy",
         metrics={n: output_metrics(n) for n in measured_outputs(model)} if multi else output_metrics("probability"),
     )

@@ -36,8 +36,8 @@ from steeldefect.train.model import (
     build_mask_model,
     learning_rate,
     measured_outputs,
+    output_losses,
     output_metrics,
-    trained_outputs,
 )
 from steeldefect.train.phases import Phase, Result, replay_logs, run_phase, summary
 from steeldefect.train.pipeline import mask_eval_dataset, mask_training_dataset, training_batches
@@ -109,10 +109,6 @@ def _metrics(model: keras.Model) -> dict:
     return {n: output_metrics(n) for n in measured_outputs(model)}
 
 
-def _losses(model: keras.Model) -> dict:
-    return {n: "binary_crossentropy" for n in trained_outputs(model)}
-
-
 def monitor(model: keras.Model) -> str:
     """MONITOR, or for a model without a defect probability (no clean images) the types' validation AUC."""
     return MONITOR if "probability" in model.output_names else "val_classes_auc"
@@ -124,7 +120,7 @@ def compile_mask_model(model: keras.Model, p: TrainParams, steps_per_epoch: int)
     the pixel weights inside the map's target) from the input pipeline, so the compiled model stays standard Keras."""
     model.compile(
         optimizer=OPTIMIZERS[p.optimizer](learning_rate(p, steps_per_epoch)),
-        loss={**_losses(model), "defect_map": map_loss(p.mask)},
+        loss={**output_losses(model), "defect_map": map_loss(p.mask)},
         metrics=_metrics(model),
     )
 
@@ -167,7 +163,9 @@ def prepare_whole_image_phase(model: keras.Model, p: TrainParams, strategy: tf.d
     for layer in model.layers:
         layer.trainable = layer.name in (*CLASSIFIER, "classes", GIVEN_DEFECT)
     with strategy.scope():
-        model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=_losses(model), metrics=_metrics(model))
+        model.compile(
+            optimizer=keras.optimizers.Adam(p.learning_rate), loss=output_losses(model), metrics=_metrics(model)
+        )
     log.info(
         "whole-image phase: the classifier %s for up to %d epochs", ", ".join(CLASSIFIER), p.mask.whole_image_epochs
     )
