@@ -403,7 +403,9 @@ def main() -> None:
         baseline = scores(parts, base.val.probability.to_numpy(), base.test.probability.to_numpy())
         if types:
             baseline.update(brief(base.metrics))
-            report_types("baseline", base.metrics, types, base.test)
+            assert (base.test.ImageId.to_numpy() == parts["test"].ImageId.to_numpy()).all()
+            probs = {c: base.test[c].to_numpy() for c in columns(types[1])}
+            report_types("baseline", base.metrics, types, parts["test"].assign(**probs))
         print(f"baseline: {baseline}", flush=True)
         raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, **RECIPES[recipe]["params"]})
         raw = merge(raw, {"train": {"target": args.target}})
