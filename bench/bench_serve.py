@@ -11,9 +11,9 @@ path, the Predictor, once loaded; best of two passes over 256 of them). Then it 
 image/jpeg bodies of the images in turn) from that many asyncio tasks over keep-alive httpx connections. It
 prints per concurrency: p50 / p95 / p99 latency, throughput, errors (anything but 200), the server's RSS after
 the first 500 requests and at the end (growth between them) and throughput / `steeldefect predict`; then the same
-at the highest concurrency with batching off (--max-batch 1: what batching buys), the goals of issue 30 and the
-load average before and after (others may be using the machine: compare figures of one run only). The service is
-stopped with SIGTERM and must exit 0.
+at the highest concurrency (above 1) with batching off (--max-batch 1: what batching buys), the goals of issue 30
+and the load average before and after (others may be using the machine: compare figures of one run only). The
+service is stopped with SIGTERM and must exit 0.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main() -> int:
     runs = {}
     print(f"\n{'batch':>5} {'conc':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'img/s':>6} {'x predict':>9} "
           f"{'errors':>6} {'RSS start':>9} {'@first':>7} {'end':>7} {'growth':>6}", flush=True)  # fmt: skip
-    for batch in (args.max_batch, 1):
+    for batch in (args.max_batch, 1) if levels[-1] > 1 else (args.max_batch,):  # one at a time: nothing to batch
         options = ["--max-batch", str(batch), "--max-delay-ms", str(args.max_delay_ms if batch > 1 else 0), *engine]
         proc, url = start_service(args.model_dir, log, *options)
         rss_start = rss_mib(proc.pid)
@@ -171,8 +171,9 @@ def main() -> int:
         if code != 0:
             print(f"warning: the service exited {code} after SIGTERM (expected 0); see {log}")
     top = runs[(args.max_batch, levels[-1])]
-    print(f"\nbatching at concurrency {levels[-1]}: {top['rate'] / runs[(1, levels[-1])]['rate']:.2f}x the "
-          f"throughput of --max-batch 1")  # fmt: skip
+    if (1, levels[-1]) in runs:
+        print(f"\nbatching at concurrency {levels[-1]}: {top['rate'] / runs[(1, levels[-1])]['rate']:.2f}x the "
+              f"throughput of --max-batch 1")  # fmt: skip
     if (args.max_batch, 1) in runs:
         print(f"goal p99 at concurrency 1 <= 1.3x the engine's one-image time: "
               f"{runs[(args.max_batch, 1)]['p99'] / (engine_s * 1000):.2f}x (the engine's own p99: "
