@@ -179,18 +179,10 @@ def measured_outputs(model: keras.Model) -> list[str]:
     return [n for n in ("probability", "classes") if n in model.output_names]
 
 
-def summed_binary_crossentropy(y_true, y_pred):
-    """Binary cross-entropy summed over the types (Keras' averages over the last axis): each type's yes / no
-    weighs as much as the defect decision, whatever the number of types, so the types' gradient through the
-    shared network is not divided by their number."""
-    return keras.losses.binary_crossentropy(y_true, y_pred) * y_pred.shape[-1]
-
-
 def output_losses(model: keras.Model) -> dict:
-    """The loss of each trained output of a dict-output model: binary cross-entropy, summed over the types."""
-    return {
-        n: "binary_crossentropy" if n == "probability" else summed_binary_crossentropy for n in trained_outputs(model)
-    }
+    """The loss of each trained output of a dict-output model: binary cross-entropy (for the types, Keras' mean
+    over the types; their sum trained worse on magnetic-tile, docs/training.md)."""
+    return {n: "binary_crossentropy" for n in trained_outputs(model)}
 
 
 def compile_for_training(model: keras.Model, learning_rate, optimizer: str = "adam") -> None:
