@@ -1,15 +1,17 @@
 """The cost of resuming a killed training run (steeldefect.train.phases). Run by hand, alone (load < 1.5):
 
-1. overhead: the same run with the backup on and off (STEELDEFECT_TRAIN_BACKUP), each in a fresh process; the
-   median time per epoch (from one epoch's start to the next one's, so the snapshot written at an epoch's end
-   counts), and their ratio -> goal: at most 3 % more per epoch;
+1. overhead: the same run with the backup off and on (STEELDEFECT_TRAIN_BACKUP), `--pairs` times in turn, each
+   in a fresh process; the median time per epoch of each run (from one epoch's start to the next one's, so the
+   snapshot written at an epoch's end counts) and the ratio of the medians over the runs of each setting -> goal:
+   at most 3 % more per epoch (TensorFlow's speed differs between processes here by more than a snapshot costs:
+   one pair of runs cannot tell them apart);
 2. time lost to a kill: SIGKILL once the snapshot of epoch `--kill-after` is written, then the same call again;
    lost = (the killed run's seconds + the rerun's) - the uninterrupted run's -> goal: at most one epoch plus the
    start-up (the time from the process start to its first epoch, plus the first epoch's graph tracing).
 The run: the `scratch` recipe's network (ResNet50 cut after stage 2, trained whole, 128x128, flips, cosine) on
 `--images` synthetic images; the final weights of the resumed and the uninterrupted run are compared too.
 
-    .venv/bin/python bench/bench_resume.py [--images 320] [--epochs 8] [--kill-after 4]
+    .venv/bin/python bench/bench_resume.py [--images 320] [--epochs 8] [--kill-after 4] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--kill-after", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=3, help="runs with the backup off and on, in turn (default 3)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     P = load_params(ROOT / "params.yaml")
@@ -118,18 +121,26 @@ def main() -> None:
         images[cut:].to_csv(tmp / "val.csv", index=False)
         job = lambda name: {"data": str(tmp), "params": params(args.epochs), "out": str(tmp / name)}  # noqa: E731
 
-        off = run(job("off"), tmp / "cache-off", backup=False)
-        on = run(job("on"), tmp / "cache-on", backup=True)
+        offs, ons = [], []
+        for i in range(args.pairs):
+            offs.append(run(job(f"off{i}"), tmp / f"cache-off{i}", backup=False))
+            ons.append(run(job(f"on{i}"), tmp / f"cache-on{i}", backup=True))
+            print(f"pair {i + 1}: per epoch off {per_epoch(offs[-1]):.2f} s, on {per_epoch(ons[-1]):.2f} s", flush=True)
+        on = ons[0]
         killed = run(job("killed"), tmp / "cache-killed", backup=True, kill_after=args.kill_after)
         rerun = run(job("killed"), tmp / "cache-killed", backup=True)
-        same = md5(tmp / "on" / "w.weights.h5") == md5(tmp / "killed" / "w.weights.h5")
+        same = md5(tmp / "on0" / "w.weights.h5") == md5(tmp / "killed" / "w.weights.h5")
 
     # start-up: to the first epoch, plus the first epoch's graph tracing (its time beyond a usual epoch's)
     startup = on["epochs"][1] - on["start"] - per_epoch(on)
     uninterrupted = on["end"] - on["start"]
     lost = (killed["end"] - killed["start"]) + (rerun["end"] - rerun["start"]) - uninterrupted
-    overhead = per_epoch(on) / per_epoch(off) - 1
-    print(f"per epoch: backup off {per_epoch(off):.2f} s, on {per_epoch(on):.2f} s: overhead {100 * overhead:+.1f} %")
+    epoch_off, epoch_on = (statistics.median(map(per_epoch, runs)) for runs in (offs, ons))
+    overhead = epoch_on / epoch_off - 1
+    print(
+        f"per epoch (median of {args.pairs} runs each): backup off {epoch_off:.2f} s, on {epoch_on:.2f} s: "
+        f"overhead {100 * overhead:+.1f} %"
+    )
     print(
         f"killed after epoch {args.kill_after} of {args.epochs}: lost {lost:.1f} s "
         f"(one epoch {per_epoch(on):.1f} s + start-up {startup:.1f} s = {per_epoch(on) + startup:.1f} s); "
