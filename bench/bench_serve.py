@@ -4,16 +4,16 @@
                                           [--images data/synthetic/train_images] [--n-images 64] [--max-batch 16]
                                           [--max-delay-ms 0] [--engine openvino|keras]
 
-First, in this process: the engine's own time for one image (`predict_on_batch` on one preprocessed image, the
-median and 99th percentile of 200) and `steeldefect predict`'s throughput on the same images (the command's code
-path, the Predictor, once loaded; best of two passes over 256 of them). Then it starts the service on 127.0.0.1
-(a free port), waits until it is ready and, for each concurrency, sends `--requests` POST /predict requests (raw
-image/jpeg bodies of the images in turn) from that many asyncio tasks over keep-alive httpx connections. It
-prints per concurrency: p50 / p95 / p99 latency, throughput, errors (anything but 200), the server's RSS after
-the first 500 requests and at the end (growth between them) and throughput / `steeldefect predict`; then the same
-at the highest concurrency (above 1) with batching off (--max-batch 1: what batching buys), the goals of issue 30
-and the load average before and after (others may be using the machine: compare figures of one run only). The
-service is stopped with SIGTERM and must exit 0.
+First, in this process: the engine's own time for one image (`predict_on_batch` on one preprocessed image, the median
+and 99th percentile of 200, with the service's LATENCY hint) and `steeldefect predict`'s throughput on the same images
+(the command's code path, the Predictor, once loaded; best of two passes over 256 of them). Then it starts the service
+on 127.0.0.1 (a free port), waits until it is ready and, for each concurrency, sends `--requests` POST /predict requests
+(raw image/jpeg bodies of the images in turn) from that many asyncio tasks over keep-alive httpx connections. It prints
+per concurrency: p50 / p95 / p99 latency, throughput, errors (anything but 200), the server's RSS after the first 500
+requests and at the end (growth between them) and throughput / `steeldefect predict`; then the same at the highest
+concurrency (above 1) with batching off (--max-batch 1: what batching buys), the goals of issue 30 and the load average
+before and after (others may be using the machine: compare figures of one run only). The service is stopped with SIGTERM
+and must exit 0.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ def rss_mib(pid: int) -> float:
 
 
 def local_figures(model_dir: Path, files: list[str], engine: str | None) -> tuple[float, float, float]:
-    """(the engine's median and 99th percentile seconds for one image, `steeldefect predict`'s images per
-    second)."""
+    """(the engine's median and 99th percentile seconds for one image, as the service runs it (OpenVINO's
+    LATENCY hint), `steeldefect predict`'s images per second (the command's THROUGHPUT hint))."""
     import tensorflow as tf
 
     from steeldefect.preprocess import decode_and_preprocess
     from steeldefect.serve.predictor import Predictor
 
-    p = Predictor(model_dir, engine=engine)
+    p = Predictor(model_dir, engine=engine, hint="LATENCY")  # as the service's engine
     one = decode_and_preprocess(tf.constant(Path(files[0]).read_bytes()), p.image_size)[None].numpy()
     times = []
     for _ in range(201):
@@ -57,7 +57,7 @@ def local_figures(model_dir: Path, files: list[str], engine: str | None) -> tupl
         p.model.predict_on_batch(one)
         times.append(time.perf_counter() - start)
     paths = (files * (256 // len(files) + 1))[:256]
-    best = 0.0
+    p, best = Predictor(model_dir, engine=engine), 0.0
     for _ in range(2):
         start = time.perf_counter()
         p.predict(paths)

@@ -47,7 +47,9 @@ class Predictor:
     classes, defect_map the model has), `class_names`, `image_size`, `batch_size`, `meta` (model_meta.json),
     `threshold`, `class_thresholds`, `map_threshold` and `notices` (what loading said). `decide=False` (the
     predict stage) reads no threshold: the table then holds the probabilities only (no predicted, classes or map
-    columns)."""
+    columns). `hint`: the OpenVINO performance hint, THROUGHPUT (CPU streams, each batch split across them: for
+    folders) or LATENCY (one inference on every core: half the time for one image, the same for a batch; the
+    service's)."""
 
     def __init__(
         self,
@@ -59,13 +61,14 @@ class Predictor:
         batch_size: int | None = None,
         *,
         decide: bool = True,
+        hint: str = "THROUGHPUT",
     ):
         from steeldefect.serve.inference import output_names
         from steeldefect.serve.model_files import fingerprint
 
         self.model_dir = Path(model_dir)
         self.notices: list[str] = []
-        self.model, self.image_size, self.meta = self._load(engine)
+        self.model, self.image_size, self.meta = self._load(engine, hint)
         self.outputs = output_names(self.model)
         openvino = self.engine == "openvino"
         self.precision = (self.meta.get("openvino") or {}).get("precision", "unknown") if openvino else "fp32"
@@ -82,7 +85,7 @@ class Predictor:
         if decide:
             self._thresholds(threshold, class_threshold, map_threshold)
 
-    def _load(self, engine: str | None):
+    def _load(self, engine: str | None, hint: str):
         """(model, image size, metadata) from the exported files only; UserError when they are missing or
         inconsistent. `engine` "openvino" gives an OpenVINOEngine on the IR instead of the Keras model, after its
         self-check on this CPU (UserError when it fails); None picks it when the IR exists."""
@@ -110,7 +113,7 @@ class Predictor:
                     f"--engine openvino: {ir} not found; export it (export.openvino: int8 or fp32 in params.yaml, "
                     "then `dvc repro export`) or use --engine keras."
                 )
-            model, self.engine, file = OpenVINOEngine(ir), "openvino", f"{IR_DIR}/{IR_XML}"
+            model, self.engine, file = OpenVINOEngine(ir, hint), "openvino", f"{IR_DIR}/{IR_XML}"
         else:
             model, self.engine, file = load_model(model_dir), "keras", MODEL_JSON
         expected = tuple(model.input_shape[1:3])

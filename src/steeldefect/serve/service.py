@@ -149,7 +149,9 @@ class Service:
         from steeldefect.serve.predictor import Predictor
 
         try:
-            p = Predictor(self.model_dir, batch_size=self.max_batch, **self.predictor_args)
+            # LATENCY: a lone request on every core (half the THROUGHPUT hint's time for one image on 2 cores);
+            # a batch scores as fast either way (docs/inference.md, Serve)
+            p = Predictor(self.model_dir, batch_size=self.max_batch, hint="LATENCY", **self.predictor_args)
             self.monitor.reference = drift.read_reference(self.model_dir) or {}
             centre = p.threshold if p.threshold is not None else 0.5
             self.band = self.band or (max(0.0, centre - 0.2), min(1.0, centre + 0.2))
