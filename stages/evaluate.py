@@ -66,10 +66,13 @@ def main() -> None:
         print(f"types: {summary(m)}")
     if "localization" in m:
         loc = m["localization"]
-        show = {k: "n/a" if loc[k] is None else f"{loc[k]:.3f}" for k in ("dice", "iou", "pointing_accuracy")}
+        keys = ("dice", "iou", "pointing_accuracy", "mean_dice_pairs")
+        show = {k: "n/a" if loc[k] is None else f"{loc[k]:.3f}" for k in keys}
         print(
             f"localization on {loc['images_with_mask']} test images with masks at map threshold "
-            f"{loc['map_threshold']:g}: Dice {show['dice']}, IoU {show['iou']}, pointing {show['pointing_accuracy']}"
+            f"{loc['map_threshold']:g}, min area {loc['min_area']:g} px: Dice {show['dice']}, IoU {show['iou']}, "
+            f"pointing {show['pointing_accuracy']}; mean Dice over {loc['pairs']} (image, map) pairs "
+            f"{show['mean_dice_pairs']} (predicting nothing: {loc['empty_pairs_share'] or 0:.3f})"
         )
 
     base = evaluate_baseline(

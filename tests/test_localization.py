@@ -16,7 +16,7 @@ from steeldefect.data.severstal import rle_encode
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
 from steeldefect.evaluate.evaluation import evaluate
-from steeldefect.evaluate.localization import dice_sweep, localization_metrics
+from steeldefect.evaluate.localization import dice_sweep, localization_metrics, pixels_per_cell, predicted
 from steeldefect.serve.maps import (
     area_share,
     bounding_box,
@@ -131,6 +131,36 @@ def test_localization_metrics_match_hand_computed_values(hand_made):
     assert at.loc[0.95, "dice"] == 0 and list(sweep.columns) == ["map_threshold", "dice", "iou"]
 
 
+def test_mean_dice_over_pairs_scores_an_empty_prediction_on_a_clean_image_as_one(hand_made):
+    test, masks, maps = hand_made
+    m, _ = localization_metrics(test, masks, maps, stride=4, threshold=0.5)
+    # pairs a (Dice 0.5), b (0: nothing predicted, a target) and c (clean, one cell predicted: 0)
+    assert m["pairs"] == 3 and m["mean_dice_pairs"] == pytest.approx(0.5 / 3)
+    assert m["empty_pairs_share"] == pytest.approx(1 / 3) and m["min_area"] == 0
+    # 8x16 pixels over 2x4 cells: 16 pixels a cell. At 17, c's one-cell region goes (c now scores 1); a's two
+    # cells (32 pixels) stay
+    m, _ = localization_metrics(test, masks, maps, stride=4, threshold=0.5, min_area=17)
+    assert m["mean_dice_pairs"] == pytest.approx((0.5 + 0 + 1) / 3) and m["clean_area_share"] == 0
+    assert m["dice"] == pytest.approx(0.25) and m["min_area"] == 17
+    m, sweep = localization_metrics(test, masks, maps, stride=4, threshold=0.5, min_area=33)
+    assert m["mean_dice_pairs"] == pytest.approx(1 / 3) and m["dice"] == 0
+    assert sweep.set_index("map_threshold").loc[0.25, "dice"] == 0  # the sweep drops small regions too
+
+
+def test_small_regions_are_dropped_by_their_8_connected_area():
+    m = np.zeros((5, 5), np.float32)
+    m[0, 0] = m[1, 1] = 0.9  # touching at a corner: one region of 2 cells
+    m[4, 4] = 0.8  # a region of 1 cell
+    assert predicted(m, 0.5, min_area=2).sum() == 2 and not predicted(m, 0.5, min_area=2)[4, 4]
+    four = np.full((5, 5), 4)
+    assert predicted(m, 0.5, min_area=8, cell_pixels=four).sum() == 2  # 2 cells x 4 pixels
+    assert predicted(m, 0.5, min_area=9, cell_pixels=four).sum() == 0
+    assert predicted(m, 0.5).sum() == 3 and predicted(m, 0.95, min_area=1).sum() == 0
+    # a 2x3 map of a 5x7 image: rows of 2 and 3 pixels (cut at 2.5), columns of 2, 3 and 2 (cuts at 2.33, 4.67)
+    np.testing.assert_array_equal(pixels_per_cell((2, 3), 5, 7), [[4, 6, 4], [6, 9, 6]])
+    assert pixels_per_cell((4, 8), 100, 250).sum() == 100 * 250
+
+
 def test_defective_without_mask_is_left_out_and_missing_maps_are_an_error(hand_made):
     test, masks, maps = hand_made
     test = pd.concat([test, pd.DataFrame([{"ImageId": "d.jpg", "label": 1, "classes": "", "height": 8, "width": 16}])])
@@ -186,7 +216,9 @@ def test_evaluate_with_maps_adds_localization_and_outlines(tmp_path, synthetic):
     assert loc["images_with_mask"] > 0 and loc["dice"] == loc["iou"] == loc["pointing_accuracy"] == 1
     assert loc["clean_area_share"] == 0 and set(loc["dice_per_class"]) <= {"1", "2", "3", "4"}
     assert json.loads((tmp_path / "metrics.json").read_text())["localization"] == loc
+    assert loc["mean_dice_pairs"] == 1 and loc["pairs"] == len(synthetic[1]) - lost  # perfect maps, clean included
     assert json.loads((tmp_path / "threshold.json").read_text())["map_threshold"] == 0.5
+    assert json.loads((tmp_path / "threshold.json").read_text())["min_area"] == 0
     sweep = pd.read_csv(tmp_path / "plots/localization_dice.csv")
     assert len(sweep) == 19 and (sweep.dice == 1).all()
     without = run_evaluate(tmp_path / "image", synthetic)

@@ -163,6 +163,9 @@ class EvaluateParams:
     target_recall: float
     gallery_size: int
     map_threshold: float  # mask models: a defect-map cell counts as defect when its value >= this
+    # mask models: a predicted defect region (8-connected map cells >= map_threshold) smaller than this many pixels
+    # of the original image is dropped (Dice, mean_dice_pairs, the defect list of `steeldefect predict`)
+    min_area: float
     # train.target classes: a type is predicted when its probability >= its threshold: one number for every type,
     # "auto" (per type, the best F1 on the validation split), or a map from type name to number
     class_threshold: float | Literal["auto"] | dict[str, float]
@@ -335,6 +338,7 @@ def _check_evaluate(e: EvaluateParams, need) -> None:
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(e.gallery_size >= 1, "evaluate.gallery_size", e.gallery_size, "an integer >= 1")
     need(0 <= e.map_threshold <= 1, "evaluate.map_threshold", e.map_threshold, "a number in [0, 1]")
+    need(e.min_area >= 0, "evaluate.min_area", e.min_area, "a number of pixels >= 0 (0: keep every region)")
     ct = e.class_threshold
     for key, value in ct.items() if isinstance(ct, dict) else [("", ct)]:
         need(

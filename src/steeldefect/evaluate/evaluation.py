@@ -15,7 +15,7 @@ from steeldefect import atomic
 from steeldefect.data.dataset import class_label, load_masks
 from steeldefect.data.masks import resize_nearest
 from steeldefect.data.types import PREFIX
-from steeldefect.evaluate.localization import DICE_COLUMNS, localization_metrics
+from steeldefect.evaluate.localization import DICE_COLUMNS, cell_areas, localization_metrics, predicted
 from steeldefect.evaluate.metrics import SWEEP_COLUMNS, recall_per_class, scored_metrics, threshold_sweep
 from steeldefect.evaluate.plots import Tile, gallery
 from steeldefect.evaluate.types import Types, single_type, truth_and_probabilities
@@ -61,9 +61,10 @@ def evaluate_localization(
     if maps is None:
         atomic.write_text(plots_dir / "localization_dice.csv", ",".join(DICE_COLUMNS) + "\n")
         return None, None, ""
-    metrics, sweep = localization_metrics(test, masks, maps, stride, p.map_threshold)
+    metrics, sweep = localization_metrics(test, masks, maps, stride, p.map_threshold, p.min_area)
     atomic.write_text(plots_dir / "localization_dice.csv", sweep.to_csv(index=False))
-    outlines = {image_id: m >= p.map_threshold for image_id, m in maps.items()}
+    areas = cell_areas(test, maps)
+    outlines = {i: predicted(m, p.map_threshold, p.min_area, areas[i]) for i, m in maps.items() if i in areas}
     return metrics, outlines, f"; predicted map >= {p.map_threshold:g} outlined in yellow"
 
 
@@ -115,7 +116,8 @@ def evaluate(
     localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
     if localization is not None:  # threshold.json also gives the command its default map threshold
         localization["dice_per_class"] = _named(localization["dice_per_class"], names)
-        metrics["localization"], choice = localization, {**choice, "map_threshold": p.map_threshold}
+        metrics["localization"] = localization
+        choice = {**choice, "map_threshold": p.map_threshold, "min_area": p.min_area}
     write_galleries(test, masks, p.gallery_size, seed, choice.get("threshold"), outlines, note, plots_dir)
     write_wrong_type_gallery(test, masks, p.gallery_size, outlines, note, plots_dir)
     atomic.write_json(threshold_path, choice)

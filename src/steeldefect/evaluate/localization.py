@@ -1,7 +1,12 @@
 """Localization metrics of a mask model's test maps: Dice and IoU of the thresholded map against the true
 target (`masks.target_map` of the image's union mask: the same target as in training), pointing accuracy, and
 Dice across map thresholds. Computed on the test images that have masks; clean test images give the predicted
-defect area where there is none."""
+defect area where there is none. `mean_dice_pairs` is Kaggle Severstal's metric: the mean Dice over (image, map)
+pairs of every test image whose target is known, an empty prediction on an empty target scoring 1.
+
+The predicted defect is the map's cells at or above the map threshold, without its connected regions (8-connected)
+smaller than `min_area` pixels of the original image (`evaluate.min_area`, the rule `steeldefect predict` applies
+to its defect list)."""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
-from steeldefect.data.masks import image_mask, target_map
+from steeldefect.data.masks import image_mask, resize_nearest, target_map
 from steeldefect.evaluate.metrics import dice_iou, pointing_hit
 
 SWEEP = np.round(np.arange(0.05, 1.0, 0.05), 2)  # map thresholds of the Dice plot
@@ -27,11 +33,45 @@ def targets(test: pd.DataFrame, masks: pd.DataFrame, maps: dict[str, np.ndarray]
     return out
 
 
-def per_image(maps: dict[str, np.ndarray], true: dict[str, np.ndarray], threshold: float) -> pd.DataFrame:
+def predicted(
+    defect_map: np.ndarray, threshold: float, min_area: float = 0, cell_pixels: np.ndarray | None = None
+) -> np.ndarray:
+    """The map's cells >= `threshold`, without the 8-connected regions whose area (the sum of `cell_pixels`, the
+    original image's pixels of each cell; default 1 each) is below `min_area`."""
+    cells = np.asarray(defect_map) >= threshold
+    if min_area <= 0 or not cells.any():
+        return cells
+    labels, _ = ndimage.label(cells, structure=np.ones((3, 3)))
+    weights = None if cell_pixels is None else np.asarray(cell_pixels, float).ravel()
+    return cells & (np.bincount(labels.ravel(), weights) >= min_area)[labels]
+
+
+def pixels_per_cell(shape: Sequence[int], height: int, width: int) -> np.ndarray:
+    """(h, w) counts of the original `height` x `width` image's pixels each cell of an (h, w) map covers, in the
+    nearest resize of the map to the image (`masks.resize_nearest`, as `steeldefect predict` draws and measures
+    its regions), so a region's area here is its area in the defect list."""
+    rows = np.bincount(resize_nearest(np.arange(shape[0])[:, None], (height, 1))[:, 0], minlength=shape[0])
+    cols = np.bincount(resize_nearest(np.arange(shape[1])[None, :], (1, width))[0], minlength=shape[1])
+    return np.outer(rows, cols)
+
+
+def cell_areas(test: pd.DataFrame, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{ImageId: `pixels_per_cell` of its map} for the images of `test`."""
+    return {r.ImageId: pixels_per_cell(maps[r.ImageId].shape, r.height, r.width) for r in test.itertuples()}
+
+
+def per_image(
+    maps: dict[str, np.ndarray],
+    true: dict[str, np.ndarray],
+    threshold: float,
+    min_area: float = 0,
+    areas: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
     """One row per image with a target: ImageId, dice, iou, hit (map maximum inside the true target)."""
     rows = []
     for image_id, target in true.items():
-        dice, iou = dice_iou(maps[image_id] >= threshold, target)
+        cells = predicted(maps[image_id], threshold, min_area, (areas or {}).get(image_id))
+        dice, iou = dice_iou(cells, target)
         rows.append({"ImageId": image_id, "dice": dice, "iou": iou, "hit": pointing_hit(maps[image_id], target)})
     return pd.DataFrame(rows, columns=["ImageId", "dice", "iou", "hit"])
 
@@ -43,30 +83,58 @@ def dice_per_class(scores: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]
     return {str(k): float(v) for k, v in by_image.groupby("classes").dice.mean().items()}
 
 
-def dice_sweep(maps: dict[str, np.ndarray], true: dict[str, np.ndarray], thresholds: Sequence[float] = SWEEP):
+def mean_dice_pairs(
+    maps: dict[str, np.ndarray],
+    true: dict[str, np.ndarray],
+    threshold: float,
+    min_area: float,
+    areas: dict[str, np.ndarray],
+) -> float | None:
+    """Mean Dice over the (image, map) pairs of `true` (targets, empty ones included), as Kaggle Severstal scored
+    it: an empty prediction on an empty target scores 1 (`dice_iou`); None without pairs."""
+    scores = [dice_iou(predicted(maps[i], threshold, min_area, areas[i]), t)[0] for i, t in true.items()]
+    return float(np.mean(scores)) if scores else None
+
+
+def dice_sweep(
+    maps: dict[str, np.ndarray],
+    true: dict[str, np.ndarray],
+    thresholds: Sequence[float] = SWEEP,
+    min_area: float = 0,
+    areas: dict[str, np.ndarray] | None = None,
+):
     """Mean Dice and IoU over the images with a target at each map threshold (a DataFrame of DICE_COLUMNS)."""
     rows = []
     for t in thresholds:
-        scores = per_image(maps, true, t)
+        scores = per_image(maps, true, t, min_area, areas)
         rows.append({"map_threshold": float(t), "dice": scores.dice.mean(), "iou": scores.iou.mean()})
     return pd.DataFrame(rows, columns=DICE_COLUMNS).dropna()
 
 
 def localization_metrics(
-    test: pd.DataFrame, masks: pd.DataFrame, maps: dict[str, np.ndarray], stride: int, threshold: float
+    test: pd.DataFrame,
+    masks: pd.DataFrame,
+    maps: dict[str, np.ndarray],
+    stride: int,
+    threshold: float,
+    min_area: float = 0,
 ) -> tuple[dict, pd.DataFrame]:
     """(metrics, the Dice-across-thresholds table). `test` holds ImageId, label, classes, height, width for
     every test image; `maps` the test maps by ImageId. Dice, IoU and pointing accuracy are means over the test
     images with a mask that still covers a map cell at the input size (None when there is none; the others are
-    counted in `masks_lost_at_input_size`); `clean_area_share` is the mean share of map cells >= `threshold` on
-    clean test images (defect area predicted where there is none)."""
+    counted in `masks_lost_at_input_size`); `clean_area_share` is the mean share of predicted defect cells on
+    clean test images (defect area predicted where there is none). `mean_dice_pairs` counts the clean test images
+    too (their target is empty), not the defective ones whose target is unknown (no mask) or lost at the input
+    size; `empty_pairs_share` is the share of its pairs with an empty target: what predicting nothing scores."""
     missing = sorted(set(test.ImageId) - set(maps))
     if missing:
         raise ValueError(f"no defect map for {len(missing)} test images, e.g. {missing[0]}")
     with_mask = targets(test, masks, maps, stride)
     true = {image_id: t for image_id, t in with_mask.items() if t.any()}  # nothing to find or point at otherwise
-    scores = per_image(maps, true, threshold)
+    areas = cell_areas(test, maps)
+    scores = per_image(maps, true, threshold, min_area, areas)
     clean = test.ImageId[test.label == 0]
+    pairs = {**{i: np.zeros_like(maps[i], bool) for i in clean if i not in with_mask}, **true}
     mean = lambda values: float(np.mean(values)) if len(values) else None  # noqa: E731
     metrics = {
         "map_threshold": float(threshold),
@@ -79,6 +147,10 @@ def localization_metrics(
         "pointing_accuracy": mean(scores.hit),
         "dice_per_class": dice_per_class(scores, test),
         "clean_images": len(clean),
-        "clean_area_share": mean([float(np.mean(maps[i] >= threshold)) for i in clean]),
+        "clean_area_share": mean([float(np.mean(predicted(maps[i], threshold, min_area, areas[i]))) for i in clean]),
+        "min_area": min_area,
+        "mean_dice_pairs": mean_dice_pairs(maps, pairs, threshold, min_area, areas),
+        "pairs": len(pairs),
+        "empty_pairs_share": mean([not t.any() for t in pairs.values()]),
     }
-    return metrics, dice_sweep(maps, true)
+    return metrics, dice_sweep(maps, true, min_area=min_area, areas=areas)
