@@ -1,7 +1,7 @@
 """A two-output (mask-supervised) model in use: export round trip, the SavedModel's two outputs, and
-`steeldefect predict` with its defect-area and bounding-box columns and `--maps`. The model is a small
-hand-made fully convolutional Keras model with the mask model's interface: input (None, None, 3), outputs
-`probability` (N, 1) and `defect_map` (N, H/4, W/4, 1)."""
+`steeldefect predict` with its defect-area and bounding-box columns, `--maps` and the defect list (`--defects`).
+The model is a small hand-made fully convolutional Keras model with the mask model's interface: input
+(None, None, 3), outputs `probability` (N, 1) and `defect_map` (N, H/4, W/4, 1)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from PIL import Image
 from steeldefect.data.dataset import split
 from steeldefect.data.prepare import prepare
 from steeldefect.data.synthetic import write_dataset
-from steeldefect.errors import UserError
+from steeldefect.errors import USER_ERROR, UserError
 from steeldefect.serve.cli import main
 from steeldefect.serve.export import export, export_model, model_meta
 from steeldefect.serve.inference import has_defect_map, predict_all
-from steeldefect.serve.maps import bounding_box, load_maps
+from steeldefect.serve.maps import BOX_COLUMNS, bounding_box, load_maps
 from steeldefect.serve.model_files import MODEL_META, SAVED_MODEL, load_model
+from steeldefect.serve.regions import DEFECT_COLUMNS, MM_COLUMNS
 from steeldefect.train.model import build_model
 
 from helpers import defaults, repo_params, run, run_clean_python, stage_cmd, tiny_image_model
@@ -200,6 +201,116 @@ def test_maps_dir_problems_are_usage_errors(project, tmp_path, capsys):
             main([*base, *images, "--maps", str(maps)])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m").exists()
+
+
+def test_defects_lists_the_regions_with_the_boxes_of_the_predictions_csv(project, tmp_path, capsys):
+    root, _, paths = project
+    out, defects = tmp_path / "p.csv", tmp_path / "defects.csv"
+    args = ["predict", *paths, "--model-dir", str(root / "models"), "--output", str(out), "--no-progress"]
+    assert main([*args, "--defects", str(defects)]) == 0
+    assert "min defect area 0 px from default" in capsys.readouterr().out
+    table, predictions = read(defects), read(out)
+    assert list(table.columns) == DEFECT_COLUMNS and set(table.type) <= {"defect"}
+    for row in predictions.itertuples():  # the regions' boxes make up the image's box
+        mine = table[table.path == row.path]
+        assert list(mine.region) == [str(i) for i in range(1, len(mine) + 1)]
+        if not len(mine):
+            assert row.box_x0 == ""
+            continue
+        x0, y0, x1, y1 = (mine[c].astype(int) for c in BOX_COLUMNS)
+        assert (x0.min(), y0.min(), x1.max(), y1.max()) == tuple(int(getattr(row, c)) for c in BOX_COLUMNS)
+        assert list(mine.area_px.astype(int)) == sorted(mine.area_px.astype(int), reverse=True)
+    # at map threshold 0 every image is one region: the whole image, its box the predictions CSV's
+    assert main([*args, "--map-threshold", "0", "--defects", str(defects)]) == 0
+    assert f"wrote 5 defect regions of 5 images to {defects}" in capsys.readouterr().out
+    table, predictions = read(defects), read(out)
+    maps = predict_all(load_model(root / "models"), paths, 2, SIZE).maps
+    for row, region, m in zip(predictions.itertuples(), table.itertuples(), maps):
+        height, width = (40, 250) if row.path.endswith(("0.jpg", "2.jpg", "4.jpg")) else (90, 60)
+        assert (region.path, region.region, region.area_px) == (row.path, "1", str(height * width))
+        assert (
+            tuple(getattr(region, c) for c in BOX_COLUMNS)
+            == tuple(getattr(row, c) for c in BOX_COLUMNS)
+            == ("0", "0", *map(str, (width, height)))
+        )
+        assert (float(region.length_px), float(region.width_px)) == (max(height, width), min(height, width))
+        assert float(region.probability) == pytest.approx(float(m.max()), abs=1e-5)
+
+
+def test_mm_per_pixel_adds_the_mm_columns(project, tmp_path):
+    root, _, paths = project
+    defects = tmp_path / "defects.csv"
+    args = ["predict", paths[0], "--model-dir", str(root / "models"), "--output", str(tmp_path / "p.csv")]
+    args += ["--no-progress", "--map-threshold", "0", "--defects", str(defects)]
+    assert main([*args, "--mm-per-pixel", "0.5"]) == 0
+    table = pd.read_csv(defects)  # paths[0] is 40 x 250: one region, the whole image
+    assert list(table.columns) == DEFECT_COLUMNS + MM_COLUMNS and len(table) == 1
+    assert table.area_mm2[0] == pytest.approx(40 * 250 * 0.25) and table.length_mm[0] == pytest.approx(125)
+    assert table.width_mm[0] == pytest.approx(table.width_px[0] * 0.5)
+
+
+def test_min_area_above_every_region_gives_only_the_header(project, tmp_path, capsys):
+    root, _, paths = project
+    defects = tmp_path / "defects.csv"
+    args = ["predict", *paths, "--model-dir", str(root / "models"), "--output", str(tmp_path / "p.csv")]
+    args += ["--no-progress", "--map-threshold", "0", "--defects", str(defects)]
+    assert main([*args, "--min-area", "100000"]) == 0
+    said = capsys.readouterr().out
+    assert "min defect area 100000 px from --min-area" in said and "wrote 0 defect regions of 0 images" in said
+    assert defects.read_text().strip() == ",".join(DEFECT_COLUMNS)
+    assert len(read(tmp_path / "p.csv")) == 5  # the predictions CSV still lists every image
+
+
+def test_min_area_from_the_evaluate_file(project, tmp_path, capsys):
+    root, _, paths = project
+    models = tmp_path / "models"
+    models.mkdir()
+    for f in (root / "models").iterdir():
+        if f.is_file():
+            (models / f.name).write_bytes(f.read_bytes())
+    defects = tmp_path / "defects.csv"
+    args = ["predict", paths[0], "--model-dir", str(models), "--output", str(tmp_path / "p.csv"), "--no-progress"]
+    args += ["--map-threshold", "0", "--defects", str(defects)]
+    for value, rows, said in [
+        (100000, 0, "100000 px"),
+        ({"defect": 100000}, 0, "defect: 100000 px"),
+        ({"scratch": 100000}, 1, "scratch: 100000 px"),  # not the map's type: 0 for it
+    ]:
+        (models / "threshold.json").write_text(json.dumps({"threshold": 0.5, "min_area": value}))
+        assert main(args) == 0 and len(read(defects)) == rows
+        assert f"min defect area {said} from {models / 'threshold.json'}" in capsys.readouterr().out
+    assert main([*args, "--min-area", "0"]) == 0 and len(read(defects)) == 1  # the flag wins
+    (models / "threshold.json").write_text('{"threshold": 0.5, "min_area": -3}')
+    defects.unlink()
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert (
+        e.value.code == USER_ERROR and "min_area -3 is not a number >= 0" in err and "rerun `dvc repro evaluate`" in err
+    )
+    assert not defects.exists()
+
+
+def test_defects_refusals_are_usage_errors_and_write_nothing(project, tmp_path, capsys):
+    root, _, paths = project
+    (tmp_path / "folder").mkdir()
+    out, defects = tmp_path / "p.csv", str(tmp_path / "d.csv")
+    base = ["predict", paths[0], "--output", str(out), "--no-progress"]
+    masks, images = ["--model-dir", str(root / "models")], ["--model-dir", str(root / "image_models")]
+    for args, message in [
+        ([*images, "--defects", defects], "--defects: the model in"),
+        ([*masks, "--mm-per-pixel", "0.1"], "--mm-per-pixel: it adds the mm columns"),
+        ([*masks, "--defects", defects, "--mm-per-pixel", "0"], "--mm-per-pixel: 0 is not a number > 0"),
+        ([*masks, "--defects", defects, "--mm-per-pixel", "-1"], "--mm-per-pixel: -1 is not a number > 0"),
+        ([*masks, "--defects", defects, "--min-area", "-1"], "--min-area: -1 is not >= 0"),
+        ([*masks, "--defects", str(tmp_path / "folder")], "is a folder"),
+        ([*masks, "--defects", str(tmp_path / "no" / "d.csv")], f"the folder {tmp_path / 'no'} does not exist"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main([*base, *args])
+        assert e.value.code == USER_ERROR and message in capsys.readouterr().err, args
+        assert not out.exists() and not Path(defects).exists() and not (tmp_path / "no").exists()
+    assert list((tmp_path / "folder").iterdir()) == []
 
 
 @pytest.mark.slow  # stage processes

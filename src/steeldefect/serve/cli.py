@@ -2,6 +2,7 @@
 
     steeldefect predict IMAGES_OR_FOLDERS... --model-dir models --output predictions.csv [--threshold X]
                         [--class-threshold X] [--engine keras|openvino] [--maps DIR]
+                        [--defects FILE.csv [--min-area N] [--mm-per-pixel X]]
     steeldefect cache info | clear [--kind features|images|selfcheck|pretrain]
     steeldefect preset demo|scratch|imagenet [-S key=value ...] [more dvc exp run arguments]
     steeldefect serve --model-dir models [--host 127.0.0.1] [--port 8000] [--engine openvino|keras] [--max-batch N]
@@ -14,14 +15,16 @@ predicted (0 clean / 1 defect), engine (keras or openvino), precision (fp32 or i
 types (train.target classes) adds p_<name> per type and classes (the types at or above their thresholds, joined by
 ";") after predicted; without a defect probability (trained on no clean images) probability and predicted are
 absent. A mask-supervised model (one with a defect map) adds defect_area_share and box_x0, box_y0, box_x1, box_y1
-(the defect's bounding box in the original image's pixels) after those, and `--maps DIR` writes each image with its
-map overlaid. An unreadable image gets its error text instead of a probability and does not stop the run. The IR is
+(the defect's bounding box in the original image's pixels) after those, `--maps DIR` writes each image with its
+map overlaid and `--defects FILE.csv` the defect list, one row per connected defect region (serve/regions.py).
+An unreadable image gets its error text instead of a probability and does not stop the run. The IR is
 first checked on this CPU against Keras (serve/selfcheck.py). Exit codes: see EXIT_CODES (the same for the stages).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +60,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a number > 0")
     return value
 
 
@@ -143,6 +166,7 @@ def _add_predict(commands) -> None:
         help="mask models: write one PNG per image into DIR (<image stem>_map.png): the image tinted red by its "
         "defect map, the cells >= the map threshold outlined in yellow",
     )
+    _add_defects(predict)
     predict.add_argument(
         "--engine",
         choices=("keras", "openvino"),
@@ -152,6 +176,34 @@ def _add_predict(commands) -> None:
         "exists, else keras",
     )
     predict.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+
+
+def _add_defects(predict) -> None:
+    """The defect list options of `predict` (mask models): --defects, --min-area, --mm-per-pixel."""
+    predict.add_argument(
+        "--defects",
+        type=Path,
+        default=None,
+        metavar="FILE.csv",
+        help="mask models: write the defect list to FILE.csv, one row per connected region of map cells >= the map "
+        "threshold: path, region, type, probability (the map's maximum in it), area_px, box_x0, box_y0, box_x1, "
+        "box_y1, length_px and width_px (the sides of its smallest rotated rectangle), in the image's own pixels",
+    )
+    predict.add_argument(
+        "--min-area",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="--defects: leave out regions under N pixels of the original image (default: min_area in "
+        "MODEL_DIR/threshold.json if present, else 0)",
+    )
+    predict.add_argument(
+        "--mm-per-pixel",
+        type=_positive_float,
+        default=None,
+        metavar="X",
+        help="--defects: the pixel size in mm; adds area_mm2, length_mm and width_mm",
+    )
 
 
 def _add_thresholds(parser) -> None:
@@ -214,17 +266,23 @@ def predict(
     maps_dir: Path | None = None,
     engine: str | None = None,
     class_threshold: float | None = None,
+    defects: Path | None = None,
+    min_area: int | None = None,
+    mm_per_pixel: float | None = None,
 ) -> int:
-    """The `predict` command: writes `output` and returns the exit code (0 all predicted, 1 some unreadable)."""
+    """The `predict` command: writes `output` (and the defect list to `defects`) and returns the exit code (0 all
+    predicted, 1 some unreadable)."""
     from tqdm import tqdm
 
     from steeldefect import atomic
     from steeldefect.serve.predictor import Predictor
 
+    defects = None if defects is None else Path(defects)
+    check_defects_file(defects, mm_per_pixel)
     paths = expand_images(inputs)
     if not paths:
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
-    predictor = Predictor(model_dir, engine, threshold, class_threshold, map_threshold, batch_size)
+    predictor = Predictor(model_dir, engine, threshold, class_threshold, map_threshold, batch_size, min_area=min_area)
     show(predictor.notices)
     size = predictor.image_size
     print(
@@ -232,17 +290,43 @@ def predict(
         f"(image size {size[0]}x{size[1]}, batch size {predictor.batch_size})"
     )
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
-        result = predictor.predict(paths, maps_dir=maps_dir, progress=bar.update)
+        result = predictor.predict(
+            paths, maps_dir=maps_dir, progress=bar.update, defects=defects is not None, mm_per_pixel=mm_per_pixel
+        )
     show(result.notices)
     atomic.write_text(Path(output), result.table.to_csv(index=False))
 
     failed = result.failed
     print(f"wrote {output}: {result.summary}")
+    if defects is not None:
+        atomic.write_text(defects, result.defects.to_csv(index=False))
+        print(f"wrote {len(result.defects)} defect regions of {result.defects.path.nunique()} images to {defects}")
     for i in failed[:10]:
         print(f"  unreadable: {paths[i]}: {result.table.error[i]}", file=sys.stderr)
     if len(failed) > 10:
         print(f"  ... and {len(failed) - 10} more (see the error column of {output})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_defects_file(defects: Path | None, mm_per_pixel: float | None) -> None:
+    """Refuse, before the model is loaded, a --defects FILE that cannot be written and --mm-per-pixel without it."""
+    if defects is None:
+        if mm_per_pixel is not None:
+            raise UserError(
+                "--mm-per-pixel: it adds the mm columns of the defect list, which only --defects writes; add "
+                "--defects FILE.csv, or leave out --mm-per-pixel."
+            )
+        return
+    if defects.is_dir():
+        raise UserError(
+            f"--defects {defects}: is a folder; give the CSV file to write the defect list to, e.g. "
+            f"{defects / 'defects.csv'}."
+        )
+    if not defects.parent.is_dir():
+        raise UserError(
+            f"--defects {defects}: the folder {defects.parent} does not exist; create it first, or give a file in "
+            "an existing folder."
+        )
 
 
 def _band(text: str) -> tuple[float, float]:
@@ -372,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             maps_dir=args.maps,
             engine=args.engine,
             class_threshold=args.class_threshold,
+            defects=args.defects,
+            min_area=args.min_area,
+            mm_per_pixel=args.mm_per_pixel,
         )
 
     run(command)

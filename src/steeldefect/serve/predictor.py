@@ -2,10 +2,11 @@
 
 A `Predictor` loads an exported model folder once (the Keras model, or the OpenVINO IR after its self-check on
 this CPU), resolves the thresholds (the defect probability's, each defect type's and the defect map's, from the
-arguments, else MODEL_DIR/threshold.json, else 0.5) and checks how the model is used. `predict` scores images
-(files, or encoded images as bytes) through the one preprocessing path and returns the result table, one row per
-image with the columns of a `steeldefect predict` CSV. Nothing is printed: what the command prints is returned as
-notices (a warning starts with "warning: "), and every refusal is a UserError.
+arguments, else MODEL_DIR/threshold.json, else 0.5; the smallest defect region's area likewise, else 0 pixels) and
+checks how the model is used. `predict` scores images (files, or encoded images as bytes) through the one
+preprocessing path and returns the result table, one row per image with the columns of a `steeldefect predict`
+CSV. Nothing is printed: what the command prints is returned as notices (a warning starts with "warning: "), and
+every refusal is a UserError.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ DEFAULT_BATCH_SIZE = 16  # when model_meta.json does not record the predict stag
 class Prediction:
     """One `Predictor.predict` call: `table` (one row per image: path, probability, predicted, p_<name>...,
     classes, defect_area_share, box_*, engine, precision, error, those the model has), the indices of the
-    unreadable images, the notices, the summary (e.g. "5 images, 3 predicted defect, 2 clean, 1 unreadable")
-    and, for a mask model, each image's defect map ((h, w) float32; None when unreadable)."""
+    unreadable images, the notices, the summary (e.g. "5 images, 3 predicted defect, 2 clean, 1 unreadable"),
+    for a mask model each image's defect map ((h, w) float32; None when unreadable) and, when asked for, the
+    defect list (`regions.defect_table`: one row per defect region)."""
 
     table: pd.DataFrame
     failed: list[int]
     notices: list[str]
     summary: str = ""
     maps: list[np.ndarray | None] | None = None
+    defects: pd.DataFrame | None = None
 
 
 class Predictor:
@@ -45,11 +48,11 @@ class Predictor:
     OpenVINOEngine), `engine` ("keras" / "openvino"), `precision` ("fp32" / "int8"), `name` (as the command says
     it), `version` (the export's fingerprint, `model_files.fingerprint`), `outputs` (those of probability,
     classes, defect_map the model has), `class_names`, `image_size`, `batch_size`, `meta` (model_meta.json),
-    `threshold`, `class_thresholds`, `map_threshold` and `notices` (what loading said). `decide=False` (the
-    predict stage) reads no threshold: the table then holds the probabilities only (no predicted, classes or map
-    columns). `hint`: the OpenVINO performance hint, THROUGHPUT (CPU streams, each batch split across them: for
-    folders) or LATENCY (one inference on every core: half the time for one image, the same for a batch; the
-    service's)."""
+    `threshold`, `class_thresholds`, `map_threshold`, `min_area` (pixels, or {type: pixels}; None without a map)
+    and `notices` (what loading said). `decide=False` (the predict stage) reads no threshold: the table then holds
+    the probabilities only (no predicted, classes or map columns). `hint`: the OpenVINO performance hint,
+    THROUGHPUT (CPU streams, each batch split across them: for folders) or LATENCY (one inference on every core:
+    half the time for one image, the same for a batch; the service's)."""
 
     def __init__(
         self,
@@ -60,6 +63,7 @@ class Predictor:
         map_threshold: float | None = None,
         batch_size: int | None = None,
         *,
+        min_area: int | None = None,
         decide: bool = True,
         hint: str = "THROUGHPUT",
     ):
@@ -81,9 +85,9 @@ class Predictor:
                 f"warning: {self.model_dir / 'model_meta.json'} says this model is degenerate (its training run "
                 "learned nothing: constant or chance-level predictions); its probabilities are meaningless."
             )
-        self.threshold, self.class_thresholds, self.map_threshold = None, {}, None
+        self.threshold, self.class_thresholds, self.map_threshold, self.min_area = None, {}, None, None
         if decide:
-            self._thresholds(threshold, class_threshold, map_threshold)
+            self._thresholds(threshold, class_threshold, map_threshold, min_area)
 
     def _load(self, engine: str | None, hint: str):
         """(model, image size, metadata) from the exported files only; UserError when they are missing or
@@ -127,10 +131,17 @@ class Predictor:
             self.notices.append(self_check(model, model_dir / IR_DIR, size, batch))
         return model, tuple(size), meta
 
-    def _thresholds(self, threshold: float | None, class_threshold: float | None, map_threshold: float | None):
+    def _thresholds(
+        self,
+        threshold: float | None,
+        class_threshold: float | None,
+        map_threshold: float | None,
+        min_area: int | None,
+    ):
         """The defect threshold (None without a defect probability), {type: threshold} in output order ({}
-        without types) and the map threshold (None without a defect map), each noted with where it comes from. A
-        threshold given for an output the model lacks is refused (a map threshold is ignored)."""
+        without types), the map threshold and the smallest defect area (None without a defect map), each noted
+        with where it comes from. A threshold given for an output the model lacks is refused (a map threshold and
+        a min area are ignored)."""
         if threshold is not None and "probability" not in self.outputs:
             raise UserError(
                 f"--threshold: the model in {self.model_dir} has no defect probability (it was trained on a set with "
@@ -151,6 +162,8 @@ class Predictor:
         if "defect_map" in self.outputs:
             self.map_threshold, source = resolve_map_threshold(map_threshold, self.model_dir)
             self.notices.append(f"map threshold {self.map_threshold:g} from {source}")
+            self.min_area, source = resolve_min_area(min_area, self.model_dir)
+            self.notices.append(f"min defect area {describe_min_area(self.min_area)} from {source}")
 
     def predict(
         self,
@@ -158,11 +171,15 @@ class Predictor:
         names: Sequence[str] | None = None,
         maps_dir: Path | None = None,
         progress: Callable[[int], object] | None = None,
+        defects: bool = False,
+        mm_per_pixel: float | None = None,
     ) -> Prediction:
         """Score `images` (image files, or encoded images as bytes: decoded by the same `decode_and_preprocess`),
         in batches of `batch_size`. `names`: the `path` column (default: the paths; "image <i>" for bytes).
-        `maps_dir` (mask models): write each image with its map overlaid there. `progress(n)` is called with the
-        number of images handled since the last call. An unreadable image gets its error text in the table."""
+        `maps_dir` (mask models): write each image with its map overlaid there. `defects` (mask models): also
+        return the defect list, with mm columns at `mm_per_pixel` mm per pixel when given. `progress(n)` is called
+        with the number of images handled since the last call. An unreadable image gets its error text in the
+        table."""
         import pandas as pd
 
         from steeldefect.serve import maps
@@ -181,18 +198,28 @@ class Predictor:
                     "train.supervision: image); export a model trained with train.supervision: mask."
                 )
             maps.check_maps_dir(Path(maps_dir), names)
+        if defects and "defect_map" not in self.outputs:
+            raise UserError(
+                f"--defects: the model in {self.model_dir} has no defect map to find defect regions in (it was "
+                "trained with train.supervision: image); export a model trained with train.supervision: mask."
+            )
         result = predict_files(self.model, images, self.batch_size, self.image_size, progress=progress)
         table = pd.DataFrame({"path": names, **probability_columns(result, self.class_names)})
         said, notices = [f"{len(images)} images", *decisions(table, result, self.threshold, self.class_thresholds)], []
+        found = None
         if result.maps is not None and self.map_threshold is not None:
             if maps_dir is not None:
                 n = maps.write_overlays(names, result.maps, self.map_threshold, Path(maps_dir), images)
                 notices.append(f"wrote {n} map images to {maps_dir}")
             table = pd.concat([table, maps.map_table(images, result.maps, self.map_threshold)], axis=1)
+            if defects:
+                from steeldefect.serve.regions import defect_table  # SciPy: only when asked for
+
+                found = defect_table(images, result.maps, self.map_threshold, self.min_area, mm_per_pixel, names)
         table = table.assign(engine=self.engine, precision=self.precision, error=result.errors)
         failed = result.failed
         summary = ", ".join(said) + (f", {len(failed)} unreadable" if failed else "")
-        return Prediction(table, failed, notices, summary, result.maps)
+        return Prediction(table, failed, notices, summary, result.maps, found)
 
 
 def decisions(table, result, threshold: float | None, limits: dict[str, float]) -> list[str]:
@@ -221,6 +248,11 @@ def decisions(table, result, threshold: float | None, limits: dict[str, float]) 
 def is_fraction(value) -> bool:
     """A number in [0, 1] (not a bool), as threshold.json must hold."""
     return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1
+
+
+def is_area(value) -> bool:
+    """A number >= 0 (not a bool): a min area in pixels, as threshold.json must hold."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and value >= 0
 
 
 def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, str]:
@@ -264,6 +296,35 @@ def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple
     if not is_fraction(value):
         raise UserError(f"{path}: map_threshold {value!r} is not a number in [0, 1]; rerun `dvc repro evaluate`.")
     return float(value), str(path)
+
+
+def resolve_min_area(min_area: int | None, model_dir: Path) -> tuple[float | dict[str, float], str]:
+    """(smallest defect region in pixels of the original image, where it comes from): `min_area` if given, else
+    `min_area` in MODEL_DIR/threshold.json (a number, or {type name: number}) if there, else 0."""
+    from steeldefect.serve.model_files import THRESHOLD
+
+    if min_area is not None:
+        return min_area, "--min-area"
+    path = Path(model_dir) / THRESHOLD
+    try:
+        value = json.loads(path.read_text()).get("min_area") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: cannot read it ({type(e).__name__}: {e}); rerun `dvc repro evaluate`.") from e
+    if value is None:
+        return 0, f"default (no --min-area and no min_area in {path})"
+    if not (is_area(value) or (isinstance(value, dict) and all(map(is_area, value.values())))):
+        raise UserError(
+            f"{path}: min_area {value!r} is not a number >= 0 (pixels) or an object {{type name: number >= 0}}; "
+            "rerun `dvc repro evaluate`."
+        )
+    return value, str(path)
+
+
+def describe_min_area(min_area: float | dict[str, float]) -> str:
+    """A min area as the notice says it: "50 px", or "scratch: 50 px, pit: 4 px"."""
+    if isinstance(min_area, dict):
+        return ", ".join(f"{name}: {describe_min_area(v)}" for name, v in min_area.items()) or "0 px"
+    return f"{int(min_area)} px" if float(min_area).is_integer() else f"{min_area:g} px"
 
 
 def resolve_class_thresholds(
