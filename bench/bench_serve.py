@@ -12,8 +12,10 @@ on 127.0.0.1 (a free port), waits until it is ready and, for each concurrency, s
 per concurrency: p50 / p95 / p99 latency, throughput, errors (anything but 200), the server's RSS after the first 500
 requests and at the end (growth between them) and throughput / `steeldefect predict`; then the same at the highest
 concurrency (above 1) with batching off (--max-batch 1: what batching buys), the goals of issue 30 and the load average
-before and after (others may be using the machine: compare figures of one run only). The service is stopped with SIGTERM
-and must exit 0.
+before and after (others may be using the machine: compare figures of one run only). The last three columns come from
+the service's own /metrics over each level: the mean ms a request spent in the service (request: from its arrival to
+its answer), a batch in the worker (score: decoding, engine, answers) and in the engine alone. The service is stopped
+with SIGTERM and must exit 0.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 STEELDEFECT = Path(sys.executable).parent / "steeldefect"
+HISTOGRAMS = {  # the service's histograms (serve/monitor.py) behind the table's last three columns
+    "request": 'steeldefect_request_seconds_{}{{endpoint="predict"}}',
+    "score": "steeldefect_score_seconds_{}",
+    "engine": "steeldefect_engine_seconds_{}",
+}
 
 
 def rss_mib(pid: int) -> float:
@@ -121,6 +128,24 @@ async def load(url: str, bodies: list[bytes], requests: int, concurrency: int, p
             "rss_first": marks.get("rss_first", float("nan")), "rss_end": rss_mib(pid)}  # fmt: skip
 
 
+def timings(url: str) -> dict[str, float]:
+    """The sums and counts of the service's request, scoring and engine histograms (GET /metrics)."""
+    import httpx
+
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+
+
+def means(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per request (request), per batch scored (score: decoding + engine + answers) and per engine call,
+    between two `timings`."""
+    out = {}
+    for key, name in HISTOGRAMS.items():
+        total, count = (after.get(name.format(k), 0) - before.get(name.format(k), 0) for k in ("sum", "count"))
+        out[key] = total / count * 1000 if count else float("nan")
+    return out
+
+
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(120)
@@ -155,18 +180,21 @@ def main() -> int:
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve.{os.getpid()}.log"
     runs = {}
     print(f"\n{'batch':>5} {'conc':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'img/s':>6} {'x predict':>9} "
-          f"{'errors':>6} {'RSS start':>9} {'@first':>7} {'end':>7} {'growth':>6}", flush=True)  # fmt: skip
+          f"{'errors':>6} {'RSS start':>9} {'@first':>7} {'end':>7} {'growth':>6} {'request':>7} {'score':>7} "
+          f"{'engine':>7}", flush=True)  # fmt: skip
     for batch in (args.max_batch, 1) if levels[-1] > 1 else (args.max_batch,):  # one at a time: nothing to batch
         options = ["--max-batch", str(batch), "--max-delay-ms", str(args.max_delay_ms if batch > 1 else 0), *engine]
         proc, url = start_service(args.model_dir, log, *options)
         rss_start = rss_mib(proc.pid)
         for c in levels if batch > 1 else levels[-1:]:
+            before = timings(url)
             r = asyncio.run(load(url, bodies, args.requests, c, proc.pid))
-            r = runs[(batch, c)] = {**r, "rss_start": rss_start}
+            r = runs[(batch, c)] = {**r, "rss_start": rss_start, **means(before, timings(url))}
             growth = (r["rss_end"] / r["rss_first"] - 1) * 100  # each row as soon as it is measured
             print(f"{batch:>5} {c:>4} {r['p50']:>7.1f} {r['p95']:>7.1f} {r['p99']:>7.1f} {r['rate']:>6.1f} "
                   f"{r['rate'] / predict_rate:>9.2f} {r['errors']:>6} {r['rss_start']:>9.0f} {r['rss_first']:>7.0f} "
-                  f"{r['rss_end']:>7.0f} {growth:>5.1f}%", flush=True)  # fmt: skip
+                  f"{r['rss_end']:>7.0f} {growth:>5.1f}% {r['request']:>7.1f} {r['score']:>7.1f} {r['engine']:>7.1f}",
+                  flush=True)  # fmt: skip
         code = stop(proc)
         if code != 0:
             print(f"warning: the service exited {code} after SIGTERM (expected 0); see {log}")

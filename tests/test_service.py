@@ -245,6 +245,13 @@ def test_metrics_move_with_requests(service, images):
     assert after[key] - before.get(key, 0) == 2
     for name in ("steeldefect_batch_size_count", 'steeldefect_probability_count{output="probability"}'):
         assert after[name] - before.get(name, 0) >= (1 if "batch" in name else 2), name
+    calls = after["steeldefect_batch_size_count"] - before.get("steeldefect_batch_size_count", 0)
+    spent = {}
+    for part in ("engine", "score"):  # one engine call and one scoring per batch; the engine's time is a part
+        name = f"steeldefect_{part}_seconds"
+        assert after[f"{name}_count"] - before.get(f"{name}_count", 0) == calls, name
+        spent[part] = after[f"{name}_sum"] - before.get(f"{name}_sum", 0)
+    assert 0 < spent["engine"] < spent["score"]
     decisions = [k for k in after if k.startswith("steeldefect_decisions_total")]
     assert sum(after[k] - before.get(k, 0) for k in decisions) == 2
     assert 'steeldefect_request_seconds_count{endpoint="predict"}' in after

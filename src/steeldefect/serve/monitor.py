@@ -1,9 +1,11 @@
 """Watching the served model: the Prometheus metrics of `steeldefect serve` (GET /metrics).
 
 Counters and histograms since start: requests by endpoint and HTTP status, their latency, the batch sizes the
-engine was given, decisions (clean / defect) and defect types predicted, the probabilities, the review queue's
-writes and refusals. Gauges over the last WINDOW images scored: the drift figure per probability output (PSI
-against models/drift_reference.json, see serve/drift.py) and the share of images in the uncertainty band."""
+engine was given, the time of each batch in the engine alone and in the whole scoring (decoding, engine, answers:
+the rest of a request's latency is HTTP and queueing), decisions (clean / defect) and defect types predicted, the
+probabilities, the review queue's writes and refusals. Gauges over the last WINDOW images scored: the drift figure
+per probability output (PSI against models/drift_reference.json, see serve/drift.py) and the share of images in
+the uncertainty band."""
 
 from __future__ import annotations
 
@@ -36,6 +38,18 @@ class Monitor:
             registry=r,
         )
         self.batch = Histogram("steeldefect_batch_size", "images per engine call", buckets=BATCH_BUCKETS, registry=r)
+        self.engine_time = Histogram(
+            "steeldefect_engine_seconds",
+            "time of one engine call on a batch of preprocessed images",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.score_time = Histogram(
+            "steeldefect_score_seconds",
+            "time of scoring one batch: decoding, the engine and the answers",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.decisions = Counter(
             "steeldefect_decisions", "images by decision (clean / defect)", ["decision"], registry=r
         )

@@ -119,6 +119,21 @@ def plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+class TimedEngine:
+    """The Predictor's engine (Keras model or OpenVINOEngine), each `predict_on_batch` call timed into `histogram`;
+    the rest passes through."""
+
+    def __init__(self, engine, histogram):
+        self.engine, self.histogram = engine, histogram
+
+    def predict_on_batch(self, images):
+        with self.histogram.time():
+            return self.engine.predict_on_batch(images)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
 class Service:
     """The model, the batcher, the metrics and the review queue of one `steeldefect serve` process."""
 
@@ -158,6 +173,7 @@ class Service:
             if self.review_dir is not None:
                 self.review = ReviewQueue(self.review_dir, self.band, self.review_cap)
             p.predict([warm_up_image()])  # the first call traces the preprocessing: not on a client's time
+            p.model = TimedEngine(p.model, self.monitor.engine_time)
         except BaseException as e:  # noqa: BLE001 - reported by `serve` once the server has stopped
             self.failure = e
             if self.server is not None:
@@ -186,7 +202,8 @@ class Service:
         """(data, format, name) per image -> its answer, or a Refused for an image the decoder rejects. Runs in
         the batcher's worker thread."""
         p = self.predictor
-        prediction = p.predict([data for data, _, _ in items], names=[name for _, _, name in items])
+        with self.monitor.score_time.time():
+            prediction = p.predict([data for data, _, _ in items], names=[name for _, _, name in items])
         answers, rows, flags = [], [], []
         for i, row in enumerate(prediction.table.to_dict("records")):
             if i in prediction.failed:
