@@ -40,11 +40,10 @@ import yaml
 from sklearn import metrics as skm
 
 from steeldefect.data.dataset import split
-from steeldefect.data.masks import image_mask, target_map
 from steeldefect.data.prepare import prepare
 from steeldefect.data.types import columns, multi_hot
 from steeldefect.evaluate.baseline import run_baseline
-from steeldefect.evaluate.metrics import dice_iou
+from steeldefect.evaluate.localization import localization_metrics
 from steeldefect.evaluate.types import Types, single_type, truth_and_probabilities, type_metrics
 from steeldefect.params import Params, load_params, map_stride, parse_params
 from steeldefect.train import segtrain, training
@@ -156,6 +155,8 @@ class Curve(keras.callbacks.Callback):
             if "classes" in out:
                 truth = multi_hot(self.parts[name].classes, self.class_ids)
                 row[f"{name}_classes_auc"] = round(macro_auc(truth, out["classes"]) or float("nan"), 4)
+            if "defect_map" in out and name == "test":
+                row["test_dice"] = round(localize(out["defect_map"], self.parts[name], self.masks, self.p)["dice"], 4)
         self.rows.append(row)
         logging.info("curve %s", row)
         self.clock.paused += time.perf_counter() - paused
@@ -202,14 +203,14 @@ def best_threshold(y: np.ndarray, prob: np.ndarray) -> float:
     return float(candidates[int(np.argmax(scores))])
 
 
-def dice(maps: np.ndarray, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> float:
-    """Mean Dice of the thresholded map (0.5) on defective test images with masks, on the map's grid."""
-    values = []
-    for i, row in enumerate(df.itertuples(index=False)):
-        if row.label == 1 and row.ImageId in set(masks.ImageId):
-            mask = image_mask(masks, row.ImageId, row.height, row.width, p.train.image_size)
-            values.append(dice_iou(maps[i] >= 0.5, target_map(mask, map_stride(p.train)))[0])
-    return float(np.mean(values))
+def localize(maps: np.ndarray, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> dict:
+    """The evaluate stage's localization metrics of the maps (n, h, w) of `df`'s images, at the params' map
+    threshold and minimum area: `dice` (mean over the defective images with a mask), `mean_dice_pairs` (Severstal's,
+    clean images included), `empty_pairs_share` (what predicting nothing scores)."""
+    m, _ = localization_metrics(
+        df, masks, dict(zip(df.ImageId, maps)), map_stride(p.train), p.evaluate.map_threshold, p.evaluate.min_area
+    )
+    return {k: float("nan") if m[k] is None else m[k] for k in ("dice", "mean_dice_pairs", "empty_pairs_share")}
 
 
 def scores(parts: dict, val_prob: np.ndarray, prob: np.ndarray) -> dict:
@@ -313,7 +314,7 @@ def run(
     result = {
         **scores(parts, val["probability"], test["probability"]),
         **(type_scores(parts, types, val["classes"], test["classes"]) if types else {}),
-        "dice": dice(test["defect_map"], parts["test"], masks, p) if "defect_map" in test else float("nan"),
+        **(localize(test["defect_map"], parts["test"], masks, p) if "defect_map" in test else {"dice": float("nan")}),
         "minutes": round(trained / 60, 1),
         "train.epochs": epochs,
         "epochs_run": stop.epochs,
@@ -333,7 +334,9 @@ def plot(out: Path) -> None:
 
     df = pd.read_csv(out / "curves.csv")
     df = df.assign(target=df.target.fillna("defect")) if "target" in df else df.assign(target="defect")
-    fig, ax = plt.subplots(figsize=(8, 5))
+    with_dice = "test_dice" in df and df.test_dice.notna().any()
+    fig, axes = plt.subplots(1, 2 if with_dice else 1, figsize=(15 if with_dice else 8, 5), squeeze=False)
+    ax = axes[0, 0]
     df = df.assign(run=(df.epoch.diff().fillna(-1) <= 0).cumsum())  # runs are appended whole: a new one restarts
     runs = df.groupby(["recipe", "budget", "seed", "target", "run"], sort=True)
     colours = dict(zip(runs.groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
@@ -344,6 +347,8 @@ def plot(out: Path) -> None:
         label = f"{recipe}, {budget:g}-min budget, split seed {seed}{types}: test"
         ax.plot(run_df.minutes, run_df.test_auc, label=label, **kwargs)
         ax.plot(run_df.minutes, run_df.val_auc, linestyle=":", alpha=0.6, **kwargs)
+        if with_dice and run_df.test_dice.notna().any():
+            axes[0, 1].plot(run_df.minutes, run_df.test_dice, label=label.removesuffix(": test"), **kwargs)
     bases = df.groupby("seed").baseline_auc.first()
     for seed, base in bases.items():
         top = base == bases.max()  # its label above its line, the others' below theirs: no overlap
@@ -358,6 +363,14 @@ def plot(out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("magnetic-tile from random init: deep model against the texture baseline")
+    if with_dice:
+        dice_ax = axes[0, 1]
+        dice_ax.axhline(0.5, color="red", linewidth=0.8, alpha=0.5)
+        dice_ax.set(xlabel="training minutes on 2 idle CPU cores", ylabel="test Dice (defective images with a mask)")
+        dice_ax.set_ylim(0, 1)
+        dice_ax.grid(alpha=0.3)
+        dice_ax.legend(fontsize=8, loc="upper left")
+        dice_ax.set_title("mask recipes: Dice of the map at map threshold 0.5 (goal 0.50 in red)")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
 
