@@ -17,7 +17,7 @@ The last line printed is `RESULT key=value ...`.
 
     .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe best --minutes 60 --seed 0
     .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe mask --minutes 15 --seed 1
-    .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe best --target classes \
+    .venv/bin/python bench/bench_realdata.py --data ../shared/data/magnetic-tile --recipe types --target classes \
         --minutes 60 --seed 0   (also one probability per defect type: type_accuracy=, classes_macro_auc= and the
         baseline's per-type figures on the RESULT line; the curve adds the types' macro ROC AUC)
     .venv/bin/python bench/bench_realdata.py --plot  # redraw <out>/curves.png from <out>/curves.csv
@@ -95,6 +95,12 @@ MASK = {
 }
 RECIPES = {
     "image": {"params": IMAGE_LONG, "seconds_per_epoch": 22.0},
+    # IMAGE_LONG cut after stage 3 (stride 8, a receptive field of ~100 px against ~35): which type a defect is
+    # needs more of its shape than whether there is one (docs/performance.md, "Defect types"); AMD EPYC Zen 5 figure
+    "types": {
+        "params": {"train": {**IMAGE_LONG["train"], "backbone_layer": "conv3_block4_out"}},
+        "seconds_per_epoch": 29.0,
+    },
     "mask": {"params": MASK, "seconds_per_epoch": 20.0, "reserve_seconds": 120},  # reserve: whole-image epochs
     "pretrain": {  # IMAGE_LONG from the self-pretrained backbone
         "params": {

@@ -65,7 +65,8 @@ def evaluate_localization(
     atomic.write_text(plots_dir / "localization_dice.csv", sweep.to_csv(index=False))
     areas = cell_areas(test, maps)
     outlines = {i: predicted(m, p.map_threshold, p.min_area, areas[i]) for i, m in maps.items() if i in areas}
-    return metrics, outlines, f"; predicted map >= {p.map_threshold:g} outlined in yellow"
+    smallest = f", regions of {p.min_area:g} px or more" if p.min_area > 0 else ""
+    return metrics, outlines, f"; predicted map >= {p.map_threshold:g}{smallest} outlined in yellow"
 
 
 def evaluate(
