@@ -160,13 +160,18 @@ def test_predict_adds_area_and_box_and_writes_one_map_per_image(project, tmp_pat
     )
 
 
+def copy_models(source: Path, out: Path) -> Path:
+    """A copy of the model folder's files (not its subfolders), to write a threshold.json into."""
+    out.mkdir()
+    for f in source.iterdir():
+        if f.is_file():
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
 def test_map_threshold_from_the_evaluate_file(project, tmp_path, capsys):
     root, _, paths = project
-    models = tmp_path / "models"
-    models.mkdir()
-    for f in (root / "models").iterdir():
-        if f.is_file():
-            (models / f.name).write_bytes(f.read_bytes())
+    models = copy_models(root / "models", tmp_path / "models")
     (models / "threshold.json").write_text('{"threshold": 0.5, "policy": "fixed", "map_threshold": 1.0}')
     out = tmp_path / "p.csv"
     assert main(["predict", paths[0], "--model-dir", str(models), "--output", str(out), "--no-progress"]) == 0
@@ -263,11 +268,7 @@ def test_min_area_above_every_region_gives_only_the_header(project, tmp_path, ca
 
 def test_min_area_from_the_evaluate_file(project, tmp_path, capsys):
     root, _, paths = project
-    models = tmp_path / "models"
-    models.mkdir()
-    for f in (root / "models").iterdir():
-        if f.is_file():
-            (models / f.name).write_bytes(f.read_bytes())
+    models = copy_models(root / "models", tmp_path / "models")
     defects = tmp_path / "defects.csv"
     args = ["predict", paths[0], "--model-dir", str(models), "--output", str(tmp_path / "p.csv"), "--no-progress"]
     args += ["--map-threshold", "0", "--defects", str(defects)]
