@@ -33,7 +33,9 @@ def main() -> None:
             table = df[["ImageId", "label"]].assign(**probabilities)
             table.to_csv(tmp / f"{name}.csv", index=False)
             if name == "test" and result.maps is not None:
-                save_maps(tmp / TEST_MAPS, list(df.ImageId), np.stack(result.maps), predictor.meta["map_stride"])
+                type_maps = None if result.type_maps is None else np.stack(result.type_maps)
+                stride = predictor.meta["map_stride"]
+                save_maps(tmp / TEST_MAPS, list(df.ImageId), np.stack(result.maps), stride, type_maps)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""End to end with `train.supervision: mask`: the real `dvc repro` on tiny synthetic data gives localization
-metrics, the Dice plot, the test maps, and an exported model the command uses with `--maps`."""
+"""End to end with `train.supervision: mask` and `train.target: classes`: the real `dvc repro` on tiny synthetic data
+gives localization metrics, the Dice plot, the test maps (any defect, and one per type), and an exported model the
+command uses with `--maps`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -18,7 +20,9 @@ from helpers import TINY_PARAMS, merge, reproduced_project, run
 
 pytestmark = pytest.mark.slow
 
-MASK_PARAMS = merge(TINY_PARAMS, {"train": {"supervision": "mask", "mask": {"crop_size": [64, 128]}}})
+MASK_PARAMS = merge(
+    TINY_PARAMS, {"train": {"supervision": "mask", "target": "classes", "mask": {"crop_size": [64, 128]}}}
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +49,20 @@ def test_localization_metrics_and_plot(mask_pipeline, tmp_path):
     assert (meta["supervision"], meta["map_stride"], meta["map_size"]) == ("mask", 8, [8, 50])
 
 
-def test_the_train_stage_writes_the_two_output_models_weights(mask_pipeline):
+def test_the_train_stage_writes_the_map_models_weights(mask_pipeline):
     metrics = json.loads((mask_pipeline / "metrics/train/metrics.json").read_text())
-    assert metrics["epochs_run"] >= 1 and "probability_auc" in metrics["eval"]
-    model = build_model(load_params(mask_pipeline / "params.yaml").train, None)[0]
-    model.load_weights(mask_pipeline / "models/trained.weights.h5")  # the two-output model's weights
+    assert metrics["epochs_run"] >= 1 and "probability_auc" in metrics["eval"] and "type_maps_loss" in metrics["eval"]
+    names = json.loads((mask_pipeline / "models/model_meta.json").read_text())["classes"]
+    model = build_model(load_params(mask_pipeline / "params.yaml").train, None, types=len(names))[0]
+    model.load_weights(mask_pipeline / "models/trained.weights.h5")  # maps, probability and types
+
+
+def test_the_predict_stage_keeps_a_map_per_type(mask_pipeline):
+    meta = json.loads((mask_pipeline / "models/model_meta.json").read_text())
+    assert len(meta["classes"]) == 4 and "type_maps" in meta  # the built-in data's four types
+    with np.load(mask_pipeline / "data/predictions/test_maps.npz") as maps:
+        assert maps["type_maps"].shape == (*maps["maps"].shape, 4)
+        assert 0 <= maps["type_maps"].min() and maps["type_maps"].max() <= 1
 
 
 def test_map_threshold_change_reruns_only_evaluate(mask_pipeline):

@@ -17,7 +17,7 @@ from steeldefect.data.masks import target_map
 from steeldefect.data.severstal import rle_encode
 from steeldefect.errors import UserError
 from steeldefect.params import map_stride
-from steeldefect.train import segtrain
+from steeldefect.train import pipeline, segtrain
 from steeldefect.train.model import build_model
 from steeldefect.train.pipeline import crop_on_defect, defect_target, flip_both, mask_training_dataset, random_crop
 from steeldefect.train.runtime import Runtime
@@ -162,6 +162,58 @@ def test_dice_bce_adds_one_minus_the_dice_of_the_known_pixels():
     bce = float(keras.losses.BinaryCrossentropy()(target, pred, sample_weight=weight))  # the bce map loss
     dice = (2 * 0.8 + 1) / ((0.8 + 0.3 + 0.1 + 0.4) + 1 + 1)  # image 1: predicted sum, target sum, smooth 1
     assert got == pytest.approx(bce + 1 - dice, rel=1e-5) and got > bce
+
+
+def test_dice_bce_of_type_maps_is_the_mean_of_each_types_dice():
+    """Two types on one 1x2 map: each type's Dice over the batch, then their mean (not one Dice pooled)."""
+    target = np.array([[[[1, 0], [0, 0]]]], np.float32)  # (1, 1, 2 pixels, 2 types): type 0 on pixel 0 only
+    pred = np.array([[[[0.6, 0.2], [0.1, 0.3]]]], np.float32)
+    weight = np.ones((1, 1, 2, 1), np.float32)
+    got = float(segtrain.DiceBCE(1.0)(np.concatenate([target, weight], axis=-1), pred))
+    bce = float(keras.losses.BinaryCrossentropy()(target, pred))
+    dice = ((2 * 0.6 + 1) / (0.7 + 1 + 1) + 1 / (0.5 + 1)) / 2  # type 0, type 1 (nothing to find: smooth only)
+    assert got == pytest.approx(bce + 1 - dice, rel=1e-5)
+
+
+def test_type_map_targets_are_the_mask_type_channels():
+    """`_example` with types: `type_maps` is each type channel's map target, weighted as the map's pixels; a crop
+    whose defect has no type (its mask carries none) gets type-map weight 0, a clean one keeps its weight."""
+    m = MASKED.mask
+    mask = np.zeros((8, 8, 3), np.uint8)
+    mask[0:2, 0:2, [0, 1]] = 1  # type 0 top left
+    mask[4:8, 4:8, [0, 2]] = 1  # type 1 bottom right
+    image, types = tf.zeros((8, 8, 3)), tf.constant([1.0, 1.0])
+    _, y, w = pipeline._example(image, tf.constant(mask), 1.0, 1.0, 4, m, types)
+    np.testing.assert_array_equal(y["type_maps"].numpy(), [[[1, 0], [0, 0]], [[0, 0], [0, 1]]])
+    np.testing.assert_array_equal(w["type_maps"].numpy(), w["defect_map"].numpy())
+    untyped = mask.copy()
+    untyped[..., 1:] = 0
+    _, y, w = pipeline._example(image, tf.constant(untyped), 1.0, 1.0, 4, m, tf.constant([0.0, 0.0]))
+    assert w["type_maps"].numpy().max() == 0 and w["defect_map"].numpy().max() > 0
+    _, _, w = pipeline._example(image, tf.zeros((8, 8, 3), tf.uint8), 0.0, 1.0, 4, m, tf.constant([0.0, 0.0]))
+    np.testing.assert_array_equal(w["type_maps"].numpy(), w["defect_map"].numpy())
+    assert w["type_maps"].numpy().min() > 0
+
+
+@pytest.mark.slow
+def test_training_with_types_learns_a_map_per_type(tiny, tmp_path):
+    """train.target classes on masks of two types: the model gets `type_maps` (one channel per type), trained with
+    the dice_bce map loss in the crops phase and left alone by the whole-image phase."""
+    images, masks = tiny
+    masks = masks.assign(ClassId=[1, 2] * 3)
+    images = images.assign(classes=[str(c) for c in masks.ClassId] + ["1"] + [""] * 6)
+    train, val = images.iloc[[0, 1, 2, 3, 6, 7, 8, 9, 10]], images.iloc[[4, 5, 11, 12]]
+    mask = dataclasses.replace(MASKED.mask, seg_loss="dice_bce", whole_image_epochs=1)
+    p, snapshots = dataclasses.replace(MASKED, epochs=1, target="classes", mask=mask), Snapshots()
+    weights = tmp_path / "w.weights.h5"
+    segtrain.train(p, 0, train, val, masks, weights, tmp_path / "live", callbacks=[snapshots], class_ids=("1", "2"))
+    assert not all(map(np.array_equal, snapshots.begin[0]["type_maps"], snapshots.end[0]["type_maps"]))
+    assert all(map(np.array_equal, snapshots.begin[1]["type_maps"], snapshots.end[1]["type_maps"]))
+    assert np.isfinite(json.loads((tmp_path / "live/metrics.json").read_text())["eval"]["type_maps_loss"])
+    model = build_model(p, None, types=2)[0]
+    model.load_weights(weights)
+    out = model.predict(np.zeros((1, *SIZE, 3), np.float32), verbose=0)
+    assert out["type_maps"].shape == (1, SIZE[0] // 4, SIZE[1] // 4, 2)
 
 
 class Snapshots(keras.callbacks.Callback):

@@ -236,7 +236,7 @@ def test_self_check_catches_a_tampered_type_probability(project, tmp_path, capsy
 
 
 def map_classes_model() -> keras.Model:
-    """A fully convolutional mask model with types: `classes`, `defect_map` (stride 4) and `probability`."""
+    """A fully convolutional mask model with types: `classes`, `defect_map`, `type_maps` (stride 4), `probability`."""
     keras.utils.set_random_seed(5)
     inputs = keras.Input((None, None, 3), name="image")
     x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu")(keras.layers.Rescaling(1 / 128)(inputs))
@@ -248,18 +248,21 @@ def map_classes_model() -> keras.Model:
             "classes": keras.layers.Dense(len(NAMES), activation="sigmoid", name="classes")(pooled),
             "probability": keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled),
             "defect_map": defect_map,
+            "type_maps": keras.layers.Conv2D(len(NAMES), 1, activation="sigmoid", name="type_maps")(x),
         },
     )
 
 
-def test_the_self_check_compares_a_mask_model_maps_too(project, tmp_path, capsys):
+@pytest.mark.parametrize(("reference", "shape"), [("keras_maps.npy", (16, 24)), ("keras_type_maps.npy", (16, 24, 3))])
+def test_the_self_check_compares_a_mask_model_maps_too(project, tmp_path, capsys, reference, shape):
+    """Both the any-defect map and the per-type maps are in the reference set; a change to either is caught."""
     _, paths = project
     request = IRRequest("fp32", [], paths, threshold=lambda _: 0.5, max_changed=0.0, tolerance=TOLERANCE)
     models = tmp_path / "models"
     meta = {"image_size": list(SIZE), "batch_size": 2, "classes": NAMES}
     export_model(map_classes_model(), SIZE, models, paths[:2], meta, False, request)
-    maps = models / "openvino/reference/keras_maps.npy"
-    assert np.load(maps).shape == (len(pd.read_csv(maps.with_name("reference.csv"))), 16, 24)
+    maps = models / "openvino/reference" / reference
+    assert np.load(maps).shape == (len(pd.read_csv(maps.with_name("reference.csv"))), *shape)
     np.save(maps, np.load(maps) + 2 * TOLERANCE)
     with pytest.raises(SystemExit) as e:
         predict(models, paths[:1], tmp_path / "p.csv")

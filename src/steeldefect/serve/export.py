@@ -72,7 +72,7 @@ def _stable_fingerprint(path: Path) -> None:
 
 def keras_outputs(model: keras.Model, images: tf.data.Dataset) -> dict[str, np.ndarray]:
     """The model's outputs by name, those it has: `probability` (n, 1), `classes` (n, K), `defect_map`
-    (n, h, w, 1)."""
+    (n, h, w, 1), `type_maps` (n, h, w, K)."""
     outputs = model.predict(images, verbose=0)
     return dict(outputs) if isinstance(outputs, dict) else {"probability": outputs}
 
@@ -105,6 +105,11 @@ def output_meta(outputs: dict[str, np.ndarray], image_size: tuple[int, int]) -> 
         "defect_map": f"float32 [{h}, {w}]: probability that each {stride}x{stride}-pixel cell of the resized image "
         "shows any defect; cell (r, c) covers rows r*H/h..(r+1)*H/h and columns c*W/w..(c+1)*W/w of an HxW image",
         **typed,
+        **(
+            {"type_maps": f"float32 [{h}, {w}, K]: as defect_map, one channel per defect type (order of classes)"}
+            if "type_maps" in outputs
+            else {}
+        ),
     }
 
 
@@ -182,11 +187,11 @@ def export_model(
     saved_model/ folder (a serving SavedModel, or only a README.txt when `saved_model` is false) and the openvino/
     folder (the IR `openvino` asks for, whose check figures go into model_meta.json, or only a README.txt) into
     `out_dir`. Everything is written to temporary paths first, reloaded from there, and moved into place only if
-    the reloaded models' outputs (each of probability, classes, defect_map the model has) on `check_paths` (images
-    resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph differs) and the IR
-    passes its check. With `drift_paths` (the validation images) also drift_reference.json: the histogram of the
-    model's probabilities on them, the reference of `steeldefect serve`'s drift figure (serve/drift.py). Returns the
-    largest difference seen (the IR's excepted)."""
+    the reloaded models' outputs (each of probability, classes, defect_map, type_maps the model has) on
+    `check_paths` (images resized to `image_size`) equal the trained model's (the SavedModel to 1e-5: its graph
+    differs) and the IR passes its check. With `drift_paths` (the validation images) also drift_reference.json:
+    the histogram of the model's probabilities on them, the reference of `steeldefect serve`'s drift figure
+    (serve/drift.py). Returns the largest difference seen (the IR's excepted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir, prefix=".export.") as tmp,
@@ -203,6 +208,7 @@ def export_model(
                 "classes": f"float32 [None, {len(meta.get('classes', []))}]: probability of each defect type, in the "
                 "order of classes, preprocessing included",
                 "defect_map": "float32 [None, h, w, 1]: see defect_map",
+                "type_maps": "float32 [None, h, w, K]: see type_maps",
             }
             served = {name: text for name, text in served.items() if name in expected}
             meta["saved_model"] = {**meta["saved_model"], "outputs": served}

@@ -28,13 +28,15 @@ from steeldefect.preprocess import decode_and_preprocess
 class Predictions:
     """One entry per input path, in order: the error text ("" when the image could be read) and each output the
     model has (None for one it has not): the defect probability (n,) and the per-type probabilities `classes`
-    (n, K), NaN for an unreadable image; the defect maps, one (h, w) array per image, None when unreadable."""
+    (n, K), NaN for an unreadable image; the defect maps, one (h, w) array per image, and the per-type maps, one
+    (h, w, K) array per image, None when unreadable."""
 
     paths: list[str | bytes]  # as given: file paths, or encoded images (bytes)
     probability: np.ndarray | None  # float32; None: the model has no defect probability (a set with no clean images)
     errors: list[str]
     maps: list[np.ndarray | None] | None = None  # None: the model has no defect map
     classes: np.ndarray | None = None  # float32 (n, K), in the order of model_meta.json's classes; None: no types
+    type_maps: list[np.ndarray | None] | None = None  # None: the model has no per-type maps
 
     @property
     def failed(self) -> list[int]:
@@ -43,8 +45,13 @@ class Predictions:
     @property
     def outputs(self) -> dict[str, np.ndarray]:
         """The outputs the model has, by name, the maps stacked (so every image must have been read)."""
-        maps = None if self.maps is None else np.stack(self.maps)
-        named = {"probability": self.probability, "classes": self.classes, "defect_map": maps}
+        stack = lambda maps: None if maps is None else np.stack(maps)  # noqa: E731
+        named = {
+            "probability": self.probability,
+            "classes": self.classes,
+            "defect_map": stack(self.maps),
+            "type_maps": stack(self.type_maps),
+        }
         return {name: value for name, value in named.items() if value is not None}
 
 
@@ -78,8 +85,9 @@ def indexed_dataset(paths: Sequence[str | bytes], image_size: Sequence[int], bat
 
 
 def split_outputs(outputs) -> dict[str, np.ndarray]:
-    """A model's batch output by name: `probability` (n,), `classes` (n, K) and `defect_map` (n, h, w), those it
-    has. `outputs` is an array (a one-output model: the defect probability) or a dict of named outputs."""
+    """A model's batch output by name: `probability` (n,), `classes` (n, K), `defect_map` (n, h, w) and
+    `type_maps` (n, h, w, K), those it has. `outputs` is an array (a one-output model: the defect probability)
+    or a dict of named outputs."""
     outputs = outputs if isinstance(outputs, dict) else {"probability": outputs}
     named = {name: np.asarray(value) for name, value in outputs.items()}
     if "probability" in named:
@@ -174,14 +182,17 @@ def predict_files(
         blank = split_outputs(model.predict_on_batch(np.zeros((1, *size, 3), np.float32)))
         outputs = {name: np.full((len(paths), *v.shape[1:]), np.nan, np.float32) for name, v in blank.items()}
     errors = ["" if ok else why_unreadable(path, size) for path, ok in zip(paths, seen)]
-    maps = outputs.get("defect_map")
-    maps = None if maps is None else [m if ok else None for m, ok in zip(maps, seen)]
-    return Predictions(paths, outputs.get("probability"), errors, maps, outputs.get("classes"))
+
+    def per_image(name: str) -> list | None:  # a map output as one array per image, None where unreadable
+        return None if name not in outputs else [m if ok else None for m, ok in zip(outputs[name], seen)]
+
+    probability, classes = outputs.get("probability"), outputs.get("classes")
+    return Predictions(paths, probability, errors, per_image("defect_map"), classes, per_image("type_maps"))
 
 
 def output_names(model) -> list[str]:
     """The names of the model's outputs (a Keras model, or an OpenVINOEngine): `probability` for a one-output
-    Keras model, else those of its dict (`probability`, `classes`, `defect_map`)."""
+    Keras model, else those of its dict (`probability`, `classes`, `defect_map`, `type_maps`)."""
     if isinstance(model, keras.Model) and not isinstance(model.output, dict):
         return ["probability"]
     return list(model.output_names)

@@ -98,11 +98,15 @@ def write_overlay(image_path: str | bytes, defect_map: np.ndarray, threshold: fl
         Image.fromarray(overlay_image(pixels, defect_map, threshold)).save(tmp, format="PNG", compress_level=1)
 
 
-def save_maps(path: Path, image_ids: list[str], maps: np.ndarray, stride: int) -> None:
-    """The maps (n, h, w) of `image_ids` at map stride `stride`, as float16 in a compressed .npz (atomic)."""
+def save_maps(
+    path: Path, image_ids: list[str], maps: np.ndarray, stride: int, type_maps: np.ndarray | None = None
+) -> None:
+    """The maps (n, h, w) of `image_ids` at map stride `stride`, and the per-type maps (n, h, w, K) when the model
+    has them, as float16 in a compressed .npz (atomic)."""
+    extra = {} if type_maps is None else {"type_maps": np.asarray(type_maps, np.float16)}
     with atomic.path_for(path) as tmp:
         np.savez_compressed(
-            tmp, image_ids=np.asarray(image_ids, dtype=str), maps=np.asarray(maps, np.float16), stride=stride
+            tmp, image_ids=np.asarray(image_ids, dtype=str), maps=np.asarray(maps, np.float16), stride=stride, **extra
         )
 
 
@@ -114,6 +118,18 @@ def load_maps(path: Path) -> tuple[dict[str, np.ndarray], int]:
             return maps, int(data["stride"])
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"{path}: cannot read the defect maps ({e}); run `dvc repro predict` again.") from e
+
+
+def load_type_maps(path: Path) -> dict[str, np.ndarray] | None:
+    """{ImageId: float32 (h, w, K) per-type maps} from a file written by `save_maps`, None when it has none (a
+    model without types)."""
+    try:
+        with np.load(path) as data:
+            if "type_maps" not in data:
+                return None
+            return {str(i): m.astype(np.float32) for i, m in zip(data["image_ids"], data["type_maps"])}
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the per-type defect maps ({e}); run `dvc repro predict` again.") from e
 
 
 def image_size_of(path: str | bytes) -> tuple[int, int]:

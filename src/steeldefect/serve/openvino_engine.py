@@ -27,7 +27,8 @@ from steeldefect.errors import UserError
 
 IR_DIR, IR_XML = "openvino", "model.xml"  # models/openvino/model.xml + model.bin
 REFERENCE_DIR, REFERENCE_CSV = "reference", "reference.csv"  # models/openvino/reference/: the self-check's images
-REFERENCE_MAPS = "keras_maps.npy"  # beside reference.csv for a model with a defect map: the Keras maps of its images
+# beside reference.csv for a model with maps: the Keras maps of its images, by output
+REFERENCE_MAPS = {"defect_map": "keras_maps.npy", "type_maps": "keras_type_maps.npy"}
 PRECISIONS = ("none", "fp32", "int8")
 DISABLED = (
     "export.openvino is none in params.yaml, so no OpenVINO IR was exported.\n"
@@ -67,8 +68,8 @@ class IRRequest:
 
 class OpenVINOEngine:
     """A compiled IR on the CPU. `predict_on_batch(images)` returns a dict of named outputs, those of the Keras
-    model (`probability` (N, 1), `classes` (N, K), `defect_map`: those it has); each batch is split across the
-    CPU streams the performance hint creates, which run at the same time. What is not quantized computes in
+    model (`probability` (N, 1), `classes` (N, K), `defect_map`, `type_maps`: those it has); each batch is split
+    across the CPU streams the performance hint creates, which run at the same time. What is not quantized computes in
     float32: on CPUs with AMX OpenVINO would otherwise compute in bfloat16 (probabilities off by up to 0.012 on
     the default model, against 1.5e-6), unless `config` says so ({"INFERENCE_PRECISION_HINT": "bf16"}). A setting
     OpenVINO refuses, or cannot compile the IR with on this CPU, is a UserError naming it."""
@@ -227,8 +228,8 @@ def write_reference(
     """`folder`/reference/: the `reference_indices` images of `paths` (copied byte for byte, numbered), chosen on
     the defect probability, or the types' without it, and reference.csv: file, the Keras outputs
     (`keras_probability`, `keras_p_<name>` per defect type of `names`: those the model has), and the threshold and
-    limits the export check applied (`figures`); with a defect map, the Keras maps in keras_maps.npy. Returns the
-    number of images."""
+    limits the export check applied (`figures`); with maps, the Keras maps in keras_maps.npy (and the per-type maps
+    in keras_type_maps.npy). Returns the number of images."""
     import pandas as pd
 
     from steeldefect.data.types import columns
@@ -247,6 +248,7 @@ def write_reference(
         table[["keras_" + c for c in columns(list(names))]] = outputs["classes"][chosen].astype(float)
     table = table.assign(threshold=threshold, tolerance=figures["tolerance"], max_changed=figures["max_changed"])
     table.to_csv(out / REFERENCE_CSV, index=False)
-    if "defect_map" in outputs:
-        np.save(out / REFERENCE_MAPS, outputs["defect_map"][chosen])
+    for name, file in REFERENCE_MAPS.items():
+        if name in outputs:
+            np.save(out / file, outputs[name][chosen])
     return len(chosen)

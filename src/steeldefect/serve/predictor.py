@@ -33,7 +33,8 @@ class Prediction:
     classes, defect_area_share, box_*, engine, precision, error, those the model has), the indices of the
     unreadable images, the notices, the summary (e.g. "5 images, 3 predicted defect, 2 clean, 1 unreadable"),
     for a mask model each image's defect map ((h, w) float32; None when unreadable) and, when asked for, the
-    defect list (`regions.defect_table`: one row per defect region)."""
+    defect list (`regions.defect_table`: one row per defect region); with types also each image's per-type maps
+    ((h, w, K) float32, `type_maps`)."""
 
     table: pd.DataFrame
     failed: list[int]
@@ -41,6 +42,7 @@ class Prediction:
     summary: str = ""
     maps: list[np.ndarray | None] | None = None
     defects: pd.DataFrame | None = None
+    type_maps: list[np.ndarray | None] | None = None
 
 
 class Predictor:
@@ -219,7 +221,7 @@ class Predictor:
         table = table.assign(engine=self.engine, precision=self.precision, error=result.errors)
         failed = result.failed
         summary = ", ".join(said) + (f", {len(failed)} unreadable" if failed else "")
-        return Prediction(table, failed, notices, summary, result.maps, found)
+        return Prediction(table, failed, notices, summary, result.maps, found, result.type_maps)
 
 
 def decisions(table, result, threshold: float | None, limits: dict[str, float]) -> list[str]:

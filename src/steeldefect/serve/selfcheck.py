@@ -52,8 +52,8 @@ def cpu_signature() -> dict:
 
 def read_reference(ir_dir: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """openvino/reference/reference.csv and the Keras outputs it holds by name (`probability`, `classes` from the
-    keras_p_<name> columns, `defect_map` from keras_maps.npy when there); UserError when it is missing (an IR
-    exported before the self-check) or unreadable."""
+    keras_p_<name> columns, `defect_map` and `type_maps` from their .npy files when there); UserError when it is
+    missing (an IR exported before the self-check) or unreadable."""
     path = Path(ir_dir) / REFERENCE_DIR / REFERENCE_CSV
     try:
         table = pd.read_csv(path, dtype={"file": str})
@@ -65,8 +65,9 @@ def read_reference(ir_dir: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
             raise ValueError("no images, no Keras outputs, or empty values")
         expected = {"probability": table.keras_probability.to_numpy()} if "keras_probability" in table else {}
         expected.update({"classes": table[types].to_numpy()} if types else {})
-        if (path.parent / REFERENCE_MAPS).exists():
-            expected["defect_map"] = np.load(path.parent / REFERENCE_MAPS)
+        for name, file in REFERENCE_MAPS.items():
+            if (path.parent / file).exists():
+                expected[name] = np.load(path.parent / file)
     except FileNotFoundError as e:
         raise UserError(
             f"{path}: not found, so the OpenVINO IR in {ir_dir} cannot be checked on this CPU (it was exported "
@@ -90,7 +91,7 @@ def self_check(engine, ir_dir: Path, image_size: Sequence[int], batch_size: int,
     reference, expected = read_reference(ir_dir)
     cpu = cpu or cpu_signature()
     files = [ir_dir / IR_XML, (ir_dir / IR_XML).with_suffix(".bin"), ir_dir / REFERENCE_DIR / REFERENCE_CSV]
-    files += [f for f in [ir_dir / REFERENCE_DIR / REFERENCE_MAPS] if f.exists()]
+    files += [f for f in (ir_dir / REFERENCE_DIR / name for name in REFERENCE_MAPS.values()) if f.exists()]
     entry = cache.default_root() / cache.SELFCHECK / f"{cache.selfcheck_key(files, cpu)}.json"
     if (cache.read_entry(entry) or {}).get("passed") is True:
         return "self-check: passed earlier on this CPU (cached)"

@@ -114,7 +114,9 @@ def build_mask_model(p: TrainParams, weights: str | None, types: int = 0, defect
     - `probability` (N, 1): the image is defective, from a small convolutional classifier on the segmentation
       features and the map, then global average and max of both (so also the map's maximum);
     - with `types` > 0: the outputs of `type_outputs` on the same pooled features (without `defect`, only
-      `classes`).
+      `classes`), and `type_maps` (N, H/s, W/s, types): one sigmoid map per defect type, from its own 1x1
+      convolution on the same segmentation features. `defect_map` stays its own channel, trained on the union of
+      every mask: so it also learns from masks that carry no type, and its consumers read it unchanged.
     The whole network trains end to end (BatchNorm momentum `train.mask.bn_momentum`)."""
     backbone = build_backbone((None, None), weights, p.backbone_layer)
     for layer in backbone.layers:
@@ -138,7 +140,8 @@ def build_mask_model(p: TrainParams, weights: str | None, types: int = 0, defect
         ]
     )
     if types:
-        heads = type_outputs(pooled, types, defect)
+        type_maps = keras.layers.Conv2D(types, 1, activation="sigmoid", dtype="float32", name="type_maps")(seg)
+        heads = {**type_outputs(pooled, types, defect), "type_maps": type_maps}
     else:
         heads = {
             "probability": keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(pooled)

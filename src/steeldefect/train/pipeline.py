@@ -253,10 +253,15 @@ def _example(image, mask, label, seg_weight, stride: int, m, types=None, defect:
     `types` (train.target classes: the K 0/1 types of the image or crop) also the types' targets (`classes` and,
     with `defect`, GIVEN_DEFECT: see model.type_outputs), weighted as the image loss, the trained one (GIVEN_DEFECT,
     or `classes` without `defect`) only where the crop shows a type; without `defect` (a set with no clean
-    images) no `probability` target."""
+    images) no `probability` target. With `types` the mask has 1 + K channels and the `type_maps` target is its
+    type channels, weighted as the map's pixels, or 0 where a defect's type is unknown (its mask has no type)."""
     target = defect_target(mask[..., :1], stride)
     pixel_weight = seg_weight * m.seg_loss_weight * (1 + (m.seg_positive_weight - 1) * target[..., 0])
     y, w = {"defect_map": target}, {"defect_map": pixel_weight}
+    if types is not None:
+        y["type_maps"] = defect_target(mask[..., 1:], stride)
+        typed = tf.logical_or(tf.reduce_max(target) == 0, tf.reduce_any(mask[..., 1:] > 0))
+        w["type_maps"] = pixel_weight * tf.cast(typed, tf.float32)
     image_weight = tf.constant(m.cls_loss_weight, tf.float32)
     if defect:
         y["probability"], w["probability"] = tf.reshape(label, [1]), image_weight
@@ -289,8 +294,9 @@ def mask_eval_dataset(
     defect: bool = True,
 ) -> tf.data.Dataset:
     """Whole images at image_size, in order: (image, {probability, defect_map}, sample weights) batches (with
-    `class_ids`, also the image's types as `classes`; without `defect`, no `probability`)."""
-    load = _loader(masks, image_size)
+    `class_ids`, also the image's types as `classes` and their maps as `type_maps`; without `defect`, no
+    `probability`)."""
+    load = _loader(masks, image_size, class_ids)
 
     def example(row):
         image, mask = load(row)

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 MONITOR = "val_probability_auc"  # a set with no clean images: `monitor` gives val_classes_auc
 # the classifier of `build_mask_model`: the layers the whole-image phase trains (train.mask.whole_image_epochs)
 CLASSIFIER = ("cls_conv0", "cls_conv1", "probability")
+MAPS = ("defect_map", "type_maps")  # the pixel outputs (type_maps: train.target classes)
 
 
 class DiceBCE(keras.losses.Loss):
@@ -68,8 +69,9 @@ class DiceBCE(keras.losses.Loss):
     weight, averaged over all pixels) plus `dice_weight` x (1 - soft Dice) of the batch's map, the Dice counted
     over the pixels whose weight is > 0 (an image whose mask is unknown weighs 0: it does not count), smooth 1.
 
-    The pixel weights come in y_true's second channel (`pack_pixel_weights`): a Keras sample weight multiplies
-    every pixel's loss, which a batch Dice must not be. Only the loss is custom: the model and its weights files
+    The pixel weights come in y_true's last channel (`pack_pixel_weights`): a Keras sample weight multiplies
+    every pixel's loss, which a batch Dice must not be. A map of K channels (`type_maps`) gets the mean of the K
+    channels' batch Dice, each channel's its own. Only the loss is custom: the model and its weights files
     stay standard (losses are not saved). Under the mirrored strategy the Dice is per replica's batch."""
 
     def __init__(self, dice_weight: float = 1.0, name: str = "dice_bce", **kwargs):
@@ -77,10 +79,16 @@ class DiceBCE(keras.losses.Loss):
         self.dice_weight = dice_weight
 
     def call(self, y_true, y_pred):
-        target, weight = y_true[..., :1], y_true[..., 1]
+        target, weight = y_true[..., :-1], y_true[..., -1]
         known = ops.cast(weight > 0, y_pred.dtype)[..., None]
-        overlap = ops.sum(y_pred * target * known)
-        dice = (2 * overlap + 1) / (ops.sum(y_pred * known) + ops.sum(target * known) + 1)
+        if y_pred.shape[-1] == 1:  # defect_map
+            overlap = ops.sum(y_pred * target * known)
+            dice = (2 * overlap + 1) / (ops.sum(y_pred * known) + ops.sum(target * known) + 1)
+        else:  # type_maps: each type's Dice over the batch, then their mean
+            pixels = (0, 1, 2)
+            overlap = ops.sum(y_pred * target * known, axis=pixels)
+            total = ops.sum(y_pred * known, axis=pixels) + ops.sum(target * known, axis=pixels)
+            dice = ops.mean((2 * overlap + 1) / (total + 1))
         # per pixel: its weighted cross-entropy plus the batch's Dice term, so Keras' mean over pixels is their sum
         return weight * keras.losses.binary_crossentropy(target, y_pred) + self.dice_weight * (1 - dice)
 
@@ -89,18 +97,22 @@ class DiceBCE(keras.losses.Loss):
 
 
 def map_loss(m: MaskParams):
-    """The defect_map output's loss: binary cross-entropy weighted by the sample weights (bce), or `DiceBCE`,
-    its Dice term weighted like the pixel loss by seg_loss_weight."""
+    """The loss of a map output (defect_map, type_maps): binary cross-entropy weighted by the sample weights (bce),
+    or `DiceBCE`, its Dice term weighted like the pixel loss by seg_loss_weight."""
     return "binary_crossentropy" if m.seg_loss == "bce" else DiceBCE(m.seg_loss_weight)
 
 
 def pack_pixel_weights(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """(image, targets, sample weights) batches for `DiceBCE`: the map's pixel weights move into its target's
-    second channel; its sample weights become 1."""
+    """(image, targets, sample weights) batches for `DiceBCE`: each map's pixel weights move into its target's
+    last channel; its sample weights become 1."""
 
     def pack(x, y, w):
-        packed = tf.concat([y["defect_map"], w["defect_map"][..., None]], axis=-1)
-        return x, {**y, "defect_map": packed}, {**w, "defect_map": tf.ones_like(w["defect_map"])}
+        y, w = dict(y), dict(w)
+        for name in MAPS:
+            if name in y:
+                y[name] = tf.concat([y[name], w[name][..., None]], axis=-1)
+                w[name] = tf.ones_like(w[name])
+        return x, y, w
 
     return ds.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -120,7 +132,7 @@ def compile_mask_model(model: keras.Model, p: TrainParams, steps_per_epoch: int)
     the pixel weights inside the map's target) from the input pipeline, so the compiled model stays standard Keras."""
     model.compile(
         optimizer=OPTIMIZERS[p.optimizer](learning_rate(p, steps_per_epoch)),
-        loss={**output_losses(model), "defect_map": map_loss(p.mask)},
+        loss={**output_losses(model), **{n: map_loss(p.mask) for n in MAPS if n in model.output_names}},
         metrics=_metrics(model),
     )
 
@@ -129,7 +141,7 @@ def whole_image_dataset(
     train_df: pd.DataFrame, p: TrainParams, stride: int, seed: int, class_ids: tuple[str, ...] = (), defect: bool = True
 ) -> Callable[[int, int], tf.data.Dataset]:
     """The batches of given epochs of the whole-image phase: every training image once per epoch, whole at
-    image_size, in an order (and with p.augment flips) from (seed, epoch) only. The map's target is zeros: the
+    image_size, in an order (and with p.augment flips) from (seed, epoch) only. The maps' targets are zeros: the
     phase has no map loss, but Keras wants a target per output. With `class_ids`, the types too
     (`training.targets`)."""
     labels = targets(train_df, class_ids, defect)
@@ -144,8 +156,12 @@ def whole_image_dataset(
         if p.augment:  # 4-D: each image of the batch is flipped or not on its own
             flips = tf.random.experimental.stateless_split(tf.stack([tf.constant(seed + 4, tf.int64), step]), 2)
             x = tf.image.stateless_random_flip_up_down(tf.image.stateless_random_flip_left_right(x, flips[0]), flips[1])
-        y = {**y, "defect_map": tf.zeros((tf.shape(x)[0], *cells))}
-        return (x, y, {**w[0], "defect_map": tf.zeros((tf.shape(x)[0], *cells[:2]))}) if w else (x, y)
+        n = tf.shape(x)[0]
+        maps = {"defect_map": tf.zeros((n, *cells))}
+        if class_ids:
+            maps["type_maps"] = tf.zeros((n, *cells[:2], len(class_ids)))
+        y = {**y, **maps}
+        return (x, y, {**w[0], **{k: tf.zeros((n, *cells[:2])) for k in maps}}) if w else (x, y)
 
     def batches(first: int, last: int) -> tf.data.Dataset:
         ds = training_batches(train_df.path, p.image_size, p.batch_size, labels, weights, seed, (first, last))
