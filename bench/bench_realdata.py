@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -102,6 +103,12 @@ RECIPES = {
         "seconds_per_epoch": 29.0,
     },
     "mask": {"params": MASK, "seconds_per_epoch": 20.0, "reserve_seconds": 120},  # reserve: whole-image epochs
+    # MASK with a map per defect type (train.target: classes): the `localize` preset (conf/preset/localize.yaml)
+    "localize": {
+        "params": {"train": {**MASK["train"], "target": "classes"}},
+        "seconds_per_epoch": 21.0,
+        "reserve_seconds": 120,
+    },
     "pretrain": {  # IMAGE_LONG from the self-pretrained backbone
         "params": {
             "train": {**IMAGE_LONG["train"], "weights": "pretrained"},
@@ -276,6 +283,7 @@ def run(
     work: Path,
     types: Types | None,
     seconds_per_epoch: float | None = None,
+    keep: Path | None = None,
 ) -> tuple[dict, list]:
     spec, clock, class_ids = RECIPES[recipe], Clock(), types[0] if types else []
     spec = {**spec, "seconds_per_epoch": seconds_per_epoch or spec["seconds_per_epoch"]}
@@ -314,6 +322,8 @@ def run(
             p.train, p.seed, parts["train"], parts["val"], weights, live, callbacks=callbacks, class_ids=class_ids
         )
     trained = pre_seconds + train_clock.seconds()
+    if keep:
+        shutil.copyfile(weights, keep)
     model = build_model(p.train, None, len(class_ids), bool((parts["train"].label == 0).any()))[0]
     model.load_weights(weights)
     val, test = (predict(model, parts[n], masks, p) for n in ("val", "test"))
@@ -387,7 +397,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="best", help=f"one of {', '.join(RECIPES)}, or best (= {BEST})")
     parser.add_argument("--minutes", type=float, default=15, help="the budget: training + pretraining minutes")
     parser.add_argument("--seed", type=int, default=0, help="the split and training seed")
-    parser.add_argument("--target", choices=("defect", "classes"), default="defect", help="train.target")
+    parser.add_argument("--target", choices=("defect", "classes"), help="train.target (default: the recipe's)")
     parser.add_argument(
         "--seconds-per-epoch",
         type=float,
@@ -396,12 +406,15 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], help="params override, KEY=YAML")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "realdata", help="curves.csv and curves.png")
+    parser.add_argument("--keep-weights", type=Path, help="copy the trained weights (.weights.h5) here")
     parser.add_argument("--force", action="store_true", help="run even if the machine is busy (result marked)")
     parser.add_argument("--plot", action="store_true", help="only redraw curves.png")
     args = parser.parse_args()
     if args.plot:
         return plot(args.out)
     recipe = BEST if args.recipe == "best" else args.recipe
+    raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, **RECIPES[recipe]["params"]})
+    args.target = args.target or raw["train"]["target"]
     load = os.getloadavg()[0]
     print(f"load average at start: {load:.2f}", flush=True)
     if load >= 1.5 and not args.force:
@@ -426,11 +439,12 @@ def main() -> None:
             probs = {c: base.test[c].to_numpy() for c in columns(types[1])}
             report_types("baseline", base.metrics, types, parts["test"].assign(**probs))
         print(f"baseline: {baseline}", flush=True)
-        raw = merge(yaml.safe_load(PARAMS.read_text()), {"seed": args.seed, **RECIPES[recipe]["params"]})
         raw = merge(raw, {"train": {"target": args.target}})
         for text in args.set:
             raw = merge(raw, setting(text))
-        result, rows = run(recipe, parts, masks, raw, args.minutes, work, types, args.seconds_per_epoch)
+        result, rows = run(
+            recipe, parts, masks, raw, args.minutes, work, types, args.seconds_per_epoch, args.keep_weights
+        )
     load_end = os.getloadavg()[0]
     curve = pd.DataFrame(rows).assign(recipe=recipe, seed=args.seed, budget=args.minutes, baseline_auc=baseline["auc"])
     curve = curve.assign(target=args.target)
