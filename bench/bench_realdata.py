@@ -105,7 +105,9 @@ RECIPES = {
     "mask": {"params": MASK, "seconds_per_epoch": 20.0, "reserve_seconds": 120},  # reserve: whole-image epochs
     # MASK with a map per defect type (train.target: classes): the `localize` preset (conf/preset/localize.yaml)
     "localize": {
-        "params": {"train": {**MASK["train"], "target": "classes"}},
+        # 320x256: magnetic-tile's median image is 324 high, 270 wide (the `mask` recipe's 256x320 squashes it
+        # across); what `train.image_size: auto` gives it
+        "params": {"train": {**MASK["train"], "target": "classes", "image_size": [320, 256]}},
         "seconds_per_epoch": 21.0,
         "reserve_seconds": 120,
     },
