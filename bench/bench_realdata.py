@@ -44,7 +44,7 @@ from steeldefect.data.dataset import split
 from steeldefect.data.prepare import prepare
 from steeldefect.data.types import columns, multi_hot
 from steeldefect.evaluate.baseline import run_baseline
-from steeldefect.evaluate.localization import localization_metrics
+from steeldefect.evaluate.localization import localization_metrics, type_localization
 from steeldefect.evaluate.types import Types, single_type, truth_and_probabilities, type_metrics
 from steeldefect.params import Params, load_params, map_stride, parse_params
 from steeldefect.train import segtrain, training
@@ -218,14 +218,27 @@ def best_threshold(y: np.ndarray, prob: np.ndarray) -> float:
     return float(candidates[int(np.argmax(scores))])
 
 
-def localize(maps: np.ndarray, df: pd.DataFrame, masks: pd.DataFrame, p: Params) -> dict:
+def localize(
+    maps: np.ndarray,
+    df: pd.DataFrame,
+    masks: pd.DataFrame,
+    p: Params,
+    type_maps: np.ndarray | None = None,
+    types: Types | None = None,
+) -> dict:
     """The evaluate stage's localization metrics of the maps (n, h, w) of `df`'s images, at the params' map
     threshold and minimum area: `dice` (mean over the defective images with a mask), `mean_dice_pairs` (Severstal's,
-    clean images included), `empty_pairs_share` (what predicting nothing scores)."""
-    m, _ = localization_metrics(
-        df, masks, dict(zip(df.ImageId, maps)), map_stride(p.train), p.evaluate.map_threshold, p.evaluate.min_area
-    )
-    return {k: float("nan") if m[k] is None else m[k] for k in ("dice", "mean_dice_pairs", "empty_pairs_share")}
+    clean images included), `empty_pairs_share` (what predicting nothing scores); with `type_maps` (n, h, w, K)
+    of `types`, `dice_<name>` per type and `mean_dice_pairs_types` (over (image, type) pairs)."""
+    stride, e = map_stride(p.train), p.evaluate
+    m, _ = localization_metrics(df, masks, dict(zip(df.ImageId, maps)), stride, e.map_threshold, e.min_area)
+    out = {k: m[k] for k in ("dice", "mean_dice_pairs", "empty_pairs_share")}
+    if type_maps is not None and types:
+        per = dict.fromkeys(types[1], e.map_threshold), dict.fromkeys(types[1], e.min_area)
+        t = type_localization(df, masks, dict(zip(df.ImageId, type_maps)), types, stride, *per)
+        out |= {f"dice_{n}": c["dice"] for n, c in t["classes"].items()}
+        out["mean_dice_pairs_types"] = t["mean_dice_pairs_types"]
+    return {k: float("nan") if v is None else v for k, v in out.items()}
 
 
 def scores(parts: dict, val_prob: np.ndarray, prob: np.ndarray) -> dict:
@@ -332,7 +345,11 @@ def run(
     result = {
         **scores(parts, val["probability"], test["probability"]),
         **(type_scores(parts, types, val["classes"], test["classes"]) if types else {}),
-        **(localize(test["defect_map"], parts["test"], masks, p) if "defect_map" in test else {"dice": float("nan")}),
+        **(
+            localize(test["defect_map"], parts["test"], masks, p, test.get("type_maps"), types)
+            if "defect_map" in test
+            else {"dice": float("nan")}
+        ),
         "minutes": round(trained / 60, 1),
         "train.epochs": epochs,
         "epochs_run": stop.epochs,

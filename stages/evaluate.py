@@ -11,9 +11,9 @@ from steeldefect.errors import paths, run
 from steeldefect.evaluate.evaluation import add_baseline_comparison, evaluate, evaluate_baseline
 from steeldefect.evaluate.types import summary
 from steeldefect.params import load_params
-from steeldefect.serve.maps import load_maps
+from steeldefect.serve.maps import load_maps, load_type_maps
 
-TEST_MAPS = "test_maps.npz"  # written by the predict stage for a mask model only
+TEST_MAPS, VAL_MAPS = "test_maps.npz", "val_maps.npz"  # written by the predict stage for a mask model only
 
 
 def main() -> None:
@@ -40,6 +40,9 @@ def main() -> None:
     classes = read(a.classes)
     types = read_types(a.classes) if p.train.target == "classes" else None
     maps, stride = load_maps(a.predictions / TEST_MAPS) if (a.predictions / TEST_MAPS).exists() else (None, None)
+    type_maps = load_type_maps(a.predictions / TEST_MAPS) if maps is not None else None
+    val_file = a.predictions / VAL_MAPS
+    val_maps = (load_maps(val_file)[0], load_type_maps(val_file)) if maps is not None and val_file.exists() else None
     m = evaluate(
         p.evaluate,
         p.seed,
@@ -54,6 +57,8 @@ def main() -> None:
         stride,
         dict(zip(classes.ClassId.astype(str), classes["name"].astype(str))),
         types,
+        type_maps,
+        val_maps,
     )
     if "defect_decision" in m:
         print(f"defect / clean metrics not applicable: {m['defect_decision']['reason']}")
@@ -74,6 +79,19 @@ def main() -> None:
             f"pointing {show['pointing_accuracy']}; mean Dice over {loc['pairs']} (image, map) pairs "
             f"{show['mean_dice_pairs']} (predicting nothing: {loc['empty_pairs_share'] or 0:.3f})"
         )
+        if loc["map_choice"]["policy"] == "auto":
+            listed = "; ".join(
+                f"{n}: {c.get('map_threshold', 0.5):g}, {c.get('min_area', 0):g} px"
+                for n, c in loc["map_choice"]["maps"].items()
+            )
+            print(f"map threshold and min area chosen on validation, by map: {listed}")
+        if "classes" in loc:
+            dice = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            listed = ", ".join(f"{n} {dice(c['dice'])} ({c['images']})" for n, c in loc["classes"].items())
+            print(
+                f"Dice per type (test images with the type): {listed}; mean Dice over {loc['type_pairs']} "
+                f"(image, type) pairs {dice(loc['mean_dice_pairs_types'])}"
+            )
 
     base = evaluate_baseline(
         p.evaluate, scored(a.baseline, "val"), scored(a.baseline, "test"), a.baseline_metrics, a.plots, types

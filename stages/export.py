@@ -15,11 +15,13 @@ from steeldefect.params import load_params
 from steeldefect.serve.export import export, model_meta
 from steeldefect.serve.model_files import read_meta
 from steeldefect.serve.openvino_engine import IRRequest
+from steeldefect.train.sizing import with_image_size
 
 
 def main() -> None:
     a, p = paths("split", "weights", "train_metrics", "classes", "out"), load_params()
     train, val, test = (pd.read_csv(a.split / f"{n}.csv", keep_default_na=False) for n in ("train", "val", "test"))
+    p = with_image_size(p, train)  # the size the train stage trained at
     # the train stage's health check travels with the model: `steeldefect predict` warns about a degenerate one
     degenerate = bool(json.loads(a.train_metrics.read_text()).get("degenerate", False))
     if degenerate:

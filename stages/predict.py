@@ -1,7 +1,8 @@
 """Stage predict: the defect probability and, with train.target classes, the probability of each defect type of every
-validation and test image, from the exported model only, and the test images' defect maps when the model has them (a
-mask-supervised model). It predicts through the same `Predictor` as `steeldefect predict` (Keras engine, no
-thresholds: those are the evaluate stage's, downstream)."""
+validation and test image, from the exported model only, and their defect maps when the model has them (a
+mask-supervised model: the test maps for the localization metrics, the validation maps for map thresholds chosen on
+them). It predicts through the same `Predictor` as `steeldefect predict` (Keras engine, no thresholds: those are
+the evaluate stage's, downstream)."""
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,9 @@ from steeldefect.params import load_params
 from steeldefect.serve.maps import save_maps
 from steeldefect.serve.predictor import Predictor
 
-TEST_MAPS = "test_maps.npz"  # only for a model with a defect map: what the evaluate stage's localization needs
+# only for a model with a defect map: what the evaluate stage's localization needs (and, for map_threshold or
+# min_area auto, the validation maps)
+TEST_MAPS, VAL_MAPS = "test_maps.npz", "val_maps.npz"
 
 
 def main() -> None:
@@ -32,10 +35,11 @@ def main() -> None:
             probabilities = result.table.drop(columns=["path", "engine", "precision", "error"])
             table = df[["ImageId", "label"]].assign(**probabilities)
             table.to_csv(tmp / f"{name}.csv", index=False)
-            if name == "test" and result.maps is not None:
+            if result.maps is not None:
                 type_maps = None if result.type_maps is None else np.stack(result.type_maps)
                 stride = predictor.meta["map_stride"]
-                save_maps(tmp / TEST_MAPS, list(df.ImageId), np.stack(result.maps), stride, type_maps)
+                out = tmp / (TEST_MAPS if name == "test" else VAL_MAPS)
+                save_maps(out, list(df.ImageId), np.stack(result.maps), stride, type_maps)
 
 
 if __name__ == "__main__":

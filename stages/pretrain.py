@@ -10,6 +10,7 @@ from steeldefect import atomic
 from steeldefect.data.dataset import resolve_source
 from steeldefect.errors import paths, run
 from steeldefect.params import load_params
+from steeldefect.train.sizing import with_image_size
 
 
 def main() -> None:
@@ -22,8 +23,9 @@ def main() -> None:
         return
     from steeldefect.train import pretrain  # TensorFlow: only when pretraining runs
 
-    train_paths = pd.read_csv(a.split / "train.csv", usecols=["path"], keep_default_na=False).path  # no label read
-    images = pretrain.image_paths(train_paths, resolve_source(p.pretrain.extra_images))
+    train_df = pd.read_csv(a.split / "train.csv", usecols=["path", "height", "width"], keep_default_na=False)
+    p = with_image_size(p, train_df)  # no label read
+    images = pretrain.image_paths(train_df.path, resolve_source(p.pretrain.extra_images))
     with atomic.atomic_dir(a.out) as tmp:
         metrics = pretrain.pretrain(p.pretrain, p.train, p.seed, images, tmp / pretrain.WEIGHTS_FILE, a.live)
         (tmp / "README.txt").write_text(

@@ -14,16 +14,18 @@ from steeldefect.params import load_params
 from steeldefect.train import segtrain
 from steeldefect.train.pretrain import pretrained_weights
 from steeldefect.train.runtime import describe, load_runtime
+from steeldefect.train.sizing import with_image_size
 from steeldefect.train.training import train
 
 
 def main() -> None:
     a, p = paths("split", "masks", "classes", "weights", "live", "pretrained"), load_params()
+    train_df, val_df = (pd.read_csv(a.split / f"{name}.csv", keep_default_na=False) for name in ("train", "val"))
+    p = with_image_size(p, train_df)
     t = p.train
     class_ids = tuple(read_types(a.classes)[0]) if t.target == "classes" else ()
     if t.weights == "pretrained":
         t = dataclasses.replace(t, weights=pretrained_weights(a.pretrained))
-    train_df, val_df = (pd.read_csv(a.split / f"{name}.csv", keep_default_na=False) for name in ("train", "val"))
     runtime = load_runtime()
     if p.train.supervision == "mask":
         masks = pd.read_csv(a.masks, keep_default_na=False)

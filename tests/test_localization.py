@@ -16,7 +16,14 @@ from steeldefect.data.severstal import rle_encode
 from steeldefect.data.synthetic import write_dataset
 from steeldefect.errors import UserError
 from steeldefect.evaluate.evaluation import evaluate
-from steeldefect.evaluate.localization import dice_sweep, localization_metrics, pixels_per_cell, predicted
+from steeldefect.evaluate.localization import (
+    dice_sweep,
+    localization_metrics,
+    pixels_per_cell,
+    predicted,
+    type_localization,
+)
+from steeldefect.evaluate.map_choice import by_type, choose_maps
 from steeldefect.serve.maps import (
     area_share,
     bounding_box,
@@ -112,6 +119,85 @@ def hand_made():
         "c.jpg": np.array([[0, 0, 0, 0.7], [0, 0, 0, 0]], np.float32),
     }
     return test, masks, maps
+
+
+TYPES = (["1", "3", "4"], ["pit", "scratch", "patch"])  # hand_made's ClassIds, named
+
+
+def hand_made_type_maps() -> dict[str, np.ndarray]:
+    """(2, 4, 3) maps of hand_made's images: pit finds half of a.jpg's and one cell on clean c.jpg, scratch finds
+    b.jpg's, patch finds nothing."""
+    out = {i: np.zeros((2, 4, 3), np.float32) for i in ("a.jpg", "b.jpg", "c.jpg")}
+    out["a.jpg"][0, 0, 0] = out["a.jpg"][1, 0, 0] = 0.9  # Dice 2*1/(2+2) = 0.5 against cells (0, 0), (0, 1)
+    out["b.jpg"][1, 3, 1] = 0.8  # Dice 1
+    out["c.jpg"][0, 3, 0] = 0.7  # clean: a pit where there is none
+    return out
+
+
+def test_type_localization_scores_each_type_against_its_own_masks(hand_made):
+    test, masks, _ = hand_made
+    thresholds, areas = dict.fromkeys(TYPES[1], 0.5), dict.fromkeys(TYPES[1], 0.0)
+    m = type_localization(test, masks, hand_made_type_maps(), TYPES, 4, thresholds, areas)
+    pit, scratch, patch = (m["classes"][n] for n in TYPES[1])
+    assert (pit["dice"], pit["images"]) == (0.5, 1) and (scratch["dice"], scratch["images"]) == (1.0, 1)
+    assert (patch["dice"], patch["iou"], patch["images"]) == (0.0, 0.0, 1)
+    # pairs over a, b, c: pit 0.5, 1 (nothing on nothing), 0 (the clean image's pit); patch 1, 0, 1
+    assert pit["mean_dice_pairs"] == pytest.approx(0.5) and scratch["mean_dice_pairs"] == 1
+    assert patch["mean_dice_pairs"] == pytest.approx(2 / 3)
+    assert m["type_pairs"] == 9 and m["mean_dice_pairs_types"] == pytest.approx(6.5 / 9)
+    # a threshold and a min area per type: scratch's 0.8 no longer counts; pit's 16-pixel cell on c.jpg is dropped
+    m = type_localization(
+        test, masks, hand_made_type_maps(), TYPES, 4, {**thresholds, "scratch": 0.9}, {**areas, "pit": 20}
+    )
+    assert m["classes"]["scratch"]["dice"] == 0 and m["classes"]["scratch"]["map_threshold"] == 0.9
+    assert m["classes"]["pit"]["mean_dice_pairs"] == pytest.approx(0.5 / 3 + 2 / 3)  # a.jpg's pit: 1 + 1 = 32 px
+    assert m["classes"]["pit"]["min_area"] == 20
+
+
+def test_map_thresholds_by_type_name_every_type_and_only_those():
+    assert by_type(0.4, "map_threshold", ["pit", "scratch"]) == (0.4, {"pit": 0.4, "scratch": 0.4})
+    assert by_type(0.4, "map_threshold", None) == (0.4, None)
+    # the any-defect map counts a cell when some type would
+    assert by_type({"pit": 0.6, "scratch": 0.3}, "map_threshold", ["pit", "scratch"]) == (
+        0.3,
+        {"pit": 0.6, "scratch": 0.3},
+    )
+    for setting, names, said in [
+        ({"pit": 0.6}, ["pit", "scratch"], "evaluate.map_threshold gives no value for type scratch"),
+        ({"pit": 0.6, "dent": 1, "scratch": 1}, ["pit", "scratch"], "evaluate.map_threshold.dent names no defect type"),
+        ({"pit": 50}, None, "evaluate.min_area is a map by type name, but the model has no map per type"),
+    ]:
+        key = "min_area" if names is None else "map_threshold"
+        with pytest.raises(UserError, match=said):
+            by_type(setting, key, names)
+
+
+def test_auto_map_threshold_and_min_area_are_chosen_on_validation_map_by_map(hand_made):
+    """hand_made as the validation split. Any-defect map: thresholds 0.05 to 0.2 tie at Dice (0.8 + 2/3) / 2 (the
+    lowest wins); then 32 px (2 cells) drops b.jpg's and c.jpg's single cells: pairs (0.8 + 0 + 1) / 3."""
+    val, masks, maps = hand_made
+    p = defaults(evaluate={"map_threshold": "auto", "min_area": "auto"}).evaluate
+    (threshold, none), (area, _), choice = choose_maps(p, val, masks, maps, None, None, 4)
+    assert (threshold, none, area) == (0.05, None, 32.0) and choice["policy"] == "auto"
+    assert choice["maps"]["defect"]["val_dice"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert choice["maps"]["defect"]["val_mean_dice_pairs"] == pytest.approx(1.8 / 3)
+    # per type: pit keeps its 32-px region and drops the clean image's cell; scratch and patch keep every region
+    (any_t, thresholds), (any_a, areas), choice = choose_maps(p, val, masks, maps, hand_made_type_maps(), TYPES, 4)
+    assert thresholds == dict.fromkeys(TYPES[1], 0.05) and areas == {"pit": 32.0, "scratch": 0.0, "patch": 0.0}
+    assert (any_t, any_a) == (0.05, 0.0) and choice["maps"]["patch"]["val_dice"] == 0
+    # a number kept, the other chosen; no defect to choose on; maps missing; nothing auto
+    given = defaults(evaluate={"map_threshold": 0.5, "min_area": "auto"}).evaluate
+    assert choose_maps(given, val, masks, maps, None, None, 4)[:2] == ((0.5, None), (32.0, None))
+    clean = val[val.label == 0]
+    _, _, choice = choose_maps(p, clean, masks, maps, None, None, 4)
+    assert choice["maps"]["defect"]["policy"].startswith("no validation image")
+    with pytest.raises(UserError, match="no validation maps"):
+        choose_maps(p, val, masks, None, None, None, 4)
+    assert choose_maps(defaults().evaluate, val, masks, None, None, None, 4) == (
+        (0.5, None),
+        (0.0, None),
+        {"policy": "given"},
+    )
 
 
 def test_localization_metrics_match_hand_computed_values(hand_made):

@@ -306,6 +306,7 @@ def test_defects_refusals_are_usage_errors_and_write_nothing(project, tmp_path, 
         ([*masks, "--defects", defects, "--min-area", "-1"], "--min-area: -1 is not >= 0"),
         ([*masks, "--defects", str(tmp_path / "folder")], "is a folder"),
         ([*masks, "--defects", str(tmp_path / "no" / "d.csv")], f"the folder {tmp_path / 'no'} does not exist"),
+        ([*masks, "--defects", str(out)], "is also --output, the predictions CSV"),
     ]:
         with pytest.raises(SystemExit) as e:
             main([*base, *args])

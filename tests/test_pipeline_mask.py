@@ -5,6 +5,7 @@ command uses with `--maps`."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from steeldefect.params import load_params
 from steeldefect.train.model import build_model
@@ -47,6 +49,13 @@ def test_localization_metrics_and_plot(mask_pipeline, tmp_path):
     assert "Localization" in html and "map_threshold" in html
     meta = json.loads((mask_pipeline / "models/model_meta.json").read_text())
     assert (meta["supervision"], meta["map_stride"], meta["map_size"]) == ("mask", 8, [8, 50])
+    # per type: Dice over the test images with that type, Severstal's mean over (image, type) pairs
+    assert list(loc["classes"]) == meta["classes"] and loc["type_pairs"] == len(meta["classes"]) * loc["pairs"]
+    assert sum(c["images"] for c in loc["classes"].values()) >= loc["images_with_mask"]
+    for c in loc["classes"].values():
+        assert c["images"] == 0 or 0 <= c["dice"] <= 1
+        assert 0 <= c["mean_dice_pairs"] <= 1 and (c["map_threshold"], c["min_area"]) == (0.5, 0)
+    assert 0 <= loc["mean_dice_pairs_types"] <= 1
 
 
 def test_the_train_stage_writes_the_map_models_weights(mask_pipeline):
@@ -63,6 +72,26 @@ def test_the_predict_stage_keeps_a_map_per_type(mask_pipeline):
     with np.load(mask_pipeline / "data/predictions/test_maps.npz") as maps:
         assert maps["type_maps"].shape == (*maps["maps"].shape, 4)
         assert 0 <= maps["type_maps"].min() and maps["type_maps"].max() <= 1
+    val = pd.read_csv(mask_pipeline / "data/split/val.csv")
+    with np.load(mask_pipeline / "data/predictions/val_maps.npz") as maps:  # for map thresholds chosen on them
+        assert list(maps["image_ids"]) == list(val.ImageId) and maps["type_maps"].shape[-1] == 4
+
+
+def test_map_thresholds_chosen_on_validation_reach_the_command(mask_pipeline, tmp_path):
+    """evaluate.map_threshold and min_area auto: one value per type in metrics and models/threshold.json."""
+    project = tmp_path / "project"
+    shutil.copytree(mask_pipeline, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"] |= {"map_threshold": "auto", "min_area": "auto"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "evaluate"], project)
+    loc = json.loads((project / "metrics/evaluate.json").read_text())["localization"]
+    names = json.loads((project / "models/model_meta.json").read_text())["classes"]
+    assert loc["map_choice"]["policy"] == "auto" and list(loc["map_choice"]["maps"]) == names
+    chosen = json.loads((project / "models/threshold.json").read_text())
+    assert set(chosen["map_threshold"]) == set(chosen["min_area"]) == set(names)
+    assert {n: c["map_threshold"] for n, c in loc["classes"].items()} == chosen["map_threshold"]
+    assert loc["map_threshold"] == min(chosen["map_threshold"].values())
 
 
 def test_map_threshold_change_reruns_only_evaluate(mask_pipeline):
@@ -81,8 +110,13 @@ def test_the_command_draws_maps_with_the_exported_model(mask_pipeline, tmp_path)
     out = tmp_path / "p.csv"
     steeldefect = Path(sys.executable).parent / "steeldefect"
     cmd = [str(steeldefect), "predict", *paths, "--model-dir", "models", "--output", str(out), "--no-progress"]
-    run([*cmd, "--maps", str(tmp_path / "maps")], mask_pipeline)
+    run([*cmd, "--maps", str(tmp_path / "maps"), "--defects", str(tmp_path / "defects.csv")], mask_pipeline)
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(f"{Path(p).stem}_map.png" for p in paths)
+    names = json.loads((mask_pipeline / "models/model_meta.json").read_text())["classes"]
+    assert set(pd.read_csv(tmp_path / "defects.csv").type) <= set(names)  # one row per region of each type's map
+    for p in paths:  # each type in its colour, a legend strip below the image
+        with Image.open(p) as im, Image.open(tmp_path / f"maps/{Path(p).stem}_map.png") as overlay:
+            assert overlay.width == im.width and overlay.height > im.height
     df = pd.read_csv(out)
     assert df.defect_area_share.between(0, 1).all() and len(df) == 3
     # the same probabilities as the predict stage

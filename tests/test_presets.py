@@ -16,7 +16,7 @@ from steeldefect.presets import PLACEHOLDER, apply, choices, preset_overrides, r
 
 from helpers import BIN, REPO, make_project, repo_params, run
 
-PRESETS = ("demo", "scratch", "imagenet")
+PRESETS = ("demo", "scratch", "imagenet", "localize")
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,7 @@ def test_a_grid_is_checked_choice_by_choice():
         resolve("scratch", ["data.source=/d", "train.epochs=3,0"])
 
 
-@pytest.mark.parametrize("name", ["scratch", "imagenet"])
+@pytest.mark.parametrize("name", ["scratch", "imagenet", "localize"])
 def test_a_real_data_preset_needs_the_data_folder(name):
     with pytest.raises(UserError, match=rf"preset {name} trains on your own images.*-S data.source=.*{PLACEHOLDER}"):
         resolve(name, [])
@@ -82,7 +82,7 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path, monkeypatch):
         resolve("scratch", ["data.source=/d", "train.epoch=3"])
     with pytest.raises(UserError, match=r"train.image_size = \[16, 16\] is not allowed"):
         resolve("imagenet", ["data.source=/d", "train.image_size=16"])
-    with pytest.raises(UserError, match=r"no preset 'nope' \(presets: demo, imagenet, scratch\)"):
+    with pytest.raises(UserError, match=r"no preset 'nope' \(presets: demo, imagenet, localize, scratch\)"):
         resolve("nope", [])
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "conf/preset").mkdir(parents=True)

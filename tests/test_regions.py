@@ -1,5 +1,6 @@
 """The defect list of a defect map (serve/regions.py): connected regions, their boxes, lengths and areas in the
-original image's pixels, the min area and the mm columns. Pure NumPy and SciPy: no TensorFlow."""
+original image's pixels, the min area and the mm columns, per type with per-type maps; and the per-type overlay
+(serve/maps.py). Pure NumPy, SciPy and Pillow: no TensorFlow."""
 
 from __future__ import annotations
 
@@ -12,7 +13,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steeldefect.serve.maps import BOX_COLUMNS, bounding_box
+from steeldefect.serve.maps import (
+    BOX_COLUMNS,
+    LEGEND_LINE,
+    MAP_COLOUR,
+    OUTLINE_COLOUR,
+    TYPE_COLOURS,
+    bounding_box,
+    legend,
+    outline,
+    overlay_image,
+    resize_to,
+    value_for,
+    write_overlay,
+    write_overlays,
+)
 from steeldefect.serve.regions import DEFECT_COLUMNS, MM_COLUMNS, defect_table, regions
 
 
@@ -143,3 +158,106 @@ def test_defect_table_has_a_row_per_region_of_every_image_with_a_map():
     assert isinstance(with_mm.path[0], bytes)  # no names: the paths (here the images themselves)
     empty = defect_table(images, [clean] * 4, 0.5, 0)
     assert list(empty.columns) == DEFECT_COLUMNS and empty.empty and empty.area_px.dtype == np.int64
+
+
+def scratch_and_pit() -> np.ndarray:
+    """(8, 8, 2) maps of an 8 x 8 map (32 x 32 image, 16 px per cell): scratch = `two_blobs` (64 and 16 px); pit
+    a row of 3 cells (48 px) and the cell of scratch's small region (16 px, same box)."""
+    pit = np.zeros((8, 8), np.float32)
+    pit[5, 1:4] = 0.8
+    pit[6, 6] = 0.9
+    return np.stack([two_blobs(), pit], axis=-1)
+
+
+def test_defect_table_with_type_maps_has_a_row_per_region_of_each_type():
+    types = scratch_and_pit()
+    images, names = [png(32, 32), png(32, 32)], ["scratch", "pit"]
+    table = defect_table(
+        images, [types.max(axis=-1), None], 0.5, 0, names=["a", "b"], type_maps=[types, None], type_names=names
+    )
+    assert list(table.columns) == DEFECT_COLUMNS and list(table.path) == ["a"] * 4  # b unreadable
+    # numbered over both types, largest first; equal area and box: by type name
+    assert list(zip(table.region, table.type, table.area_px)) == [
+        (1, "scratch", 64),
+        (2, "pit", 48),
+        (3, "pit", 16),
+        (4, "scratch", 16),
+    ]
+    assert list(table.probability) == pytest.approx([0.9, 0.8, 0.9, 0.7])  # each type's own map
+    assert list(table.box_x0) == [4, 4, 24, 24] and table.region.dtype == np.int64
+    small = defect_table(images[:1], [types.max(axis=-1)], 0.5, {"pit": 17}, type_maps=[types], type_names=names)
+    assert list(zip(small.region, small.type, small.area_px)) == [
+        (1, "scratch", 64),
+        (2, "pit", 48),
+        (3, "scratch", 16),
+    ]
+    # a map threshold per type (threshold.json's map_threshold by type name): pit's 0.8 cells no longer count
+    strict = {"scratch": 0.5, "pit": 0.85}
+    table = defect_table(images[:1], [types.max(axis=-1)], strict, 0, type_maps=[types], type_names=names)
+    assert list(zip(table.type, table.area_px)) == [("scratch", 64), ("pit", 16), ("scratch", 16)]
+    assert (value_for(strict, "pit"), value_for(strict), value_for(0.4, "pit")) == (0.85, 0.5, 0.4)
+    untyped = defect_table(images[:1], [types.max(axis=-1)], 0.5, 0)  # no type maps: the any-defect map's regions
+    assert list(untyped.type) == ["defect"] * 3 and list(untyped.area_px) == [64, 48, 16]
+
+
+def write_png(path, pixels: np.ndarray) -> str:
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_type_overlay_tints_each_type_in_its_colour_with_a_legend_below(tmp_path):
+    """A 40 x 80 grey image under (4, 8) maps (10 x 10 px per cell): scratch in the top-left cell, pit in the
+    bottom-right one."""
+    types = np.zeros((4, 8, 2), np.float32)
+    types[0, 0, 0] = types[3, 7, 1] = 1.0
+    image = write_png(tmp_path / "steel.png", np.full((40, 80, 3), 100, np.uint8))
+    write_overlay(image, types.max(axis=-1), 0.5, tmp_path / "out.png", types, ["scratch", "pit"])
+    out = read_png(tmp_path / "out.png")
+    assert out.shape[1:] == (80, 3) and out.shape[0] > 40 and (out.shape[0] - 40) % LEGEND_LINE == 0  # the legend
+    colours = np.round(TYPE_COLOURS[:2] * 255)
+
+    def nearest(pixel):
+        return int(np.argmin(np.linalg.norm(colours - pixel, axis=1)))
+
+    assert nearest(out[5, 5]) == 0 and nearest(out[35, 75]) == 1  # inside each type's cell: its colour
+    assert tuple(out[0, 0]) == tuple(colours[0]) and tuple(out[39, 79]) == tuple(colours[1])  # outlined in it
+    assert (out[15:25, 20:60] == 100).all()  # no map: the image unchanged
+    assert all((out[40:] == c).all(axis=-1).any() for c in colours)  # below: a square in each type's colour
+    written = write_overlays(
+        ["steel.png", "gone.png"],
+        [types.max(axis=-1), None],
+        0.5,
+        tmp_path / "maps",
+        [image, image],
+        [types, None],
+        ["scratch", "pit"],
+    )
+    assert written == 1 and np.array_equal(read_png(tmp_path / "maps" / "steel_map.png"), out)
+
+
+def test_the_legend_wraps_onto_a_new_line_when_the_names_do_not_fit():
+    assert legend(["scratch", "pit"], 400).shape == (LEGEND_LINE, 400, 3)
+    assert legend(["scratch", "pit"], 60).shape == (2 * LEGEND_LINE, 60, 3)
+
+
+def test_overlay_without_type_maps_is_the_red_overlay_as_before(tmp_path):
+    """Without type maps: exactly the old overlay (red heat, yellow outline at the threshold, no legend), here
+    computed by hand, on a map that does not tile the image."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (37, 83, 3), dtype=np.uint8)
+    m = rng.random((5, 11)).astype(np.float32)
+    heat = np.clip(resize_to(m, 37, 83), 0, 1)[..., None] * 0.6
+    old = pixels.astype(np.float32) / 255 * (1 - heat) + MAP_COLOUR * heat
+    old[outline(heat[..., 0] >= 0.5 * 0.6)] = OUTLINE_COLOUR
+    old = np.round(old * 255).astype(np.uint8)
+    assert np.array_equal(overlay_image(pixels, m, 0.5), old)
+    image = write_png(tmp_path / "steel.png", pixels)
+    write_overlay(image, m, 0.5, tmp_path / "out.png")
+    assert np.array_equal(read_png(tmp_path / "out.png"), old)
+    assert write_overlays(["steel.png"], [m], 0.5, tmp_path / "maps", [image], type_maps=None) == 1
+    assert np.array_equal(read_png(tmp_path / "maps" / "steel_map.png"), old)

@@ -269,6 +269,39 @@ def test_the_self_check_compares_a_mask_model_maps_too(project, tmp_path, capsys
     assert e.value.code == 2 and "largest probability difference 0.002" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize("engine", ["keras", "openvino"])
+def test_a_mask_model_with_types_lists_and_draws_each_type(project, tmp_path, capsys, engine):
+    """--defects: one row per region of each type's map, named by its type, at the per-type map thresholds of
+    threshold.json; --maps: each type in its colour, with a legend strip below the image."""
+    from steeldefect.serve.maps import LEGEND_LINE
+    from steeldefect.serve.regions import defect_table
+
+    _, paths = project
+    models, shown = tmp_path / "models", paths[:3]
+    request = IRRequest("fp32", [], paths, threshold=lambda _: 0.5, max_changed=0.0, tolerance=TOLERANCE)
+    meta = {"image_size": list(SIZE), "batch_size": 2, "classes": NAMES}
+    export_model(map_classes_model(), SIZE, models, paths[:2], meta, False, request)
+    out = map_classes_model().predict(image_batch(shown), verbose=0)
+    # each type's median: about half of its cells count, so every type has regions
+    thresholds = {n: float(np.median(out["type_maps"][..., k])) for k, n in enumerate(NAMES)}
+    (models / "threshold.json").write_text(json.dumps({"map_threshold": thresholds, "min_area": 0}))
+    defects, maps_dir = tmp_path / "defects.csv", tmp_path / "maps"
+    args = ("--engine", engine, "--defects", str(defects), "--maps", str(maps_dir))
+    assert predict(models, shown, tmp_path / "p.csv", *args) == 0
+    said = capsys.readouterr().out
+    assert "map threshold " + ", ".join(f"{n}: {t:g}" for n, t in thresholds.items()) in said
+    table = pd.read_csv(defects)
+    assert set(table.type) == set(NAMES)
+    if engine == "keras":  # the same rows as the defect list of the Keras model's own type maps
+        expected = defect_table(
+            shown, list(out["defect_map"][..., 0]), thresholds, 0, None, None, list(out["type_maps"]), NAMES
+        )
+        pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+    for path in shown:
+        with Image.open(path) as im, Image.open(maps_dir / f"{Path(path).stem}_map.png") as overlay:
+            assert overlay.size == (im.width, im.height + LEGEND_LINE)
+
+
 def test_export_builds_the_types_model_from_the_meta(project, tmp_path):
     """export(): build_model with the number of types of meta's classes and its defect_output, trained weights
     loaded; weights of another number of types are refused."""

@@ -118,7 +118,10 @@ class MaskParams:
 class TrainParams:
     epochs: int
     batch_size: int
-    image_size: tuple[int, int]  # height, width fed to the network
+    # height, width fed to the network; "auto": the median training image's aspect within pixel_budget pixels
+    # (steeldefect.train.sizing), so long strips and tall parts keep their shape
+    image_size: tuple[int, int] | Literal["auto"]
+    pixel_budget: int  # image_size auto: about this many pixels per input image (256 x 320 = 81920)
     learning_rate: float
     optimizer: Literal["adam", "nadam", "sgd"]  # the notebook used nadam
     # None (random init), "imagenet" (download), "pretrained" (the pretrain stage's output), or a local .h5 path
@@ -162,10 +165,14 @@ class EvaluateParams:
     threshold: float | Literal["auto"]
     target_recall: float
     gallery_size: int
-    map_threshold: float  # mask models: a defect-map cell counts as defect when its value >= this
+    # mask models: a defect-map cell counts as defect when its value >= this; with types, a number for every map or
+    # a map from type name to number (the any-defect map then uses the smallest); auto: chosen on the validation
+    # split, map by map (steeldefect.evaluate.map_choice)
+    map_threshold: float | dict[str, float] | Literal["auto"]
     # mask models: a predicted defect region (8-connected map cells >= map_threshold) smaller than this many pixels
-    # of the original image is dropped (Dice, mean_dice_pairs, the defect list of `steeldefect predict`)
-    min_area: float
+    # of the original image is dropped (Dice, mean_dice_pairs, the defect list of `steeldefect predict`); a number
+    # or, with types, a map from type name to pixels (the any-defect map then uses the smallest), or auto
+    min_area: float | dict[str, float] | Literal["auto"]
     # train.target classes: a type is predicted when its probability >= its threshold: one number for every type,
     # "auto" (per type, the best F1 on the validation split), or a map from type name to number
     class_threshold: float | Literal["auto"] | dict[str, float]
@@ -218,6 +225,8 @@ def _convert(key: str, value: object, hint: object) -> object:
             try:
                 return _convert(key, value, inner)
             except UserError as e:
+                if isinstance(value, list) and typing.get_origin(inner) is tuple:
+                    raise  # a list meant as this tuple: its own error names the bad item, e.g. image_size[0]
                 errors.append(str(e).split("expected ", 1)[-1].rstrip("."))
         raise _bad(key, value, " or ".join(errors + (["null"] if type(None) in args else [])))
     if origin is Literal:
@@ -309,7 +318,14 @@ def _check(p: Params) -> None:
     )
     need(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
-    need(min(t.image_size) >= 32, "train.image_size", list(t.image_size), "[height, width], each >= 32")
+    auto = t.image_size == "auto"  # resolved from the training split by train.sizing, then checked again
+    need(
+        auto or min(t.image_size) >= 32,
+        "train.image_size",
+        t.image_size if auto else list(t.image_size),
+        "[height, width], each >= 32",
+    )
+    need(t.pixel_budget >= 32 * 32, "train.pixel_budget", t.pixel_budget, "an integer >= 1024 (32 x 32)")
     need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a number > 0")
     need(t.patience >= 1, "train.patience", t.patience, "an integer >= 1")
     need(t.fine_tune.epochs >= 0, "train.fine_tune.epochs", t.fine_tune.epochs, "an integer >= 0")
@@ -337,8 +353,20 @@ def _check_evaluate(e: EvaluateParams, need) -> None:
     )
     need(0 < e.target_recall <= 1, "evaluate.target_recall", e.target_recall, "a fraction in (0, 1]")
     need(e.gallery_size >= 1, "evaluate.gallery_size", e.gallery_size, "an integer >= 1")
-    need(0 <= e.map_threshold <= 1, "evaluate.map_threshold", e.map_threshold, "a number in [0, 1]")
-    need(e.min_area >= 0, "evaluate.min_area", e.min_area, "a number of pixels >= 0 (0: keep every region)")
+    for key, value in e.map_threshold.items() if isinstance(e.map_threshold, dict) else [("", e.map_threshold)]:
+        need(
+            value == "auto" or 0 <= value <= 1,
+            f"evaluate.map_threshold{'.' + key if key else ''}",
+            value,
+            "a number in [0, 1], auto, or a map from type name to a number in [0, 1]",
+        )
+    for key, value in e.min_area.items() if isinstance(e.min_area, dict) else [("", e.min_area)]:
+        need(
+            value == "auto" or value >= 0,
+            f"evaluate.min_area{'.' + key if key else ''}",
+            value,
+            "a number of pixels >= 0 (0: keep every region), auto, or a map from type name to one",
+        )
     ct = e.class_threshold
     for key, value in ct.items() if isinstance(ct, dict) else [("", ct)]:
         need(
@@ -386,14 +414,15 @@ def _check_mask(t: TrainParams, need) -> None:
         t.backbone_layer,
         "with train.supervision mask, a ResNet50 layer named convN_... (N = 2..5) or null",
     )
-    for key, size in (("train.image_size", t.image_size), ("train.mask.crop_size", m.crop_size)):
+    image_size = None if t.image_size == "auto" else t.image_size
+    for key, size in (("train.image_size", image_size), ("train.mask.crop_size", m.crop_size)):
         need(
             size is None or all(s % stride == 0 and s >= 2 * stride for s in size),
             key,
             None if size is None else list(size),
             f"[height, width], multiples of the map stride {stride} (of {t.backbone_layer}), each >= {2 * stride}",
         )
-    if m.crop_size is not None:
+    if m.crop_size is not None and image_size is not None:
         need(
             all(c <= s for c, s in zip(m.crop_size, t.image_size)),
             "train.mask.crop_size",
@@ -427,7 +456,7 @@ def _check_pretrain(p: Params, need) -> None:
             f"a multiple of the stride {stride} of train.backbone_layer {t.backbone_layer or 'null'}",
         )
         need(
-            all(s % stride == 0 for s in t.image_size),
+            t.image_size == "auto" or all(s % stride == 0 for s in t.image_size),
             "train.image_size",
             list(t.image_size),
             f"with pretrain.epochs > 0, [height, width] multiples of the stride {stride} of "
@@ -460,7 +489,11 @@ def _check_export(x: ExportParams) -> None:
 
 def parse_params(raw: object) -> Params:
     """Typed, validated params from the parsed YAML mapping, which must give every key."""
-    params = _build(Params, raw)
+    return checked(_build(Params, raw))
+
+
+def checked(params: Params) -> Params:
+    """`params` after the checks of every key (UserError on the first bad one), e.g. once a derived value is set."""
     _check(params)
     return params
 

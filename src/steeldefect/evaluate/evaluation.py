@@ -15,7 +15,14 @@ from steeldefect import atomic
 from steeldefect.data.dataset import class_label, load_masks
 from steeldefect.data.masks import resize_nearest
 from steeldefect.data.types import PREFIX
-from steeldefect.evaluate.localization import DICE_COLUMNS, cell_areas, localization_metrics, predicted
+from steeldefect.evaluate.localization import (
+    DICE_COLUMNS,
+    cell_areas,
+    localization_metrics,
+    predicted,
+    type_localization,
+)
+from steeldefect.evaluate.map_choice import choose_maps
 from steeldefect.evaluate.metrics import SWEEP_COLUMNS, recall_per_class, scored_metrics, threshold_sweep
 from steeldefect.evaluate.plots import Tile, gallery
 from steeldefect.evaluate.types import Types, single_type, truth_and_probabilities
@@ -53,20 +60,40 @@ def _tiles(df: pd.DataFrame, masks: pd.DataFrame, with_masks: bool, outlines: di
 
 
 def evaluate_localization(
-    p: EvaluateParams, test: pd.DataFrame, masks: pd.DataFrame, maps: dict | None, stride: int | None, plots_dir: Path
-) -> tuple[dict | None, dict | None, str]:
+    p: EvaluateParams,
+    test: pd.DataFrame,
+    masks: pd.DataFrame,
+    maps: dict | None,
+    stride: int | None,
+    plots_dir: Path,
+    type_maps: dict | None = None,
+    types: Types | None = None,
+    val: pd.DataFrame | None = None,
+    val_maps: tuple[dict, dict | None] | None = None,
+) -> tuple[dict | None, dict | None, str, dict]:
     """(localization metrics, {ImageId: map cells >= the map threshold} for the galleries' outlines, a note for
-    the galleries' titles) of a mask model, and plots/localization_dice.csv, the Dice plot's data. Without maps
-    (an image model): (None, None, "") and only the CSV's header, so the plot exists for DVC either way."""
+    the galleries' titles, {map_threshold, min_area} for models/threshold.json) of a mask model, and
+    plots/localization_dice.csv, the Dice plot's data. Without maps (an image model): (None, None, "", {}) and only
+    the CSV's header, so the plot exists for DVC either way. With `type_maps` (a mask model with `types`) the
+    metrics also hold each type's (`type_localization`). `val`, `val_maps` (its maps and per-type maps): for
+    evaluate.map_threshold / min_area auto (`map_choice`)."""
     if maps is None:
         atomic.write_text(plots_dir / "localization_dice.csv", ",".join(DICE_COLUMNS) + "\n")
-        return None, None, ""
-    metrics, sweep = localization_metrics(test, masks, maps, stride, p.map_threshold, p.min_area)
+        return None, None, "", {}
+    with_types = types if type_maps is not None else None
+    (threshold, thresholds), (min_area, min_areas), choice = choose_maps(
+        p, val, masks, *(val_maps or (None, None)), with_types, stride
+    )
+    metrics, sweep = localization_metrics(test, masks, maps, stride, threshold, min_area)
+    metrics["map_choice"] = choice
+    if with_types:
+        metrics.update(type_localization(test, masks, type_maps, types, stride, thresholds, min_areas))
     atomic.write_text(plots_dir / "localization_dice.csv", sweep.to_csv(index=False))
     areas = cell_areas(test, maps)
-    outlines = {i: predicted(m, p.map_threshold, p.min_area, areas[i]) for i, m in maps.items() if i in areas}
-    smallest = f", regions of {p.min_area:g} px or more" if p.min_area > 0 else ""
-    return metrics, outlines, f"; predicted map >= {p.map_threshold:g}{smallest} outlined in yellow"
+    outlines = {i: predicted(m, threshold, min_area, areas[i]) for i, m in maps.items() if i in areas}
+    smallest = f", regions of {min_area:g} px or more" if min_area > 0 else ""
+    chosen = {"map_threshold": thresholds or threshold, "min_area": min_areas or min_area}
+    return metrics, outlines, f"; predicted map >= {threshold:g}{smallest} outlined in yellow", chosen
 
 
 def evaluate(
@@ -83,10 +110,13 @@ def evaluate(
     map_stride: int | None = None,
     class_names: dict[str, str] | None = None,
     types: Types | None = None,
+    type_maps: dict | None = None,
+    val_maps: tuple[dict, dict | None] | None = None,
 ) -> dict:
     """`val` and `test` hold ImageId, label and probability (none for a set with no clean images); `test` also
     holds path, classes, height, width. `maps`: a mask model's test maps by ImageId (at `map_stride`), for the
-    localization metrics and the galleries' outlines.
+    localization metrics and the galleries' outlines; `type_maps`: its per-type maps (h, w, K) with `types`;
+    `val_maps`: (maps, per-type maps) of `val` (then with classes, height, width), for map_threshold / min_area auto.
     `class_names` (ClassId -> name, data/prepared/classes.csv) names the classes in per-class metrics and titles.
     `types` (ClassIds, names; train.target classes): both frames also hold classes and p_<name>, for the per-type
     metrics, thresholds and plots. Without a probability column (a set with no clean images) the defect / clean
@@ -114,11 +144,13 @@ def evaluate(
         test = with_types(test, types, thresholds, names)
     write_type_plots(plots_dir, test, types)
     write_results(test, results_dir)
-    localization, outlines, note = evaluate_localization(p, test, masks, maps, map_stride, plots_dir)
+    localization, outlines, note, chosen = evaluate_localization(
+        p, test, masks, maps, map_stride, plots_dir, type_maps, types, val, val_maps
+    )
     if localization is not None:  # threshold.json also gives the command its default map threshold
         localization["dice_per_class"] = _named(localization["dice_per_class"], names)
         metrics["localization"] = localization
-        choice = {**choice, "map_threshold": p.map_threshold, "min_area": p.min_area}
+        choice = {**choice, **chosen}
     write_galleries(test, masks, p.gallery_size, seed, choice.get("threshold"), outlines, note, plots_dir)
     write_wrong_type_gallery(test, masks, p.gallery_size, outlines, note, plots_dir)
     atomic.write_json(threshold_path, choice)

@@ -6,7 +6,12 @@ pairs of every test image whose target is known, an empty prediction on an empty
 
 The predicted defect is the map's cells at or above the map threshold, without its connected regions (8-connected)
 smaller than `min_area` pixels of the original image (`evaluate.min_area`, the rule `steeldefect predict` applies
-to its defect list)."""
+to its defect list).
+
+A model with types also has one map per type: `type_localization` scores each against the masks of that ClassId,
+the same way (Dice and IoU over the test images carrying the type, `mean_dice_pairs` over every test image whose
+masks are known, an image without the type an empty target), and gives Severstal's mean over all (image, type)
+pairs."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from steeldefect.data.masks import image_mask, resize_nearest, target_map
+from steeldefect.data.masks import image_mask, resize_nearest, target_map, type_masks
 from steeldefect.evaluate.metrics import dice_iou, pointing_hit
 
 SWEEP = np.round(np.arange(0.05, 1.0, 0.05), 2)  # map thresholds of the Dice plot
@@ -129,12 +134,10 @@ def localization_metrics(
     missing = sorted(set(test.ImageId) - set(maps))
     if missing:
         raise ValueError(f"no defect map for {len(missing)} test images, e.g. {missing[0]}")
-    with_mask = targets(test, masks, maps, stride)
-    true = {image_id: t for image_id, t in with_mask.items() if t.any()}  # nothing to find or point at otherwise
+    with_mask, true, pairs = pair_targets(test, masks, maps, stride)
     areas = cell_areas(test, maps)
     scores = per_image(maps, true, threshold, min_area, areas)
     clean = test.ImageId[test.label == 0]
-    pairs = {**{i: np.zeros_like(maps[i], bool) for i in clean if i not in with_mask}, **true}
     mean = lambda values: float(np.mean(values)) if len(values) else None  # noqa: E731
     metrics = {
         "map_threshold": float(threshold),
@@ -154,3 +157,74 @@ def localization_metrics(
         "empty_pairs_share": mean([not t.any() for t in pairs.values()]),
     }
     return metrics, dice_sweep(maps, true, min_area=min_area, areas=areas)
+
+
+def pair_targets(
+    test: pd.DataFrame, masks: pd.DataFrame, maps: dict[str, np.ndarray], stride: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(targets of the images with a mask, those of them that still cover a map cell, the (image, map) pairs of
+    `mean_dice_pairs`: those and the clean images, whose target is empty) of the any-defect map."""
+    with_mask = targets(test, masks, maps, stride)
+    true = {image_id: t for image_id, t in with_mask.items() if t.any()}  # nothing to find or point at otherwise
+    clean = test.ImageId[test.label == 0]
+    return with_mask, true, {**{i: np.zeros_like(maps[i], bool) for i in clean if i not in with_mask}, **true}
+
+
+def type_targets(
+    test: pd.DataFrame,
+    masks: pd.DataFrame,
+    type_maps: dict[str, np.ndarray],
+    types: tuple[list[str], list[str]],
+    stride: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """{type name: {ImageId: target of that type on the map's grid}} over the images of the any-defect map's pairs
+    (`pair_targets`: clean, or with a mask that covers a map cell); a target is empty where the image has no
+    defect of the type. `types`: (ClassIds, names) in the maps' channel order."""
+    class_ids, names = types
+    out: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
+    for r in test[(test.label == 0) | test.ImageId.isin(set(masks.ImageId))].itertuples():
+        h, w, _ = type_maps[r.ImageId].shape
+        mask = type_masks(masks, r.ImageId, r.height, r.width, (h * stride, w * stride), class_ids)
+        if r.label == 1 and not target_map(mask[..., 0], stride).any():
+            continue  # its mask vanished at the input size, as `localization_metrics` leaves it out
+        for k, name in enumerate(names):
+            out[name][r.ImageId] = target_map(mask[..., 1 + k], stride)
+    return out
+
+
+def channel(type_maps: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """{ImageId: map of type k} from the (h, w, K) per-type maps."""
+    return {i: m[..., k] for i, m in type_maps.items()}
+
+
+def type_localization(
+    test: pd.DataFrame,
+    masks: pd.DataFrame,
+    type_maps: dict[str, np.ndarray],
+    types: tuple[list[str], list[str]],
+    stride: int,
+    thresholds: dict[str, float],
+    min_areas: dict[str, float],
+) -> dict:
+    """Localization per defect type of the (h, w, K) `type_maps` by ImageId, `types` (ClassIds, names) in their
+    channel order: `classes.<name>`: dice and iou (means over the test images whose mask of the type still covers a
+    map cell; None without any), images (their number), mean_dice_pairs (over `type_targets`), map_threshold and
+    min_area; `mean_dice_pairs_types`: the mean over all (image, type) pairs (Kaggle Severstal's metric);
+    `type_pairs`: their number. `thresholds`, `min_areas`: {type name: value}."""
+    areas = cell_areas(test, type_maps)
+    mean = lambda values: float(np.mean(values)) if len(values) else None  # noqa: E731
+    classes, every = {}, []
+    for k, (name, true) in enumerate(type_targets(test, masks, type_maps, types, stride).items()):
+        maps, limit = channel(type_maps, k), min_areas[name]
+        pairs = [dice_iou(predicted(maps[i], thresholds[name], limit, areas[i]), t) for i, t in true.items()]
+        found = [score for score, t in zip(pairs, true.values()) if t.any()]
+        every += [d for d, _ in pairs]
+        classes[name] = {
+            "dice": mean([d for d, _ in found]),
+            "iou": mean([i for _, i in found]),
+            "images": len(found),
+            "mean_dice_pairs": mean([d for d, _ in pairs]),
+            "map_threshold": thresholds[name],
+            "min_area": limit,
+        }
+    return {"classes": classes, "mean_dice_pairs_types": mean(every), "type_pairs": len(every)}

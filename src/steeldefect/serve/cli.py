@@ -266,7 +266,7 @@ def predict(
     from steeldefect.serve.predictor import Predictor
 
     defects = None if defects is None else Path(defects)
-    check_defects_file(defects, mm_per_pixel)
+    check_defects_file(defects, mm_per_pixel, Path(output))
     paths = expand_images(inputs)
     if not paths:
         raise UserError(f"no images to predict in {', '.join(map(str, inputs))}.")
@@ -296,8 +296,9 @@ def predict(
     return 1 if failed else 0
 
 
-def check_defects_file(defects: Path | None, mm_per_pixel: float | None) -> None:
-    """Refuse, before the model is loaded, a --defects FILE that cannot be written and --mm-per-pixel without it."""
+def check_defects_file(defects: Path | None, mm_per_pixel: float | None, output: Path | None = None) -> None:
+    """Refuse, before the model is loaded, a --defects FILE that cannot be written or is the predictions CSV
+    `output` (one would overwrite the other), and --mm-per-pixel without it."""
     if defects is None:
         if mm_per_pixel is not None:
             raise UserError(
@@ -309,6 +310,11 @@ def check_defects_file(defects: Path | None, mm_per_pixel: float | None) -> None
         raise UserError(
             f"--defects {defects}: is a folder; give the CSV file to write the defect list to, e.g. "
             f"{defects / 'defects.csv'}."
+        )
+    if output is not None and defects.resolve() == output.resolve():
+        raise UserError(
+            f"--defects {defects}: is also --output, the predictions CSV; the defect list would overwrite it. Give "
+            "the defect list its own file, e.g. defects.csv."
         )
     if not defects.parent.is_dir():
         raise UserError(

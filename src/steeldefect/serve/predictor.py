@@ -33,8 +33,8 @@ class Prediction:
     classes, defect_area_share, box_*, engine, precision, error, those the model has), the indices of the
     unreadable images, the notices, the summary (e.g. "5 images, 3 predicted defect, 2 clean, 1 unreadable"),
     for a mask model each image's defect map ((h, w) float32; None when unreadable) and, when asked for, the
-    defect list (`regions.defect_table`: one row per defect region); with types also each image's per-type maps
-    ((h, w, K) float32, `type_maps`)."""
+    defect list (`regions.defect_table`: one row per defect region; with types, per region of each type's map,
+    named by its type); with types also each image's per-type maps ((h, w, K) float32, `type_maps`)."""
 
     table: pd.DataFrame
     failed: list[int]
@@ -163,7 +163,13 @@ class Predictor:
             self.notices.append(f"class thresholds {listed} from {source}")
         if "defect_map" in self.outputs:
             self.map_threshold, source = resolve_map_threshold(map_threshold, self.model_dir)
-            self.notices.append(f"map threshold {self.map_threshold:g} from {source}")
+            named = set(self.map_threshold) if isinstance(self.map_threshold, dict) else set(self.class_names)
+            if named != set(self.class_names):
+                raise UserError(
+                    f"{source}: map_threshold names the types {', '.join(sorted(named))}, but the model's are "
+                    f"{', '.join(self.class_names) or 'none'}; rerun `dvc repro evaluate`, or give --map-threshold."
+                )
+            self.notices.append(f"map threshold {describe_by_type(self.map_threshold, '')} from {source}")
             self.min_area, source = resolve_min_area(min_area, self.model_dir)
             self.notices.append(f"min defect area {describe_min_area(self.min_area)} from {source}")
 
@@ -179,9 +185,10 @@ class Predictor:
         """Score `images` (image files, or encoded images as bytes: decoded by the same `decode_and_preprocess`),
         in batches of `batch_size`. `names`: the `path` column (default: the paths; "image <i>" for bytes).
         `maps_dir` (mask models): write each image with its map overlaid there. `defects` (mask models): also
-        return the defect list, with mm columns at `mm_per_pixel` mm per pixel when given. `progress(n)` is called
-        with the number of images handled since the last call. An unreadable image gets its error text in the
-        table."""
+        return the defect list, with mm columns at `mm_per_pixel` mm per pixel when given. A model with per-type
+        maps (trained with types) lists the regions of each type's map, of that type, and its overlays colour each
+        type, with a legend below the image. `progress(n)` is called with the number of images handled since the
+        last call. An unreadable image gets its error text in the table."""
         import pandas as pd
 
         from steeldefect.serve import maps
@@ -210,14 +217,18 @@ class Predictor:
         said, notices = [f"{len(images)} images", *decisions(table, result, self.threshold, self.class_thresholds)], []
         found = None
         if result.maps is not None and self.map_threshold is not None:
+            types = {"type_maps": result.type_maps, "type_names": self.class_names}  # type_maps None: no types
             if maps_dir is not None:
-                n = maps.write_overlays(names, result.maps, self.map_threshold, Path(maps_dir), images)
+                n = maps.write_overlays(names, result.maps, self.map_threshold, Path(maps_dir), images, **types)
                 notices.append(f"wrote {n} map images to {maps_dir}")
-            table = pd.concat([table, maps.map_table(images, result.maps, self.map_threshold)], axis=1)
+            any_defect = maps.value_for(self.map_threshold)
+            table = pd.concat([table, maps.map_table(images, result.maps, any_defect)], axis=1)
             if defects:
                 from steeldefect.serve.regions import defect_table  # SciPy: only when asked for
 
-                found = defect_table(images, result.maps, self.map_threshold, self.min_area, mm_per_pixel, names)
+                found = defect_table(
+                    images, result.maps, self.map_threshold, self.min_area, mm_per_pixel, names, **types
+                )
         table = table.assign(engine=self.engine, precision=self.precision, error=result.errors)
         failed = result.failed
         summary = ", ".join(said) + (f", {len(failed)} unreadable" if failed else "")
@@ -281,9 +292,10 @@ def resolve_threshold(threshold: float | None, model_dir: Path) -> tuple[float, 
     return float(value), f"{path}" + (f" (policy: {policy})" if policy else "")
 
 
-def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple[float, str]:
+def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple[float | dict[str, float], str]:
     """(map threshold, where it comes from): `map_threshold` if given, else `map_threshold` in
-    MODEL_DIR/threshold.json (the evaluate stage's evaluate.map_threshold) if there, else 0.5."""
+    MODEL_DIR/threshold.json (the evaluate stage's evaluate.map_threshold: a number, or {type name: number} for a
+    model with types, read by `maps.value_for`) if there, else 0.5."""
     from steeldefect.serve.model_files import THRESHOLD
 
     if map_threshold is not None:
@@ -295,8 +307,13 @@ def resolve_map_threshold(map_threshold: float | None, model_dir: Path) -> tuple
         raise UserError(f"{path}: cannot read it ({type(e).__name__}: {e}); rerun `dvc repro evaluate`.") from e
     if value is None:
         return DEFAULT_THRESHOLD, f"default (no --map-threshold and no map_threshold in {path})"
+    if isinstance(value, dict) and value and all(map(is_fraction, value.values())):
+        return {str(k): float(v) for k, v in value.items()}, str(path)
     if not is_fraction(value):
-        raise UserError(f"{path}: map_threshold {value!r} is not a number in [0, 1]; rerun `dvc repro evaluate`.")
+        raise UserError(
+            f"{path}: map_threshold {value!r} is not a number in [0, 1] or an object {{type name: number in [0, 1]}}; "
+            "rerun `dvc repro evaluate`."
+        )
     return float(value), str(path)
 
 
@@ -324,9 +341,14 @@ def resolve_min_area(min_area: int | None, model_dir: Path) -> tuple[float | dic
 
 def describe_min_area(min_area: float | dict[str, float]) -> str:
     """A min area as the notice says it: "50 px", or "scratch: 50 px, pit: 4 px"."""
-    if isinstance(min_area, dict):
-        return ", ".join(f"{name}: {describe_min_area(v)}" for name, v in min_area.items()) or "0 px"
-    return f"{int(min_area)} px" if float(min_area).is_integer() else f"{min_area:g} px"
+    return describe_by_type(min_area, " px") if min_area != {} else "0 px"
+
+
+def describe_by_type(value: float | dict[str, float], unit: str) -> str:
+    """A number or {type name: number} as the notices say it: "50 px", or "scratch: 50 px, pit: 4 px"."""
+    if isinstance(value, dict):
+        return ", ".join(f"{name}: {describe_by_type(v, unit)}" for name, v in value.items())
+    return f"{int(value)}{unit}" if unit and float(value).is_integer() else f"{value:g}{unit}"
 
 
 def resolve_class_thresholds(

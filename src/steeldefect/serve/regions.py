@@ -6,6 +6,10 @@ A region is a set of 8-connected pixels of the map resized to the original image
 block of pixels) at or above the map threshold. Its length is the longest side of its minimum-area rotated
 rectangle: the defect's extent along its own direction (a diagonal crack's length, which its box overstates), its
 width the shorter side.
+
+With a model trained with types (per-type maps), the rows come from each type's map instead of the any-defect map:
+one per connected region of each type's map, so an image with a scratch and a pit has a row for each, and the
+type column names the type.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def rotated_extent(mask: np.ndarray) -> tuple[float, float]:
 
 def regions(
     defect_map: np.ndarray,
-    threshold: float,
+    threshold: float | dict[str, float],
     height: int,
     width: int,
     min_area: float | dict[str, float] = 0,
@@ -55,11 +59,12 @@ def regions(
     largest first (equal areas: top-left first, by box_y0 then box_x0). Each a dict: type (`type_name`),
     probability (the map's maximum in it), area_px, box_x0, box_y0, box_x1, box_y1 (x1, y1 exclusive: the box of
     its map cells as `maps.bounding_box` draws it, so one region's box is the predictions CSV's box), length_px,
-    width_px (2 decimals) and with `mm_per_pixel` area_mm2, length_mm, width_mm. Regions under `min_area` pixels
+    width_px (2 decimals) and with `mm_per_pixel` area_mm2, length_mm, width_mm. `threshold`: a number, or
+    {type name: number} (`maps.value_for`). Regions under `min_area` pixels
     (a number, or {type name: pixels}, 0 for a type it does not name) are left out."""
     limit = min_area.get(type_name, 0) if isinstance(min_area, dict) else min_area
     pixels = maps.resize_to(defect_map, height, width)
-    labels, _ = ndimage.label(pixels >= threshold, structure=np.ones((3, 3), bool))
+    labels, _ = ndimage.label(pixels >= maps.value_for(threshold, type_name), structure=np.ones((3, 3), bool))
     h, w = np.shape(defect_map)
     # each pixel's map cell, numbered (resize_to works in float32: exact below 2**24 cells)
     cell_of = maps.resize_to(np.arange(h * w).reshape(h, w), height, width).astype(np.int64)
@@ -87,7 +92,12 @@ def regions(
                 width_mm=_significant(region["width_px"] * mm_per_pixel),
             )
         found.append(region)
-    return sorted(found, key=lambda r: (-r["area_px"], r["box_y0"], r["box_x0"]))
+    return sorted(found, key=largest_first)
+
+
+def largest_first(region: dict) -> tuple:
+    """The order of an image's regions: largest first, equal areas top-left first (box_y0, box_x0), then by type."""
+    return -region["area_px"], region["box_y0"], region["box_x0"], region["type"]
 
 
 def _significant(value: float) -> float:
@@ -98,20 +108,29 @@ def _significant(value: float) -> float:
 def defect_table(
     paths: list[str | bytes],
     defect_maps: list[np.ndarray | None],
-    threshold: float,
+    threshold: float | dict[str, float],
     min_area: float | dict[str, float],
     mm_per_pixel: float | None = None,
     names: list[str] | None = None,
+    type_maps: list[np.ndarray | None] | None = None,
+    type_names: list[str] | None = None,
 ) -> pd.DataFrame:
     """One row per defect region (`regions`) of every image that has a map, numbered 1, 2, ... per image, with the
     columns DEFECT_COLUMNS (+ MM_COLUMNS with `mm_per_pixel`). An image without a region, or without a map (it
     could not be read), has no row: the predictions CSV still lists it. `paths`: the image files or the encoded
-    images (bytes), for their size; `names`: the path column (default: `paths`)."""
+    images (bytes), for their size; `names`: the path column (default: `paths`). With `type_maps` (each image's
+    (h, w, K) maps of the K types `type_names`) the regions of each type's map, of that type, numbered over all
+    the image's types in `largest_first` order; else those of the any-defect map, of type "defect"."""
     rows = []
-    for path, name, defect_map in zip(paths, names or paths, defect_maps):
+    for path, name, defect_map, types in zip(paths, names or paths, defect_maps, type_maps or [None] * len(paths)):
         if defect_map is None:
             continue
-        found = regions(defect_map, threshold, *maps.image_size_of(path), min_area, mm_per_pixel=mm_per_pixel)
+        height, width = maps.image_size_of(path)
+        typed = [(defect_map, "defect")] if types is None else zip(np.moveaxis(types, -1, 0), type_names)
+        found = sorted(
+            (r for m, t in typed for r in regions(m, threshold, height, width, min_area, t, mm_per_pixel)),
+            key=largest_first,
+        )
         rows += [{"path": name, "region": i, **region} for i, region in enumerate(found, start=1)]
     columns = DEFECT_COLUMNS + (MM_COLUMNS if mm_per_pixel is not None else [])
     return pd.DataFrame(rows, columns=columns).astype(dict.fromkeys(INT_COLUMNS, "int64"))
