@@ -284,7 +284,7 @@ def test_a_mask_model_with_types_lists_and_draws_each_type(project, tmp_path, ca
     out = map_classes_model().predict(image_batch(shown), verbose=0)
     # each type's median: about half of its cells count, so every type has regions
     thresholds = {n: float(np.median(out["type_maps"][..., k])) for k, n in enumerate(NAMES)}
-    (models / "threshold.json").write_text(json.dumps({"map_threshold": thresholds, "min_area": 0}))
+    (models / "threshold.json").write_text(json.dumps({"threshold": 0.5, "map_threshold": thresholds, "min_area": 0}))
     defects, maps_dir = tmp_path / "defects.csv", tmp_path / "maps"
     args = ("--engine", engine, "--defects", str(defects), "--maps", str(maps_dir))
     assert predict(models, shown, tmp_path / "p.csv", *args) == 0
