@@ -23,8 +23,9 @@ def main() -> None:
         return
     from steeldefect.train import pretrain  # TensorFlow: only when pretraining runs
 
-    train_df = pd.read_csv(a.split / "train.csv", usecols=["path", "height", "width"], keep_default_na=False)
-    p = with_image_size(p, train_df)  # no label read
+    sizes = ["height", "width"] if p.train.image_size == "auto" else []  # for train.image_size auto
+    train_df = pd.read_csv(a.split / "train.csv", usecols=["path", *sizes], keep_default_na=False)  # no label read
+    p = with_image_size(p, train_df)
     images = pretrain.image_paths(train_df.path, resolve_source(p.pretrain.extra_images))
     with atomic.atomic_dir(a.out) as tmp:
         metrics = pretrain.pretrain(p.pretrain, p.train, p.seed, images, tmp / pretrain.WEIGHTS_FILE, a.live)
