@@ -239,7 +239,11 @@ def test_metrics_move_with_requests(service, images):
     url = service["url"]
     before = metrics(url)
     for path in images[:2]:
-        assert post_image(url, path.read_bytes()).status_code == 200
+        r = post_image(url, path.read_bytes())
+        assert r.status_code == 200
+        # W3C Server-Timing, ms: the batch's engine call is part of its scoring, which is part of the request
+        timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+        assert 0 < float(timing["engine"]) < float(timing["score"]) < float(timing["total"])
     after = metrics(url)
     key = 'steeldefect_requests_total{code="200",endpoint="predict"}'
     assert after[key] - before.get(key, 0) == 2

@@ -33,6 +33,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +52,7 @@ from steeldefect.serve.monitor import Monitor
 from steeldefect.serve.review import ReviewQueue
 
 MODEL_NAME, INPUT = "steeldefect", "image_bytes"
+TIMING: ContextVar[dict] = ContextVar("timing")  # the Server-Timing figures of the request this task answers
 MAX_BODY = 16 * 2**20  # bytes of one request body; a 1600x256 JPEG is ~0.1-0.4 MB, a PNG ~1.2 MB
 MAX_PIXELS = 25_000_000  # width x height of one image (1600x256 = 0.4 million)
 FORMATS = ("JPEG", "PNG")  # what `steeldefect predict` reads from a folder, so the review queue can go back to it
@@ -120,15 +122,20 @@ def plain(value):
 
 
 class TimedEngine:
-    """The Predictor's engine (Keras model or OpenVINOEngine), each `predict_on_batch` call timed into `histogram`;
-    the rest passes through."""
+    """The Predictor's engine (Keras model or OpenVINOEngine), each `predict_on_batch` call timed into `histogram`
+    and added to `seconds` (the scoring resets it per batch); the rest passes through."""
 
     def __init__(self, engine, histogram):
-        self.engine, self.histogram = engine, histogram
+        self.engine, self.histogram, self.seconds = engine, histogram, 0.0
 
     def predict_on_batch(self, images):
-        with self.histogram.time():
+        start = time.perf_counter()
+        try:
             return self.engine.predict_on_batch(images)
+        finally:
+            elapsed = time.perf_counter() - start
+            self.histogram.observe(elapsed)
+            self.seconds += elapsed
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -199,11 +206,13 @@ class Service:
         return any(lo <= v <= hi for k, v in answer.items() if k.startswith("p_") and v is not None)
 
     def score(self, items: list[tuple[bytes, str, str]]) -> list:
-        """(data, format, name) per image -> its answer, or a Refused for an image the decoder rejects. Runs in
-        the batcher's worker thread."""
+        """(data, format, name) per image -> (its answer, its batch's {"engine": s, "score": s}), or a Refused for
+        an image the decoder rejects. Runs in the batcher's worker thread."""
         p = self.predictor
-        with self.monitor.score_time.time():
-            prediction = p.predict([data for data, _, _ in items], names=[name for _, _, name in items])
+        p.model.seconds, start = 0.0, time.perf_counter()
+        prediction = p.predict([data for data, _, _ in items], names=[name for _, _, name in items])
+        timing = {"engine": p.model.seconds, "score": time.perf_counter() - start}
+        self.monitor.score_time.observe(timing["score"])
         answers, rows, flags = [], [], []
         for i, row in enumerate(prediction.table.to_dict("records")):
             if i in prediction.failed:
@@ -213,7 +222,7 @@ class Service:
             answer.update(threshold=p.threshold, model_name=MODEL_NAME, model_version=p.version)
             if p.class_thresholds:
                 answer["class_thresholds"] = p.class_thresholds
-            answers.append(answer)
+            answers.append((answer, timing))
             rows.append(answer)
             flags.append(self.uncertain(answer))
             if flags[-1] and self.review is not None:
@@ -237,13 +246,17 @@ class Service:
         if not self.ready.is_set():
             raise Refused(503, "the model is still loading (its self-check runs at start): poll /v2/health/ready.")
         items = [(data, image_format(data), name) for data, name in images]
-        answers = await asyncio.gather(*(self.batcher.submit(item) for item in items), return_exceptions=True)
-        for i, answer in enumerate(answers):
-            if isinstance(answer, Exception):
-                if isinstance(answer, Refused) and len(answers) > 1:
-                    raise Refused(answer.status, f"image {i} of the request: {answer.message}")
-                raise answer
-        return answers
+        results = await asyncio.gather(*(self.batcher.submit(item) for item in items), return_exceptions=True)
+        for i, result in enumerate(results):
+            if isinstance(result, Exception):
+                if isinstance(result, Refused) and len(results) > 1:
+                    raise Refused(result.status, f"image {i} of the request: {result.message}")
+                raise result
+        timing = TIMING.get(None)
+        if timing is not None:  # the request's Server-Timing: its slowest image's batch
+            for name in ("engine", "score"):
+                timing[name] = max(t[name] for _, t in results)
+        return [answer for answer, _ in results]
 
 
 def v2_images(head: dict, binary: bytes) -> list[bytes]:
@@ -312,14 +325,19 @@ def check_model(name: str) -> None:
 
 
 async def answer(service: Service, endpoint: str, work) -> Response:
-    """`work()`'s JSON, or its refusal as {"error": ...} with its status; counted and timed in the metrics."""
-    start = time.perf_counter()
+    """`work()`'s JSON, or its refusal as {"error": ...} with its status; counted and timed in the metrics, and
+    timed in a Server-Timing header (W3C Server Timing, ms): `total` (in the service), and for a scored request
+    `score` (its batch's decoding, engine and answers) and `engine` (that batch's engine call alone)."""
+    start, timing = time.perf_counter(), {}
+    TIMING.set(timing)
     try:
         body, status = await work(), 200
     except Refused as e:
         body, status = {"error": e.message}, e.status
-    service.monitor.request(endpoint, status, time.perf_counter() - start)
-    return JSONResponse(body, status)
+    timing["total"] = time.perf_counter() - start
+    service.monitor.request(endpoint, status, timing["total"])
+    header = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in timing.items())
+    return JSONResponse(body, status, headers={"Server-Timing": header})
 
 
 async def model_metadata(service: Service, name: str) -> dict:
