@@ -12,9 +12,10 @@ on 127.0.0.1 (a free port), waits until it is ready and, for each concurrency, s
 per concurrency: p50 / p95 / p99 latency, throughput, errors (anything but 200), the server's RSS after the first 500
 requests and at the end (growth between them) and throughput / `steeldefect predict`; then the same at the highest
 concurrency (above 1) with batching off (--max-batch 1: what batching buys), the goals of issue 30 and the load average
-before and after (others may be using the machine: compare figures of one run only). The last three columns come from
+before and after (others may be using the machine: compare figures of one run only). The last four columns come from
 the service's own /metrics over each level: the mean ms a request spent in the service (request: from its arrival to
-its answer), a batch in the worker (score: decoding, engine, answers) and in the engine alone. Each answer's
+its answer) and decoding its image (decode, while the engine scores earlier requests), a batch in the worker (score:
+engine and answers) and in the engine alone. Each answer's
 Server-Timing header gives its own batch's engine time: the goal line sets the p99 latency at concurrency 1 against
 the engine's median in the service over the same requests (the engine's speed differs between processes here by up to
 a third), and gives the p99 of what the service adds to each request's engine call. The service is stopped with
@@ -37,8 +38,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 STEELDEFECT = Path(sys.executable).parent / "steeldefect"
-HISTOGRAMS = {  # the service's histograms (serve/monitor.py) behind the table's last three columns
+HISTOGRAMS = {  # the service's histograms (serve/monitor.py) behind the table's last four columns
     "request": 'steeldefect_request_seconds_{}{{endpoint="predict"}}',
+    "decode": "steeldefect_decode_seconds_{}",
     "score": "steeldefect_score_seconds_{}",
     "engine": "steeldefect_engine_seconds_{}",
 }
@@ -151,8 +153,8 @@ def timings(url: str) -> dict[str, float]:
 
 
 def means(before: dict, after: dict) -> dict[str, float]:
-    """Mean ms per request (request), per batch scored (score: decoding + engine + answers) and per engine call,
-    between two `timings`."""
+    """Mean ms per request (request) and per request's decoding (decode), per batch scored (score: engine +
+    answers) and per engine call, between two `timings`."""
     out = {}
     for key, name in HISTOGRAMS.items():
         total, count = (after.get(name.format(k), 0) - before.get(name.format(k), 0) for k in ("sum", "count"))
@@ -194,8 +196,8 @@ def main() -> int:
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve.{os.getpid()}.log"
     runs = {}
     print(f"\n{'batch':>5} {'conc':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'img/s':>6} {'x predict':>9} "
-          f"{'errors':>6} {'RSS start':>9} {'@first':>7} {'end':>7} {'growth':>6} {'request':>7} {'score':>7} "
-          f"{'engine':>7}", flush=True)  # fmt: skip
+          f"{'errors':>6} {'RSS start':>9} {'@first':>7} {'end':>7} {'growth':>6} {'request':>7} {'decode':>7} "
+          f"{'score':>7} {'engine':>7}", flush=True)  # fmt: skip
     for batch in (args.max_batch, 1) if levels[-1] > 1 else (args.max_batch,):  # one at a time: nothing to batch
         options = ["--max-batch", str(batch), "--max-delay-ms", str(args.max_delay_ms if batch > 1 else 0), *engine]
         proc, url = start_service(args.model_dir, log, *options)
@@ -207,7 +209,8 @@ def main() -> int:
             growth = (r["rss_end"] / r["rss_first"] - 1) * 100  # each row as soon as it is measured
             print(f"{batch:>5} {c:>4} {r['p50']:>7.1f} {r['p95']:>7.1f} {r['p99']:>7.1f} {r['rate']:>6.1f} "
                   f"{r['rate'] / predict_rate:>9.2f} {r['errors']:>6} {r['rss_start']:>9.0f} {r['rss_first']:>7.0f} "
-                  f"{r['rss_end']:>7.0f} {growth:>5.1f}% {r['request']:>7.1f} {r['score']:>7.1f} {r['engine']:>7.1f}",
+                  f"{r['rss_end']:>7.0f} {growth:>5.1f}% {r['request']:>7.1f} {r['decode']:>7.1f} {r['score']:>7.1f} "
+                  f"{r['engine']:>7.1f}",
                   flush=True)  # fmt: skip
         code = stop(proc)
         if code != 0:

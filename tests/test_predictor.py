@@ -51,6 +51,10 @@ def test_bytes_predict_as_their_files(models):
     assert from_bytes.failed == [6, 7] and "not a readable image" in from_bytes.table.error[7]
     assert from_bytes.summary.endswith(", 2 unreadable") and not from_files.failed
     assert predictor.predict(data[:1]).table.path[0] == "image 0"  # bytes without names
+    decoded = [predictor.decode(d) for d in data]  # as the service decodes each request before its batch
+    assert [d is None for d in decoded] == [False] * len(paths) + [True, True]
+    ahead = predictor.predict(data, names=[*paths, "empty", "garbage"], decoded=decoded)
+    pd.testing.assert_frame_equal(ahead.table, from_bytes.table)
 
 
 def test_version_is_the_exports_and_both_engines_agree(models):

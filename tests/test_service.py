@@ -241,9 +241,10 @@ def test_metrics_move_with_requests(service, images):
     for path in images[:2]:
         r = post_image(url, path.read_bytes())
         assert r.status_code == 200
-        # W3C Server-Timing, ms: the batch's engine call is part of its scoring, which is part of the request
-        timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
-        assert 0 < float(timing["engine"]) < float(timing["score"]) < float(timing["total"])
+        # W3C Server-Timing, ms: the decoding and the batch's scoring (its engine call a part) are parts of the request
+        timing = {k: float(v) for k, v in (part.split(";dur=") for part in r.headers["server-timing"].split(", "))}
+        assert 0 < timing["engine"] < timing["score"] and 0 < timing["decode"]
+        assert timing["decode"] + timing["score"] < timing["total"]
     after = metrics(url)
     key = 'steeldefect_requests_total{code="200",endpoint="predict"}'
     assert after[key] - before.get(key, 0) == 2
@@ -256,6 +257,7 @@ def test_metrics_move_with_requests(service, images):
         assert after[f"{name}_count"] - before.get(f"{name}_count", 0) == calls, name
         spent[part] = after[f"{name}_sum"] - before.get(f"{name}_sum", 0)
     assert 0 < spent["engine"] < spent["score"]
+    assert after["steeldefect_decode_seconds_count"] - before.get("steeldefect_decode_seconds_count", 0) == 2
     decisions = [k for k in after if k.startswith("steeldefect_decisions_total")]
     assert sum(after[k] - before.get(k, 0) for k in decisions) == 2
     assert 'steeldefect_request_seconds_count{endpoint="predict"}' in after

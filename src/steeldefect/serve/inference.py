@@ -98,17 +98,21 @@ def split_outputs(outputs) -> dict[str, np.ndarray]:
 
 
 def iter_predictions(
-    model: keras.Model, paths: Sequence[str], batch_size: int, image_size: Sequence[int] | None = None
+    model: keras.Model,
+    paths: Sequence[str],
+    batch_size: int,
+    image_size: Sequence[int] | None = None,
+    decoded: Sequence[np.ndarray | None] | None = None,
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """(indices into `paths`, the outputs by name, see `split_outputs`) batch by batch; unreadable images are
     skipped. Each batch goes through `model.predict_on_batch`: for Keras the same compiled function
     `model.predict` uses; an `openvino_engine.OpenVINOEngine` returns a dict of named outputs, as a dict-output
-    Keras model does."""
+    Keras model does. `decoded`: for encoded images in memory, those already decoded (see `decoded_batches`)."""
     if not len(paths):
         return
     size = tuple(image_size) if image_size is not None else model_image_size(model)
     if all(isinstance(p, bytes) for p in paths):  # images in memory (the service): no tf.data start-up per call
-        batches = decoded_batches(paths, size, batch_size)
+        batches = decoded_batches(paths, size, batch_size, decoded)
     else:
         batches = ((indices.numpy(), images) for indices, images in indexed_dataset(paths, size, batch_size))
     for indices, images in batches:
@@ -122,15 +126,29 @@ def _decoder(image_size: tuple[int, int]):
     return tf.function(lambda data: decode_and_preprocess(data, image_size), input_signature=signature)
 
 
-def decoded_batches(images: Sequence[bytes], image_size: tuple[int, int], batch_size: int):
+def decode_one(data: bytes, image_size: Sequence[int]) -> np.ndarray | None:
+    """One encoded image through `decode_and_preprocess` ((h, w, 3) float32), None when it cannot be decoded."""
+    try:
+        return _decoder(tuple(image_size))(tf.constant(data)).numpy()
+    except tf.errors.OpError:
+        return None
+
+
+def decoded_batches(
+    images: Sequence[bytes],
+    image_size: tuple[int, int],
+    batch_size: int,
+    decoded: Sequence[np.ndarray | None] | None = None,
+):
     """As `indexed_dataset`, for encoded images in memory, decoded one by one in this thread: a call on a few
-    images (the service's batch of requests) costs the decoding only, not a tf.data pipeline's start-up (~0.3 s)."""
-    decode, decoded = _decoder(tuple(image_size)), []
+    images (the service's batch of requests) costs the decoding only, not a tf.data pipeline's start-up (~0.3 s).
+    `decoded`: the images already through `decode_one`, one per image (None: decode it here)."""
+    ready = []
     for i, data in enumerate(images):
-        try:
-            decoded.append((i, decode(tf.constant(data)).numpy()))
-        except tf.errors.OpError:
-            continue  # unreadable: its index never appears, as with `indexed_dataset`
+        array = decoded[i] if decoded is not None and decoded[i] is not None else decode_one(data, image_size)
+        if array is not None:  # unreadable: its index never appears, as with `indexed_dataset`
+            ready.append((i, array))
+    decoded = ready
     for start in range(0, len(decoded), batch_size):
         indices, arrays = zip(*decoded[start : start + batch_size])
         yield np.array(indices), np.stack(arrays)
@@ -158,16 +176,17 @@ def predict_files(
     batch_size: int,
     image_size: Sequence[int] | None = None,
     progress: Callable[[int], object] | None = None,
+    decoded: Sequence[np.ndarray | None] | None = None,
 ) -> Predictions:
     """Every output of the model for every image in `paths` (files, or encoded images as bytes) that can be read;
     the others get NaN and an error text instead. `progress(n)` is called with the number of paths handled since
-    the last call."""
+    the last call. `decoded`: for encoded images, those already through `decode_one` (None: not yet)."""
     paths = [p if isinstance(p, bytes) else str(p) for p in paths]
     size = tuple(image_size) if image_size is not None else model_image_size(model)
     seen = np.zeros(len(paths), dtype=bool)
     outputs: dict[str, np.ndarray] = {}  # by name: one row per path, NaN until predicted
     done = 0
-    for indices, batch in iter_predictions(model, paths, batch_size, size):
+    for indices, batch in iter_predictions(model, paths, batch_size, size, decoded):
         for name, value in batch.items():
             if len(value) != len(indices):
                 raise RuntimeError(f"the model gave {len(value)} {name} rows for a batch of {len(indices)} images")

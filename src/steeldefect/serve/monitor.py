@@ -1,11 +1,11 @@
 """Watching the served model: the Prometheus metrics of `steeldefect serve` (GET /metrics).
 
 Counters and histograms since start: requests by endpoint and HTTP status, their latency, the batch sizes the
-engine was given, the time of each batch in the engine alone and in the whole scoring (decoding, engine, answers:
-the rest of a request's latency is HTTP and queueing), decisions (clean / defect) and defect types predicted, the
-probabilities, the review queue's writes and refusals. Gauges over the last WINDOW images scored: the drift figure
-per probability output (PSI against models/drift_reference.json, see serve/drift.py) and the share of images in
-the uncertainty band."""
+engine was given, the time of decoding each request's images, and of each batch in the engine alone and in the
+whole scoring (engine and answers: the rest of a request's latency is HTTP and queueing), decisions (clean /
+defect) and defect types predicted, the probabilities, the review queue's writes and refusals. Gauges over the last
+WINDOW images scored: the drift figure per probability output (PSI against models/drift_reference.json, see
+serve/drift.py) and the share of images in the uncertainty band."""
 
 from __future__ import annotations
 
@@ -46,7 +46,13 @@ class Monitor:
         )
         self.score_time = Histogram(
             "steeldefect_score_seconds",
-            "time of scoring one batch: decoding, the engine and the answers",
+            "time of scoring one batch: the engine and the answers (images decoded before)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decode_time = Histogram(
+            "steeldefect_decode_seconds",
+            "time of decoding and preprocessing one request's images (while the engine scores earlier ones)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -181,6 +181,7 @@ class Predictor:
         progress: Callable[[int], object] | None = None,
         defects: bool = False,
         mm_per_pixel: float | None = None,
+        decoded: Sequence[np.ndarray | None] | None = None,
     ) -> Prediction:
         """Score `images` (image files, or encoded images as bytes: decoded by the same `decode_and_preprocess`),
         in batches of `batch_size`. `names`: the `path` column (default: the paths; "image <i>" for bytes).
@@ -188,7 +189,8 @@ class Predictor:
         return the defect list, with mm columns at `mm_per_pixel` mm per pixel when given. A model with per-type
         maps (trained with types) lists the regions of each type's map, of that type, and its overlays colour each
         type, with a legend below the image. `progress(n)` is called with the number of images handled since the
-        last call. An unreadable image gets its error text in the table."""
+        last call. An unreadable image gets its error text in the table. `decoded`: for images given as bytes,
+        each one already through `decode` (None: decode it here)."""
         import pandas as pd
 
         from steeldefect.serve import maps
@@ -212,7 +214,7 @@ class Predictor:
                 f"--defects: the model in {self.model_dir} has no defect map to find defect regions in (it was "
                 "trained with train.supervision: image); export a model trained with train.supervision: mask."
             )
-        result = predict_files(self.model, images, self.batch_size, self.image_size, progress=progress)
+        result = predict_files(self.model, images, self.batch_size, self.image_size, progress, decoded)
         table = pd.DataFrame({"path": names, **probability_columns(result, self.class_names)})
         said, notices = [f"{len(images)} images", *decisions(table, result, self.threshold, self.class_thresholds)], []
         found = None
@@ -233,6 +235,13 @@ class Predictor:
         failed = result.failed
         summary = ", ".join(said) + (f", {len(failed)} unreadable" if failed else "")
         return Prediction(table, failed, notices, summary, result.maps, found, result.type_maps)
+
+    def decode(self, data: bytes) -> np.ndarray | None:
+        """An encoded image preprocessed as `predict` does, None when it cannot be decoded: the service decodes
+        each request as it arrives, while the engine scores the batch before."""
+        from steeldefect.serve.inference import decode_one
+
+        return decode_one(data, self.image_size)
 
 
 def decisions(table, result, threshold: float | None, limits: dict[str, float]) -> list[str]:

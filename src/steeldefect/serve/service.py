@@ -36,6 +36,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import uvicorn
 from fastapi import FastAPI, Request
@@ -163,6 +164,8 @@ class Service:
         self.monitor = Monitor(None)
         self.review: ReviewQueue | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="review")
+        # each request's images are decoded as they arrive, in this thread, while the engine scores the batch before
+        self.decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
         self.batcher = Batcher(self.score, max_batch, max_delay)
 
     def load(self) -> None:
@@ -205,12 +208,13 @@ class Service:
             return lo <= answer["probability"] <= hi
         return any(lo <= v <= hi for k, v in answer.items() if k.startswith("p_") and v is not None)
 
-    def score(self, items: list[tuple[bytes, str, str]]) -> list:
-        """(data, format, name) per image -> (its answer, its batch's {"engine": s, "score": s}), or a Refused for
-        an image the decoder rejects. Runs in the batcher's worker thread."""
+    def score(self, items: list[tuple[bytes, str, str, np.ndarray | None]]) -> list:
+        """(data, format, name, decoded image or None) per image -> (its answer, its batch's {"engine": s, "score":
+        s}), or a Refused for an image the decoder rejects. Runs in the batcher's worker thread."""
         p = self.predictor
         p.model.seconds, start = 0.0, time.perf_counter()
-        prediction = p.predict([data for data, _, _ in items], names=[name for _, _, name in items])
+        data, names, decoded = ([item[k] for item in items] for k in (0, 2, 3))
+        prediction = p.predict(data, names=names, decoded=decoded)
         timing = {"engine": p.model.seconds, "score": time.perf_counter() - start}
         self.monitor.score_time.observe(timing["score"])
         answers, rows, flags = [], [], []
@@ -231,8 +235,8 @@ class Service:
             self.monitor.scored(rows, flags)
         return answers
 
-    def to_review(self, item: tuple[bytes, str, str], answer: dict) -> None:
-        data, kind, name = item
+    def to_review(self, item: tuple, answer: dict) -> None:
+        data, kind, name, _ = item
         try:
             written = self.review.add(data, kind, {"received_as": name, **answer})
         except OSError as e:  # a full disk must not stop the service: counted, and said once per image
@@ -245,7 +249,12 @@ class Service:
         """The answers for (data, name) images, each checked first; the first refusal is raised."""
         if not self.ready.is_set():
             raise Refused(503, "the model is still loading (its self-check runs at start): poll /v2/health/ready.")
-        items = [(data, image_format(data), name) for data, name in images]
+        kinds = [image_format(data) for data, _ in images]
+        loop, start = asyncio.get_running_loop(), time.perf_counter()
+        decoded = [await loop.run_in_executor(self.decoder, self.predictor.decode, data) for data, _ in images]
+        decode = time.perf_counter() - start
+        self.monitor.decode_time.observe(decode)
+        items = [(data, kind, name, array) for (data, name), kind, array in zip(images, kinds, decoded)]
         results = await asyncio.gather(*(self.batcher.submit(item) for item in items), return_exceptions=True)
         for i, result in enumerate(results):
             if isinstance(result, Exception):
@@ -253,7 +262,8 @@ class Service:
                     raise Refused(result.status, f"image {i} of the request: {result.message}")
                 raise result
         timing = TIMING.get(None)
-        if timing is not None:  # the request's Server-Timing: its slowest image's batch
+        if timing is not None:  # the request's Server-Timing: its decoding, and its slowest image's batch
+            timing["decode"] = decode
             for name in ("engine", "score"):
                 timing[name] = max(t[name] for _, t in results)
         return [answer for answer, _ in results]
@@ -327,7 +337,7 @@ def check_model(name: str) -> None:
 async def answer(service: Service, endpoint: str, work) -> Response:
     """`work()`'s JSON, or its refusal as {"error": ...} with its status; counted and timed in the metrics, and
     timed in a Server-Timing header (W3C Server Timing, ms): `total` (in the service), and for a scored request
-    `score` (its batch's decoding, engine and answers) and `engine` (that batch's engine call alone)."""
+    `decode` (its images), `score` (its batch's engine call and answers) and `engine` (that call alone)."""
     start, timing = time.perf_counter(), {}
     TIMING.set(timing)
     try:
