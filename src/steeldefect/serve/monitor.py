@@ -30,31 +30,18 @@ class Monitor:
         self.requests = Counter(
             "steeldefect_requests", "HTTP requests by endpoint and status", ["endpoint", "code"], registry=r
         )
-        self.latency = Histogram(
-            "steeldefect_request_seconds",
-            "time from request to answer",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        seconds = lambda name, what, labels=(): Histogram(name, what, labels, buckets=LATENCY_BUCKETS, registry=r)  # noqa: E731
+        self.latency = seconds("steeldefect_request_seconds", "time from request to answer", ["endpoint"])
         self.batch = Histogram("steeldefect_batch_size", "images per engine call", buckets=BATCH_BUCKETS, registry=r)
-        self.engine_time = Histogram(
-            "steeldefect_engine_seconds",
-            "time of one engine call on a batch of preprocessed images",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.engine_time = seconds(
+            "steeldefect_engine_seconds", "time of one engine call on a batch of preprocessed images"
         )
-        self.score_time = Histogram(
-            "steeldefect_score_seconds",
-            "time of scoring one batch: the engine and the answers (images decoded before)",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.score_time = seconds(
+            "steeldefect_score_seconds", "time of scoring one batch: the engine and the answers (images decoded before)"
         )
-        self.decode_time = Histogram(
+        self.decode_time = seconds(
             "steeldefect_decode_seconds",
             "time of decoding and preprocessing one request's images (while the engine scores earlier ones)",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.decisions = Counter(
             "steeldefect_decisions", "images by decision (clean / defect)", ["decision"], registry=r

@@ -187,10 +187,8 @@ class Predictor:
         in batches of `batch_size`. `names`: the `path` column (default: the paths; "image <i>" for bytes).
         `maps_dir` (mask models): write each image with its map overlaid there. `defects` (mask models): also
         return the defect list, with mm columns at `mm_per_pixel` mm per pixel when given. A model with per-type
-        maps (trained with types) lists the regions of each type's map, of that type, and its overlays colour each
-        type, with a legend below the image. `progress(n)` is called with the number of images handled since the
-        last call. An unreadable image gets its error text in the table. `decoded`: for images given as bytes,
-        each one already through `decode` (None: decode it here)."""
+        maps lists the regions of each type's map, its overlays colour each type. `progress(n)`: called with the
+        images handled since the last call. `decoded`: the images already `decode`d. Unreadable: an error text."""
         import pandas as pd
 
         from steeldefect.serve import maps
