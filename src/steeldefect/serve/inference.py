@@ -148,9 +148,8 @@ def decoded_batches(
         array = decoded[i] if decoded is not None and decoded[i] is not None else decode_one(data, image_size)
         if array is not None:  # unreadable: its index never appears, as with `indexed_dataset`
             ready.append((i, array))
-    decoded = ready
-    for start in range(0, len(decoded), batch_size):
-        indices, arrays = zip(*decoded[start : start + batch_size])
+    for start in range(0, len(ready), batch_size):
+        indices, arrays = zip(*ready[start : start + batch_size])
         yield np.array(indices), np.stack(arrays)
 
 

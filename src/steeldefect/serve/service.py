@@ -417,6 +417,7 @@ def build_app(service: Service) -> FastAPI:
         threading.Thread(target=service.load, name="load", daemon=True).start()
         yield
         await service.batcher.stop()
+        service.decoder.shutdown(wait=True)
         service.writer.shutdown(wait=True)
 
     app = FastAPI(title="steeldefect", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
